@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules for flightlog.v1 (see protos/generate.sh)."""

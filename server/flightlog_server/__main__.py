@@ -1,0 +1,277 @@
+"""``python -m flightlog_server`` (also ``flightlog-server``): serve, develop, migrate, administer.
+
+Every option also reads an environment variable (shown in ``--help``); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flightlog_server.app import FlightlogServer, ServerSettings, TlsSettings
+from flightlog_server.log_setup import configure_logging
+from flightlog_server.storage.database import Database, DatabaseSettings
+
+log = logging.getLogger("flightlog.main")
+T = TypeVar("T")
+
+DEV_ORG = "dev"
+DEV_PRINCIPAL = "dev"
+DATA_DIR = Path(".data")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bind",
+        default=_env("FLIGHTLOG_BIND", "localhost:50051"),
+        help="address to listen on (FLIGHTLOG_BIND; default localhost:50051)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=int(_env("FLIGHTLOG_DB_POOL_SIZE", "10") or 10),
+        help="database connections per process (FLIGHTLOG_DB_POOL_SIZE; default 10)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("FLIGHTLOG_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (FLIGHTLOG_LOG_LEVEL; default INFO)",
+    )
+    parser.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=float(_env("FLIGHTLOG_AUTH_CACHE_SECONDS", "5") or 5),
+        help="how long a checked API key is trusted before it is checked again; a revoked key "
+        "is refused within this time (FLIGHTLOG_AUTH_CACHE_SECONDS; default 5, 0 disables)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=float(_env("FLIGHTLOG_GRACE_SECONDS", "10") or 10),
+        help="on SIGTERM/SIGINT, how long in-flight calls may take to finish "
+        "(FLIGHTLOG_GRACE_SECONDS; default 10)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=_env("FLIGHTLOG_TLS_CERT"),
+        help="PEM certificate (FLIGHTLOG_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key", default=_env("FLIGHTLOG_TLS_KEY"), help="PEM private key (FLIGHTLOG_TLS_KEY)"
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        default=_env("FLIGHTLOG_TLS_CLIENT_CA"),
+        help="PEM CA bundle; when set, clients must present a certificate it signed (mutual "
+        "TLS) (FLIGHTLOG_TLS_CLIENT_CA)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flightlog-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve on DATABASE_URL (migrating it first)")
+    serve.add_argument(
+        "--database-url",
+        default=_env("DATABASE_URL"),
+        help="PostgreSQL URL (DATABASE_URL; required)",
+    )
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start on an unmigrated database instead of migrating it",
+    )
+    _add_server_options(serve)
+
+    dev = commands.add_parser(
+        "dev",
+        help="development server: embedded PostgreSQL in .data/ unless DATABASE_URL is set, "
+        "a dev org and API key, credentials in .data/dev.env",
+    )
+    dev.add_argument("--database-url", default=_env("DATABASE_URL"), help="(DATABASE_URL)")
+    _add_server_options(dev)
+
+    migrate = commands.add_parser("migrate", help="apply the migrations to DATABASE_URL")
+    migrate.add_argument("--database-url", default=_env("DATABASE_URL"), help="(DATABASE_URL)")
+
+    admin = commands.add_parser("admin", help="manage orgs, principals and API keys")
+    admin.add_argument("--database-url", default=_env("DATABASE_URL"), help="(DATABASE_URL)")
+    actions = admin.add_subparsers(dest="action", required=True)
+    create_org = actions.add_parser("create-org", help="create an org; prints its ID")
+    create_org.add_argument("name")
+    create_principal = actions.add_parser("create-principal", help="prints the principal ID")
+    create_principal.add_argument("name")
+    create_principal.add_argument(
+        "--kind", choices=("user", "service_account"), default="service_account"
+    )
+    add_member = actions.add_parser("add-member", help="make a principal a member of an org")
+    add_member.add_argument("org_id")
+    add_member.add_argument("principal_id")
+    create_key = actions.add_parser(
+        "create-api-key", help="create an API key; it is printed once and stored hashed"
+    )
+    create_key.add_argument("principal_id")
+    revoke_key = actions.add_parser("revoke-api-key", help="revoke an API key by its ID (ak_...)")
+    revoke_key.add_argument("api_key_id")
+    return parser
+
+
+def _require_url(args: argparse.Namespace) -> str:
+    if not args.database_url:
+        sys.exit("error: no database: set DATABASE_URL or pass --database-url")
+    url: str = args.database_url
+    return url
+
+
+def _settings(args: argparse.Namespace, url: str) -> ServerSettings:
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            sys.exit("error: TLS needs both --tls-cert and --tls-key")
+        tls = TlsSettings(
+            cert=Path(args.tls_cert),
+            key=Path(args.tls_key),
+            client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+        )
+    return ServerSettings(
+        database=DatabaseSettings(url=url, pool_size=args.pool_size),
+        bind=args.bind,
+        auth_cache_seconds=args.auth_cache_seconds,
+        grace_seconds=args.grace_seconds,
+        tls=tls,
+    )
+
+
+async def _serve(settings: ServerSettings, on_started: Callable[[int], None] | None = None) -> None:
+    server = FlightlogServer(settings)
+    await server.start()
+    if on_started is not None:
+        on_started(server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: letting in-flight calls finish (grace %.0f s)", settings.grace_seconds)
+    await server.stop()
+    log.info("stopped")
+
+
+def _with_database(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def run() -> T:
+        database = Database(DatabaseSettings(url=url, pool_size=1))
+        try:
+            return await database.run(work)
+        finally:
+            await database.close()
+
+    return asyncio.run(run())
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from flightlog_server.storage.identity import IdentityRepository
+
+    url = _require_url(args)
+
+    async def work(session: Any) -> str | None:
+        repo = IdentityRepository(session)
+        if args.action == "create-org":
+            return await repo.create_org(args.name)
+        if args.action == "create-principal":
+            return await repo.create_principal(args.name, args.kind)
+        if args.action == "add-member":
+            await repo.add_member(args.org_id, args.principal_id)
+            return None
+        if args.action == "create-api-key":
+            return await repo.create_api_key(args.principal_id)
+        await repo.revoke_api_key(args.api_key_id)
+        return None
+
+    from flightlog_server.domain.errors import DomainError
+
+    try:
+        result = _with_database(url, work)
+    except DomainError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(result)
+    return 0
+
+
+def _migrate(url: str) -> None:
+    from flightlog_server.storage.migrate import upgrade
+
+    log.info("migrating the database to the latest schema")
+    upgrade(url)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from flightlog_server.dev import bootstrap_dev_credentials
+
+    DATA_DIR.mkdir(exist_ok=True)
+    embedded = None
+    url = args.database_url
+    if not url:
+        from flightlog_server.embedded import start_embedded_postgres
+
+        log.info(
+            "starting the embedded PostgreSQL in %s (first start takes a few seconds)",
+            DATA_DIR / "pg",
+        )
+        embedded = start_embedded_postgres(DATA_DIR / "pg")
+        url = embedded.create_database("flightlog")
+    try:
+        _migrate(url)
+        settings = _settings(args, url)
+        credentials = bootstrap_dev_credentials(url, DATA_DIR / "dev.env", settings.bind)
+
+        def announce(port: int) -> None:
+            print(credentials.banner(port), flush=True)
+
+        asyncio.run(_serve(settings, announce))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", None) or _env("FLIGHTLOG_LOG_LEVEL", "INFO"))
+    if args.command == "admin":
+        return _admin(args)
+    if args.command == "migrate":
+        _migrate(_require_url(args))
+        return 0
+    if args.command == "dev":
+        return _dev(args)
+    url = _require_url(args)
+    if args.no_migrate:
+        from flightlog_server.storage.migrate import is_up_to_date
+
+        if not is_up_to_date(url):
+            sys.exit(
+                "error: the database schema is not up to date; run "
+                "'python -m flightlog_server migrate' (or 'make migrate') first"
+            )
+    else:
+        _migrate(url)
+    asyncio.run(_serve(_settings(args, url)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Wiring: the one place that builds the database, the servicers and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flightlog.v1 import (
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    custom_field_service_pb2,
+    custom_field_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
+)
+from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
+from flightlog_server.rpc.sessions import SessionServicer
+from flightlog_server.storage.database import Database, DatabaseSettings
+
+log = logging.getLogger("flightlog.server")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SERVICE_NAMES = (
+    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    custom_field_service_pb2.DESCRIPTOR.services_by_name["CustomFieldService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Server TLS; with ``client_ca`` set, clients must present a certificate it signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    database: DatabaseSettings
+    bind: str = "localhost:50051"
+    auth_cache_seconds: float = 5.0
+    grace_seconds: float = 10.0
+    health_interval_seconds: float = 1.0
+    tls: TlsSettings | None = None
+    observer: CallObserver = field(default_factory=CallObserver)
+
+
+class FlightlogServer:
+    """A started server: ``port`` is the bound port (useful with ``:0``)."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.database = Database(settings.database)
+        self._health = health_async.HealthServicer()
+        self.server = aio.server(
+            interceptors=[
+                CallInterceptor(
+                    Authenticator(self.database, settings.auth_cache_seconds), settings.observer
+                )
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(self.database), self.server
+        )
+        _add_optional_servicers(self.server, self.database)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self._bind(settings.bind)
+        self._watch: asyncio.Task[None] | None = None
+
+    def _bind(self, address: str) -> int:
+        tls = self.settings.tls
+        if tls is None:
+            return self.server.add_insecure_port(address)
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        return self.server.add_secure_port(address, credentials)
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self._update_health()
+        self._watch = asyncio.create_task(self._watch_database())
+        log.info("serving on port %d", self.port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops accepting calls, lets in-flight ones finish within the grace period."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.database.close()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+    async def _watch_database(self) -> None:
+        # Health reports SERVING only while the database answers.
+        while True:
+            await asyncio.sleep(self.settings.health_interval_seconds)
+            await self._update_health()
+
+    async def _update_health(self) -> None:
+        serving = await self.database.ping()
+        await self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    async def _set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+
+def _add_optional_servicers(server: aio.Server, database: Database) -> None:
+    """Catalog and custom-field services."""
+    from flightlog_server.rpc.catalog import CatalogServicer
+    from flightlog_server.rpc.custom_fields import CustomFieldServicer
+
+    catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(database), server)
+    custom_field_service_pb2_grpc.add_CustomFieldServiceServicer_to_server(
+        CustomFieldServicer(database), server
+    )

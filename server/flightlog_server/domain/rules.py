@@ -1,0 +1,343 @@
+"""The rules of the domain, as pure functions: identifiers, limits, changesets, typed values.
+
+Validators collect every violation of a request before raising, so a caller learns about all
+offending fields at once (one ``BadRequest`` violation per field).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import math
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from flightlog_server.domain.errors import FieldViolation, InvalidArgument
+from flightlog_server.domain.types import (
+    ContributionSpec,
+    CustomFieldDef,
+    CustomFieldStatus,
+    CustomFieldType,
+    FieldValue,
+    WireValue,
+)
+
+# --- Limits (documented in protos/flightlog/v1/common.proto) -----------------------------------
+
+MAX_NAME_CHARS = 120
+MAX_DESCRIPTION_CHARS = 4096
+MAX_TAGS = 256
+MAX_TAG_CHARS = 128
+MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 16
+MAX_FILES_PER_CALL = 10_000
+MAX_METRICS_PER_CALL = 1_000
+MAX_PAGE_SIZE = 1_000
+DEFAULT_PAGE_SIZE = 500
+MAX_STRING_VALUE_CHARS = 1024
+MAX_REQUEST_ID_CHARS = 128
+MAX_ENUM_VALUES = 256
+MAX_CUSTOM_FIELD_CONDITIONS = 16
+MAX_IN_VALUES = 1_000
+
+ID_PREFIXES = {
+    "session": "ss_",
+    "file": "fl_",
+    "dataset": "ds_",
+    "topic": "ti_",
+    "custom_field": "cf_",
+    "org": "og_",
+    "metric": "mt_",
+    "principal": "pr_",
+    "api_key": "ak_",
+}
+
+_ID_BODY = re.compile(r"^[a-z0-9]{1,60}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+CUSTOM_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,127}$")
+
+
+def new_id(kind: str) -> str:
+    """A random, prefixed identifier: ``ss_`` and 20 base-32 characters (100 bits)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return ID_PREFIXES[kind] + "".join(secrets.choice(alphabet) for _ in range(20))
+
+
+class Violations:
+    """Collects field violations; ``raise_if_any`` raises them together."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def check(self, ok: bool, field: str, description: str) -> bool:
+        if not ok:
+            self.add(field, description)
+        return ok
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def is_valid_id(value: str, kind: str) -> bool:
+    prefix = ID_PREFIXES[kind]
+    return value.startswith(prefix) and bool(_ID_BODY.match(value[len(prefix) :]))
+
+
+def check_id(v: Violations, field: str, value: str, kind: str, *, required: bool = True) -> bool:
+    """Checks an identifier's shape (an ID that cannot exist is INVALID_ARGUMENT)."""
+    if not value:
+        return v.check(not required, field, "is required")
+    return v.check(
+        is_valid_id(value, kind),
+        field,
+        f"must be a {kind.replace('_', ' ')} ID starting with {ID_PREFIXES[kind]!r}",
+    )
+
+
+def require_id(field: str, value: str, kind: str) -> None:
+    v = Violations()
+    check_id(v, field, value, kind)
+    v.raise_if_any()
+
+
+def check_device_id(v: Violations, field: str, value: str) -> bool:
+    if not value:
+        return v.check(False, field, "is required")
+    return v.check(
+        bool(_DEVICE_ID.match(value)),
+        field,
+        "must be 1 to 128 letters, digits, '_', '-', '.' or ':', starting with a letter or digit",
+    )
+
+
+def check_text(
+    v: Violations, field: str, value: str, max_chars: int, *, allow_newlines: bool = True
+) -> None:
+    if len(value) > max_chars:
+        v.add(field, f"must be at most {max_chars} characters")
+    elif "\x00" in value:
+        v.add(field, "must not contain NUL characters")
+    elif not allow_newlines and any(c in value for c in "\r\n"):
+        v.add(field, "must not contain line breaks")
+
+
+def check_name(v: Violations, field: str, value: str) -> None:
+    check_text(v, field, value, MAX_NAME_CHARS, allow_newlines=False)
+
+
+def check_page(v: Violations, page_size: int) -> int:
+    """Returns the effective batch size."""
+    if page_size == 0:
+        return DEFAULT_PAGE_SIZE
+    v.check(1 <= page_size <= MAX_PAGE_SIZE, "page_size", f"must be 0 to {MAX_PAGE_SIZE}")
+    return max(1, min(page_size, MAX_PAGE_SIZE))
+
+
+def check_request_id(v: Violations, value: str) -> None:
+    if value:
+        check_text(v, "request_id", value, MAX_REQUEST_ID_CHARS, allow_newlines=False)
+
+
+# --- Tags and metadata -------------------------------------------------------------------------
+
+
+def check_tags(v: Violations, field: str, tags: Sequence[str]) -> None:
+    if len(tags) > MAX_TAGS:
+        v.add(field, f"must hold at most {MAX_TAGS} tags")
+        return
+    for i, tag in enumerate(tags):
+        if not tag:
+            v.add(f"{field}[{i}]", "must not be empty")
+        else:
+            check_text(v, f"{field}[{i}]", tag, MAX_TAG_CHARS, allow_newlines=False)
+
+
+def dedupe(values: Iterable[str]) -> list[str]:
+    """Removes duplicates, keeping the first occurrence's position."""
+    return list(dict.fromkeys(values))
+
+
+def apply_tag_changes(tags: Sequence[str], put: Sequence[str], remove: Sequence[str]) -> list[str]:
+    """Puts before removes: a tag both put and removed ends up absent."""
+    removed = set(remove)
+    return [t for t in dedupe([*tags, *put]) if t not in removed]
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def check_metadata(v: Violations, field: str, metadata: dict[str, Any]) -> None:
+    """Size and depth limits, and JSON text PostgreSQL can store (no NUL characters)."""
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        v.add(field, f"must be nested at most {MAX_METADATA_DEPTH} levels deep")
+        return
+    encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        v.add(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    elif "\\u0000" in encoded or "\x00" in encoded:
+        v.add(field, "must not contain NUL characters")
+
+
+def check_metadata_path(v: Violations, field: str, path: str) -> None:
+    if not path or any(not part for part in path.split(".")):
+        v.add(field, "must be a dot path of non-empty keys, like 'weather.condition'")
+    else:
+        check_text(v, field, path, 1024, allow_newlines=False)
+
+
+def apply_metadata_changes(
+    metadata: dict[str, Any], put_fields: dict[str, Any], remove_fields: Sequence[str]
+) -> dict[str, Any]:
+    """Applies puts (dot paths create nested objects) and then removes (dot paths; objects left
+    empty by a removal are pruned). The input is not modified."""
+    result = copy.deepcopy(metadata)
+    for path, value in put_fields.items():
+        *parents, leaf = path.split(".")
+        node = result
+        for key in parents:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[leaf] = copy.deepcopy(value)
+    for path in remove_fields:
+        _remove_path(result, path.split("."))
+    return result
+
+
+def _remove_path(node: dict[str, Any], keys: list[str]) -> None:
+    head, *rest = keys
+    if not rest:
+        node.pop(head, None)
+        return
+    child = node.get(head)
+    if isinstance(child, dict):
+        _remove_path(child, rest)
+        if not child:
+            del node[head]
+
+
+# --- Contributions -----------------------------------------------------------------------------
+
+
+def check_contributions(v: Violations, specs: Sequence[ContributionSpec]) -> None:
+    if not specs:
+        v.add("files", "must name at least one file")
+    elif len(specs) > MAX_FILES_PER_CALL:
+        v.add("files", f"must name at most {MAX_FILES_PER_CALL} files")
+        return
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        field = f"files[{i}]"
+        check_id(v, f"{field}.file_id", spec.file_id, "file")
+        if spec.file_id in seen:
+            v.add(f"{field}.file_id", f"repeats files[{seen[spec.file_id]}]; name a file once")
+        seen.setdefault(spec.file_id, i)
+        if (spec.range_min_ns is None) != (spec.range_max_ns is None):
+            missing = (
+                "range_max_timestamp_ns"
+                if spec.range_max_ns is None
+                else ("range_min_timestamp_ns")
+            )
+            v.add(f"{field}.{missing}", "both window bounds must be set together, or neither")
+        elif (
+            spec.range_min_ns is not None
+            and spec.range_max_ns is not None
+            and spec.range_min_ns > spec.range_max_ns
+        ):
+            v.add(
+                f"{field}.range_min_timestamp_ns",
+                "must not be greater than range_max_timestamp_ns",
+            )
+
+
+# --- Custom fields -----------------------------------------------------------------------------
+
+
+def check_custom_field_definition(
+    v: Violations,
+    name: str,
+    type_: CustomFieldType | None,
+    enum_values: Sequence[str],
+    description: str,
+) -> None:
+    v.check(bool(CUSTOM_FIELD_NAME.match(name)), "name", "must match ^[a-z][a-z0-9_]{0,62}$")
+    if type_ is None:
+        v.add("type", "is required")
+    elif type_ is CustomFieldType.ENUM:
+        check_enum_values(v, "enum_values", enum_values, required=True)
+    elif enum_values:
+        v.add("enum_values", "is only allowed for ENUM fields")
+    check_text(v, "description", description, 1024)
+
+
+def check_enum_values(v: Violations, field: str, values: Sequence[str], *, required: bool) -> None:
+    if required and not values:
+        v.add(field, "an ENUM field needs at least one value")
+    if len(values) > MAX_ENUM_VALUES:
+        v.add(field, f"must hold at most {MAX_ENUM_VALUES} values")
+        return
+    if len(set(values)) != len(values):
+        v.add(field, "must not repeat a value")
+    for i, value in enumerate(values):
+        if not value:
+            v.add(f"{field}[{i}]", "must not be empty")
+        else:
+            check_text(v, f"{field}[{i}]", value, 128, allow_newlines=False)
+
+
+def coerce_field_value(
+    v: Violations, field: str, definition: CustomFieldDef | None, value: WireValue
+) -> tuple[bool, FieldValue | None]:
+    """Checks a value against its field's definition.
+
+    Returns (ok, value); ``None`` as the value means "clear". ENUM fields accept ``enum_value``
+    and ``string_value`` alike, so clients that do not know a field's type can send strings.
+    """
+    if definition is None:
+        v.add(field, "is not a custom field defined for sessions in this org")
+        return False, None
+    if definition.status is not CustomFieldStatus.READY:
+        v.add(field, f"custom field is {definition.status.value}, not ready")
+        return False, None
+    if value.kind == "null":
+        return True, None
+    expected = definition.type
+    if expected is CustomFieldType.BOOLEAN and value.kind == "bool":
+        return True, value.value
+    if expected is CustomFieldType.NUMBER and value.kind == "number":
+        assert isinstance(value.value, float)
+        if not math.isfinite(value.value):
+            v.add(field, "must be a finite number")
+            return False, None
+        return True, value.value
+    if expected is CustomFieldType.STRING and value.kind == "string":
+        assert isinstance(value.value, str)
+        before = len(v.items)
+        check_text(v, field, value.value, MAX_STRING_VALUE_CHARS)
+        return len(v.items) == before, value.value
+    if expected is CustomFieldType.ENUM and value.kind in ("enum", "string"):
+        if value.value not in definition.enum_values:
+            allowed = ", ".join(definition.enum_values)
+            v.add(field, f"must be one of the field's values: {allowed}")
+            return False, None
+        return True, value.value
+    if expected is CustomFieldType.TIMESTAMP and value.kind == "timestamp":
+        assert isinstance(value.value, dt.datetime)
+        return True, value.value
+    v.add(field, f"must be a {expected.value} value, got {value.kind}")
+    return False, None

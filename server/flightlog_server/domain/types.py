@@ -1,0 +1,104 @@
+"""Plain data the layers hand each other: no protobuf, no SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, for which org; every storage call is scoped by ``org_id``."""
+
+    principal_id: str
+    org_id: str
+    request_id: str
+
+
+class CustomFieldType(StrEnum):
+    BOOLEAN = "boolean"
+    ENUM = "enum"
+    NUMBER = "number"
+    STRING = "string"
+    TIMESTAMP = "timestamp"
+
+
+class CustomFieldStatus(StrEnum):
+    CREATING = "creating"
+    READY = "ready"
+    DELETING = "deleting"
+    FAILED = "failed"
+
+
+# A custom-field value as Python sees it; ``None`` means unset.
+FieldValue = bool | str | float | dt.datetime
+
+
+@dataclass(frozen=True)
+class CustomFieldDef:
+    custom_field_id: str
+    org_id: str
+    entity_type: str
+    name: str
+    type: CustomFieldType
+    enum_values: tuple[str, ...]
+    status: CustomFieldStatus
+    description: str
+    created: dt.datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class WireValue:
+    """A custom-field value as sent: which oneof member was set, and its Python value.
+
+    ``kind`` is one of ``null``, ``bool``, ``enum``, ``number``, ``string``, ``timestamp``.
+    """
+
+    kind: str
+    value: FieldValue | None
+
+
+@dataclass(frozen=True)
+class ContributionSpec:
+    """A file to add to a session, whole (no bounds) or clipped to a closed window."""
+
+    file_id: str
+    range_min_ns: int | None
+    range_max_ns: int | None
+
+
+@dataclass(frozen=True)
+class MetadataChangeset:
+    put_tags: tuple[str, ...] = ()
+    remove_tags: tuple[str, ...] = ()
+    put_fields: dict[str, Any] = field(default_factory=dict)
+    remove_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """A session as stored, with its set custom-field values (Ready fields only)."""
+
+    session_id: str
+    org_id: str
+    name: str | None
+    description: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    custom_fields: dict[str, tuple[CustomFieldType, FieldValue]]
+    min_timestamp_ns: int | None
+    max_timestamp_ns: int | None
+    created: dt.datetime
+    created_by: str
+    modified: dt.datetime
+    modified_by: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    name: str
+    value: float

@@ -1,0 +1,189 @@
+"""What happens around every call: request id, deadline, authentication, errors, logging.
+
+One interceptor wraps every Flightlog handler (health and reflection stay public):
+
+1. a request id (the caller's ``x-request-id`` when well-formed, else a new one) is set for logs
+   and echoed in the response's initial metadata;
+2. the call's deadline is published to the storage layer (statement timeouts);
+3. ``authorization: Bearer <key>`` and ``x-org-id`` are resolved to a ``Caller`` (DESIGN §5);
+4. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
+   traceback and answered INTERNAL with the request id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from flightlog_server import request_context
+from flightlog_server.domain.errors import (
+    DomainError,
+    OrgAccessDenied,
+    OrgRequired,
+    Unauthenticated,
+)
+from flightlog_server.domain.types import Caller
+from flightlog_server.rpc.errors import STATUS_DETAILS_KEY, internal_status, rich_status
+from flightlog_server.storage.database import Database
+from flightlog_server.storage.identity import Authenticated, IdentityRepository
+
+log = logging.getLogger("flightlog.calls")
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the current call (set by the interceptor)."""
+    return _caller.get()
+
+
+class CallObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def started(self, method: str) -> None:
+        """A call started."""
+
+    def finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """A call finished with ``code`` after ``seconds``."""
+
+
+class Authenticator:
+    """Resolves call metadata to a Caller, caching good keys for ``cache_seconds``.
+
+    The cache spares a database round trip per call; a revoked key is refused at the latest
+    ``cache_seconds`` after revocation (0 disables the cache).
+    """
+
+    def __init__(self, database: Database, cache_seconds: float) -> None:
+        self.database = database
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Authenticated]] = {}
+
+    async def caller(self, metadata: Mapping[str, str], request_id: str) -> Caller:
+        header = metadata.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
+        who = await self._authenticate(key.strip())
+        org_id = metadata.get("x-org-id", "").strip()
+        if org_id:
+            if org_id not in who.org_ids:
+                raise OrgAccessDenied("the caller is not a member of the org named by x-org-id")
+        elif len(who.org_ids) == 1:
+            (org_id,) = who.org_ids
+        else:
+            raise OrgRequired(
+                "the caller belongs to several orgs (or none): name one with x-org-id metadata"
+            )
+        return Caller(principal_id=who.principal_id, org_id=org_id, request_id=request_id)
+
+    async def _authenticate(self, key: str) -> Authenticated:
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+
+        async def lookup(session: Any) -> Authenticated:
+            return await IdentityRepository(session).authenticate(key)
+
+        who = await self.database.run(lookup)
+        if self.cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + self.cache_seconds, who)
+        return who
+
+
+class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, authenticator: Authenticator, observer: CallObserver | None = None) -> None:
+        self.authenticator = authenticator
+        self.observer = observer or CallObserver()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(_PUBLIC_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _enter(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        given = metadata.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+        request_context.request_id.set(request_id)
+        remaining = context.time_remaining()
+        request_context.call_deadline.set(
+            None if remaining is None else time.monotonic() + remaining
+        )
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        _caller.set(await self.authenticator.caller(metadata, request_id))
+
+    @staticmethod
+    def _status_of(method: str, error: Exception) -> tuple[grpc.StatusCode, str, bytes]:
+        request_id = request_context.request_id.get()
+        if isinstance(error, DomainError):
+            code, message, details = rich_status(error)
+            log.info("%s failed: %s %s", method, code.name, message)
+        else:
+            log.exception("%s failed unexpectedly (request id %s)", method, request_id)
+            code, message, details = internal_status(request_id)
+        return code, message, details
+
+    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+        async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            self.observer.started(method)
+            code = grpc.StatusCode.OK
+            try:
+                await self._enter(method, context)
+                return await behavior(request, context)
+            except Exception as error:  # noqa: BLE001 - every failure gets a proper status
+                code, message, details = self._status_of(method, error)
+                await context.abort(code, message, ((STATUS_DETAILS_KEY, details),))
+            finally:
+                self.observer.finished(method, code, time.perf_counter() - started)
+
+        return call
+
+    def _wrap_stream(self, method: str, behavior: Any) -> Any:
+        async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            self.observer.started(method)
+            code = grpc.StatusCode.OK
+            try:
+                await self._enter(method, context)
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as error:  # noqa: BLE001 - every failure gets a proper status
+                code, message, details = self._status_of(method, error)
+                await context.abort(code, message, ((STATUS_DETAILS_KEY, details),))
+            finally:
+                self.observer.finished(method, code, time.perf_counter() - started)
+
+        return call

@@ -1,0 +1,81 @@
+"""Resume tokens for streamed listings.
+
+A token carries the keyset position after the last item sent, plus a fingerprint of the request
+it belongs to (method, org, filter and order). It is opaque to clients; a garbled token, or one
+used with another request, is INVALID_ARGUMENT (INVALID_PAGE_TOKEN). Tokens are not secret:
+every query is scoped to the caller's org whatever the token says.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from flightlog_server.domain.errors import InvalidPageToken
+from flightlog_server.storage.database import Database
+
+
+def fingerprint(*parts: bytes | str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def encode(scope: str, position: list[Any]) -> str:
+    raw = json.dumps({"s": scope, "p": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(token: str, scope: str) -> list[Any] | None:
+    """The position in ``token``, or None for an empty token (start from the beginning)."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        position = payload["p"]
+        token_scope = payload["s"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InvalidPageToken("is not a token this server issued") from e
+    if token_scope != scope or not isinstance(position, list):
+        raise InvalidPageToken("belongs to another request (filter, order or method differ)")
+    return position
+
+
+Row = TypeVar("Row")
+Message = TypeVar("Message")
+
+
+async def stream_pages(
+    database: Database,
+    *,
+    scope: str,
+    page_token: str,
+    page_size: int,
+    fetch: Callable[..., Awaitable[Sequence[Row]]],
+    position_of: Callable[[Row], list[Any]],
+    build: Callable[[Sequence[Row], str], Message],
+) -> AsyncIterator[Message]:
+    """Streams a keyset-paginated listing, one batch per message.
+
+    Each batch is read in its own short transaction: ``fetch(db, after=position, limit=size)``
+    returns the rows after ``position`` (from the start when None), so no connection is held while
+    the client reads: a slow reader is held back by gRPC flow control at the ``yield``, with at
+    most one batch in memory. ``build(rows, next_token)`` makes the message.
+    """
+    position = decode(page_token, scope)
+    while True:
+        rows = await database.run(functools.partial(fetch, after=position, limit=page_size))
+        if not rows:
+            return
+        position = position_of(rows[-1])
+        yield build(rows, encode(scope, position))
+        if len(rows) < page_size:
+            return

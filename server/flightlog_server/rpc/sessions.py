@@ -1,0 +1,349 @@
+"""SessionService: protobuf in, protobuf out; rules from ``domain``, SQL from ``storage``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from grpc import aio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flightlog.v1 import common_pb2, session_service_pb2, session_service_pb2_grpc
+from flightlog_server.domain import rules
+from flightlog_server.domain.errors import InvalidArgument
+from flightlog_server.domain.rules import Violations
+from flightlog_server.domain.types import (
+    Caller,
+    ContributionSpec,
+    CustomFieldType,
+    FieldValue,
+    SessionState,
+    WireValue,
+)
+from flightlog_server.rpc import convert, pagination
+from flightlog_server.rpc.calls import current_caller
+from flightlog_server.storage.custom_fields import CustomFieldRepository
+from flightlog_server.storage.database import Database
+from flightlog_server.storage.sessions import SessionRepository, request_digest
+
+pb = session_service_pb2
+Context = aio.ServicerContext[Any, Any]
+# Custom-field values to write, keyed by field ID; None clears.
+FieldWrites = dict[str, tuple[CustomFieldType, FieldValue | None]]
+
+
+class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _repo(self, db: AsyncSession, caller: Caller) -> SessionRepository:
+        return SessionRepository(db, caller, convert.encode_session)
+
+    async def _message(self, db: AsyncSession, caller: Caller, state: SessionState) -> pb.Session:
+        """The API form of a session: every Ready field present, unset ones null."""
+        ready = await CustomFieldRepository(db, caller.org_id).ready_names()
+        return convert.session_from_record(
+            convert.null_custom_fields(ready), convert.encode_session(state)
+        )
+
+    async def _field_writes(
+        self,
+        db: AsyncSession,
+        caller: Caller,
+        sent: Mapping[str, WireValue],
+        field_path: str,
+    ) -> FieldWrites:
+        """Checks values against their Ready definitions; every bad one is a violation."""
+        definitions = await CustomFieldRepository(db, caller.org_id).by_names(sent)
+        v = Violations()
+        writes: FieldWrites = {}
+        for name in sorted(sent):
+            definition = definitions.get(name)
+            ok, value = rules.coerce_field_value(v, f"{field_path}[{name}]", definition, sent[name])
+            if ok and definition is not None:
+                writes[definition.custom_field_id] = (definition.type, value)
+        v.raise_if_any()
+        return writes
+
+    @staticmethod
+    def _sent_values(
+        v: Violations, values: Mapping[str, common_pb2.CustomFieldValue], field_path: str
+    ) -> dict[str, WireValue]:
+        sent: dict[str, WireValue] = {}
+        for name, value in values.items():
+            try:
+                sent[name] = convert.wire_value(f"{field_path}[{name}]", value)
+            except InvalidArgument as e:
+                v.items.extend(e.violations)
+        return sent
+
+    # --- create / get / update / delete --------------------------------------------------------
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Context
+    ) -> pb.CreateSessionResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_name(v, "name", request.name)
+        rules.check_text(v, "description", request.description, rules.MAX_DESCRIPTION_CHARS)
+        for i, device_id in enumerate(request.device_ids):
+            rules.check_device_id(v, f"device_ids[{i}]", device_id)
+        rules.check_tags(v, "tags", request.tags)
+        metadata = convert.struct_to_dict(request.metadata)
+        rules.check_metadata(v, "metadata", metadata)
+        rules.check_request_id(v, request.request_id)
+        sent = self._sent_values(v, request.custom_fields, "custom_fields")
+        v.raise_if_any()
+        request_id = request.request_id or None
+        digest = None
+        if request_id:
+            body = pb.CreateSessionRequest()
+            body.CopyFrom(request)
+            body.ClearField("request_id")
+            digest = request_digest(body.SerializeToString(deterministic=True))
+
+        async def work(db: AsyncSession) -> pb.Session:
+            repo = self._repo(db, caller)
+            state = await repo.find_by_request_id(request_id, digest or b"") if request_id else None
+            if state is None:
+                writes = await self._field_writes(db, caller, sent, "custom_fields")
+                state = await repo.create(
+                    name=request.name or None,
+                    description=request.description or None,
+                    device_ids=rules.dedupe(request.device_ids),
+                    metadata=metadata,
+                    tags=rules.dedupe(request.tags),
+                    values=writes,
+                    request_id=request_id,
+                    digest=digest,
+                )
+            if state is None:  # a concurrent create with the same request_id committed first
+                assert request_id is not None
+                state = await repo.find_by_request_id(request_id, digest or b"")
+                assert state is not None
+            return await self._message(db, caller, state)
+
+        return pb.CreateSessionResponse(session=await self.database.run(work))
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Context
+    ) -> pb.GetSessionResponse:
+        caller = current_caller()
+        rules.require_id("session_id", request.session_id, "session")
+
+        async def work(db: AsyncSession) -> pb.Session:
+            record = await self._repo(db, caller).wire_record(request.session_id)
+            ready = await CustomFieldRepository(db, caller.org_id).ready_names()
+            return convert.session_from_record(convert.null_custom_fields(ready), record)
+
+        return pb.GetSessionResponse(session=await self.database.run(work))
+
+    async def UpdateSession(
+        self, request: pb.UpdateSessionRequest, context: Context
+    ) -> pb.UpdateSessionResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        columns: dict[str, Any] = {}
+        if request.HasField("name"):
+            if request.name.WhichOneof("action") == "set":
+                rules.check_name(v, "name.set", request.name.set)
+            columns["name"] = request.name.set or None
+        if request.HasField("description"):
+            if request.description.WhichOneof("action") == "set":
+                rules.check_text(
+                    v, "description.set", request.description.set, rules.MAX_DESCRIPTION_CHARS
+                )
+            columns["description"] = request.description.set or None
+        changes = request.metadata_changeset
+        rules.check_tags(v, "metadata_changeset.put_tags", changes.put_tags)
+        rules.check_tags(v, "metadata_changeset.remove_tags", changes.remove_tags)
+        put_fields = convert.struct_to_dict(changes.put_fields)
+        for key in put_fields:
+            rules.check_metadata_path(v, f"metadata_changeset.put_fields[{key}]", key)
+        for i, path in enumerate(changes.remove_fields):
+            rules.check_metadata_path(v, f"metadata_changeset.remove_fields[{i}]", path)
+        field_changes = request.custom_fields_changeset
+        sent = self._sent_values(v, field_changes.set_fields, "custom_fields_changeset.set_fields")
+        for i, name in enumerate(field_changes.clear_fields):
+            if name in sent:
+                v.add(
+                    f"custom_fields_changeset.clear_fields[{i}]",
+                    f"field {name!r} is both set and cleared",
+                )
+            sent.setdefault(name, WireValue("null", None))
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> pb.Session:
+            repo = self._repo(db, caller)
+            state = await repo.lock(request.session_id, _optional(request, "expected_revision"))
+            if request.HasField("metadata_changeset"):
+                after = Violations()
+                tags = rules.apply_tag_changes(state.tags, changes.put_tags, changes.remove_tags)
+                rules.check_tags(after, "metadata_changeset.put_tags", tags)
+                metadata = rules.apply_metadata_changes(
+                    state.metadata, put_fields, list(changes.remove_fields)
+                )
+                rules.check_metadata(after, "metadata_changeset.put_fields", metadata)
+                after.raise_if_any()
+                columns.update(tags=tags, metadata=metadata)
+            writes = await self._field_writes(
+                db, caller, sent, "custom_fields_changeset.set_fields"
+            )
+            await repo.update_fields(request.session_id, **columns)
+            await repo.set_custom_values(request.session_id, writes)
+            state = await repo.commit_change(request.session_id, "updated")
+            return await self._message(db, caller, state)
+
+        return pb.UpdateSessionResponse(session=await self.database.run(work))
+
+    async def DeleteSession(
+        self, request: pb.DeleteSessionRequest, context: Context
+    ) -> pb.DeleteSessionResponse:
+        caller = current_caller()
+        rules.require_id("session_id", request.session_id, "session")
+
+        async def work(db: AsyncSession) -> None:
+            await self._repo(db, caller).delete(
+                request.session_id, _optional(request, "expected_revision")
+            )
+
+        await self.database.run(work)
+        return pb.DeleteSessionResponse()
+
+    # --- contributions -------------------------------------------------------------------------
+
+    async def AddSessionFiles(
+        self, request: pb.AddSessionFilesRequest, context: Context
+    ) -> pb.AddSessionFilesResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        specs = [
+            ContributionSpec(
+                file_id=f.file_id,
+                range_min_ns=f.range_min_timestamp_ns
+                if f.HasField("range_min_timestamp_ns")
+                else None,
+                range_max_ns=f.range_max_timestamp_ns
+                if f.HasField("range_max_timestamp_ns")
+                else None,
+            )
+            for f in request.files
+        ]
+        rules.check_contributions(v, specs)
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> pb.Session:
+            repo = self._repo(db, caller)
+            await repo.lock(request.session_id, _optional(request, "expected_revision"))
+            await repo.add_contributions(request.session_id, specs)
+            state = await repo.commit_change(request.session_id, "files_changed")
+            return await self._message(db, caller, state)
+
+        return pb.AddSessionFilesResponse(session=await self.database.run(work))
+
+    async def RemoveSessionFiles(
+        self, request: pb.RemoveSessionFilesRequest, context: Context
+    ) -> pb.RemoveSessionFilesResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        if not request.file_ids:
+            v.add("file_ids", "must name at least one file")
+        elif len(request.file_ids) > rules.MAX_FILES_PER_CALL:
+            v.add("file_ids", f"must name at most {rules.MAX_FILES_PER_CALL} files")
+        else:
+            for i, file_id in enumerate(request.file_ids):
+                rules.check_id(v, f"file_ids[{i}]", file_id, "file")
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> pb.Session:
+            repo = self._repo(db, caller)
+            await repo.lock(request.session_id, _optional(request, "expected_revision"))
+            await repo.remove_contributions(request.session_id, rules.dedupe(request.file_ids))
+            state = await repo.commit_change(request.session_id, "files_changed")
+            return await self._message(db, caller, state)
+
+        return pb.RemoveSessionFilesResponse(session=await self.database.run(work))
+
+    # --- devices -------------------------------------------------------------------------------
+
+    async def AttachSessionDevice(
+        self, request: pb.AttachSessionDeviceRequest, context: Context
+    ) -> pb.AttachSessionDeviceResponse:
+        return pb.AttachSessionDeviceResponse(session=await self._change_device(request, True))
+
+    async def DetachSessionDevice(
+        self, request: pb.DetachSessionDeviceRequest, context: Context
+    ) -> pb.DetachSessionDeviceResponse:
+        return pb.DetachSessionDeviceResponse(session=await self._change_device(request, False))
+
+    async def _change_device(
+        self,
+        request: pb.AttachSessionDeviceRequest | pb.DetachSessionDeviceRequest,
+        attach: bool,
+    ) -> pb.Session:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        rules.check_device_id(v, "device_id", request.device_id)
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> pb.Session:
+            repo = self._repo(db, caller)
+            state = await repo.lock(request.session_id, _optional(request, "expected_revision"))
+            if attach:
+                changed = await repo.attach_device(request.session_id, request.device_id)
+            else:
+                changed = await repo.detach_device(request.session_id, request.device_id)
+            if changed:  # a no-op is not a change: no new revision, nothing in the feed
+                state = await repo.commit_change(request.session_id, "devices_changed")
+            return await self._message(db, caller, state)
+
+        return await self.database.run(work)
+
+    async def ListSessionDevices(
+        self, request: pb.ListSessionDevicesRequest, context: Context
+    ) -> AsyncIterator[pb.ListSessionDevicesResponse]:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+            repo = self._repo(db, caller)
+            if after is None:
+                await repo.wire_record(request.session_id)  # NOT_FOUND for an unknown session
+            return await repo.list_devices(request.session_id, after[0] if after else None, limit)
+
+        def build(rows: Sequence[Any], token: str) -> pb.ListSessionDevicesResponse:
+            return pb.ListSessionDevicesResponse(
+                devices=[
+                    pb.SessionDevice(
+                        device_id=r.device_id,
+                        attached=convert.timestamp(r.attached),
+                        attached_by=r.attached_by,
+                    )
+                    for r in rows
+                ],
+                next_page_token=token,
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListSessionDevices", caller.org_id, request.session_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda r: [r.seq],
+            build=build,
+        ):
+            yield response
+
+
+def _optional(message: Any, field: str) -> int | None:
+    return int(getattr(message, field)) if message.HasField(field) else None

@@ -1,0 +1,157 @@
+"""The connection pool and transactions: one place that knows how to talk to PostgreSQL safely.
+
+* One transaction per request, owned by the caller (``Database.transaction`` / ``Database.run``);
+  repositories flush but never commit.
+* Work is bounded by the call's deadline: when the caller has less time left than the default
+  statement timeout, the transaction sets ``statement_timeout`` to what is left.
+* Serialization failures and deadlocks are retried here, a few times with jitter, so callers
+  never see them.
+* A database that cannot be reached surfaces as ``DatabaseUnavailable`` quickly (short connect
+  timeout, dead pooled connections detected by pre-ping), and the pool recovers by itself when
+  PostgreSQL comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psycopg.errors
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from flightlog_server import request_context
+from flightlog_server.domain.errors import DatabaseUnavailable, DeadlineExceeded
+from flightlog_server.storage.urls import sqlalchemy_url
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# SQLSTATEs that mean "run the transaction again".
+_RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
+class RetryTransaction(Exception):
+    """Raised by a repository when what it read changed under it; the transaction is re-run."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+    pool_size: int = 10
+    max_overflow: int = 10
+    connect_timeout_s: int = 3
+    pool_timeout_s: float = 5.0
+    statement_timeout_ms: int = 30_000
+    max_attempts: int = 5
+
+
+class Database:
+    """The engine and its pool, plus the transaction helpers every repository call goes through."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+        self.engine = create_async_engine(
+            sqlalchemy_url(settings.url),
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_timeout=settings.pool_timeout_s,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "connect_timeout": settings.connect_timeout_s,
+                "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+                "application_name": "flightlog",
+            },
+        )
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One transaction; committed when the block exits normally, rolled back otherwise."""
+        with translate_errors():
+            async with self._sessions() as session, session.begin():
+                await self._bound_by_deadline(session)
+                yield session
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Runs ``work`` in a transaction, re-running it on serialization failures, deadlocks
+        and ``RetryTransaction``. ``work`` must be safe to repeat (it only touches the database)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.transaction() as session:
+                    return await work(session)
+            except (_Retryable, RetryTransaction) as e:
+                if attempt >= self.settings.max_attempts:
+                    log.warning("giving up after %d attempts: %s", attempt, e)
+                    raise DatabaseUnavailable(
+                        "the database is too busy with conflicting writes; retry"
+                    ) from e
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers a trivial query."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not serving"
+            return False
+
+    async def _bound_by_deadline(self, session: AsyncSession) -> None:
+        left = request_context.seconds_left()
+        if left is None:
+            return
+        ms = int(left * 1000)
+        if ms <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the database was reached")
+        if ms < self.settings.statement_timeout_ms:
+            await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
+
+
+class _Retryable(Exception):
+    pass
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turns driver and pool exceptions into domain errors (or the internal retry signal)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = classify(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def classify(exc: BaseException) -> Exception | None:
+    """The domain error (or retry signal) a driver exception stands for, or None."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if isinstance(orig, psycopg.Error) and orig.sqlstate in _RETRYABLE:
+        return _Retryable(str(orig.sqlstate))
+    if isinstance(orig, psycopg.errors.QueryCanceled):
+        return DeadlineExceeded("the database work exceeded the call's deadline")
+    if isinstance(orig, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
+        return DatabaseUnavailable("the database is shutting down or starting; retry")
+    if isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+        return DatabaseUnavailable("the database cannot be reached; retry")
+    if isinstance(exc, sa_exc.TimeoutError):
+        return DatabaseUnavailable("no database connection became free in time; retry")
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return DatabaseUnavailable("the database connection was lost; retry")
+    if isinstance(exc, OSError | ConnectionError):
+        return DatabaseUnavailable("the database cannot be reached; retry")
+    return None

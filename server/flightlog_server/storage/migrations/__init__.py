@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the Flightlog schema (see ``storage/migrate.py``)."""

@@ -1,0 +1,1 @@
+"""Flightlog tests (a package, so that `python -m tests.smoke` and `-m tests.bench` work)."""

@@ -1,0 +1,166 @@
+"""Test support: a real Flightlog server on a loopback port, identities, authenticated stubs.
+
+The server runs in a background thread with its own event loop, exactly as in production
+(``FlightlogServer``), and tests drive it through the generated stubs over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from flightlog.v1 import (
+    catalog_service_pb2_grpc,
+    custom_field_service_pb2_grpc,
+    session_service_pb2_grpc,
+)
+from flightlog_server.app import FlightlogServer, ServerSettings
+from flightlog_server.storage.database import Database, DatabaseSettings
+from flightlog_server.storage.identity import IdentityRepository
+
+
+class ServerThread:
+    """Runs a FlightlogServer in a thread; ``port`` is its bound loopback port."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: FlightlogServer = self.call(self._start())
+        self.port = self.server.port
+
+    async def _start(self) -> FlightlogServer:
+        server = FlightlogServer(self.settings)
+        await server.start()
+        return server
+
+    def call(self, coroutine: Any, timeout: float = 60) -> Any:
+        """Runs a coroutine on the server's loop and returns its result."""
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.server.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A principal with an API key, acting in ``org_id`` (sent as x-org-id unless None)."""
+
+    api_key: str
+    org_id: str
+    principal_id: str
+    api_key_id: str
+
+
+def run_identity(url: str, work: Callable[[IdentityRepository], Any]) -> Any:
+    async def run() -> Any:
+        database = Database(DatabaseSettings(url=url, pool_size=1))
+        try:
+            return await database.run(lambda session: work(IdentityRepository(session)))
+        finally:
+            await database.close()
+
+    return asyncio.run(run())
+
+
+def create_identity(url: str, name: str, org_ids: list[str] | None = None) -> Identity:
+    """A new principal (named ``name``) in a new org of the same name, or in ``org_ids``."""
+
+    async def work(repo: IdentityRepository) -> Identity:
+        orgs = org_ids or [await repo.create_org(name)]
+        principal_id = await repo.create_principal(name, "service_account")
+        for org_id in orgs:
+            await repo.add_member(org_id, principal_id)
+        key = await repo.create_api_key(principal_id)
+        return Identity(key, orgs[0], principal_id, key.split(".")[0])
+
+    result: Identity = run_identity(url, work)
+    return result
+
+
+class _Metadata(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self.metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), *self.metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+class Stubs:
+    """The three generated stubs over one channel, with the caller's metadata on every call."""
+
+    def __init__(self, target: str, api_key: str | None, org_id: str | None) -> None:
+        metadata = []
+        if api_key is not None:
+            metadata.append(("authorization", f"Bearer {api_key}"))
+        if org_id is not None:
+            metadata.append(("x-org-id", org_id))
+        self.raw_channel = grpc.insecure_channel(target)
+        self.channel = grpc.intercept_channel(self.raw_channel, _Metadata(metadata))
+        self.sessions = session_service_pb2_grpc.SessionServiceStub(self.channel)
+        self.catalog = catalog_service_pb2_grpc.CatalogServiceStub(self.channel)
+        self.custom_fields = custom_field_service_pb2_grpc.CustomFieldServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.raw_channel.close()
+
+
+@dataclass
+class RpcFailure:
+    """What a failed call told the client: code, ErrorInfo reason and BadRequest fields."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str | None
+    metadata: dict[str, str]
+    fields: dict[str, str]
+
+
+def failure(error: grpc.RpcError) -> RpcFailure:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason = None
+    metadata: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+            metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = {v.field: v.description for v in bad.field_violations}
+    return RpcFailure(error.code(), error.details() or "", reason, metadata, fields)
+
+
+def rpc_error(call: Callable[[], Any]) -> RpcFailure:
+    """Runs a call that must fail and returns how it failed."""
+    try:
+        result = call()
+        if isinstance(result, Iterator):
+            list(result)
+    except grpc.RpcError as error:
+        return failure(error)
+    raise AssertionError("the call succeeded but was expected to fail")
