@@ -20,7 +20,7 @@ from flightlog_server.domain.types import (
     SessionState,
     WireValue,
 )
-from flightlog_server.rpc import convert, pagination
+from flightlog_server.rpc import convert, pagination, session_listing, watch
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.custom_fields import CustomFieldRepository
 from flightlog_server.storage.database import Database
@@ -341,6 +341,24 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             fetch=fetch,
             position_of=lambda r: [r.seq],
             build=build,
+        ):
+            yield response
+
+    # --- listing and the change feed live in their own modules ----------------------------------
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> AsyncIterator[pb.ListSessionsResponse]:
+        async for response in session_listing.list_sessions(
+            self.database, current_caller(), request
+        ):
+            yield response
+
+    async def WatchSessions(
+        self, request: pb.WatchSessionsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSessionsResponse]:
+        async for response in watch.watch_sessions(
+            self.database, current_caller(), request, context
         ):
             yield response
 
