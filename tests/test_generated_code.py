@@ -21,5 +21,5 @@ def test_generated_code_is_in_sync_with_the_protos(tmp_path: Path) -> None:
     committed = ROOT / "client" / "flightlog" / "v1"
     names = sorted(p.name for p in generated.iterdir() if p.is_file())
     assert names, "the generator produced nothing"
-    match, mismatch, errors = filecmp.cmpfiles(generated, committed, names, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(generated, committed, names, shallow=False)
     assert mismatch == [] and errors == [], f"run 'make proto': {mismatch + errors} differ"
