@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,6 +153,7 @@ def _settings(args: argparse.Namespace, url: str) -> ServerSettings:
         auth_cache_seconds=args.auth_cache_seconds,
         grace_seconds=args.grace_seconds,
         tls=tls,
+        metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
     )
 
 
@@ -167,6 +170,52 @@ async def _serve(settings: ServerSettings, on_started: Callable[[int], None] | N
     log.info("stopping: letting in-flight calls finish (grace %.0f s)", settings.grace_seconds)
     await server.stop()
     log.info("stopped")
+
+
+def _worker(settings: ServerSettings, index: int) -> None:
+    configure_logging(os.environ.get("FLIGHTLOG_LOG_LEVEL"))  # set by main() for the workers
+    if settings.metrics_port:
+        settings = replace(settings, metrics_port=settings.metrics_port + index)
+    asyncio.run(_serve(settings))
+
+
+def _run_workers(
+    settings: ServerSettings, workers: int, on_started: Callable[[int], None] | None = None
+) -> int:
+    """Serves in this process, or in ``workers`` processes sharing the port (SO_REUSEPORT).
+
+    Each worker has its own event loop and connection pool; SIGTERM/SIGINT reach all of them
+    (they are forwarded) and each drains its calls within the grace period.
+    """
+    if workers <= 1:
+        asyncio.run(_serve(settings, on_started))
+        return 0
+    if settings.bind.endswith(":0"):
+        sys.exit("error: --workers needs a fixed port in --bind")
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(settings, i), name=f"flightlog-worker-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    if on_started is not None:
+        on_started(int(settings.bind.rsplit(":", 1)[1]))
+    for process in processes:
+        process.join()
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        log.error("workers exited with an error: %s", ", ".join(failed))
+        return 1
+    return 0
 
 
 def _with_database(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -241,7 +290,7 @@ def _dev(args: argparse.Namespace) -> int:
         def announce(port: int) -> None:
             print(credentials.banner(port), flush=True)
 
-        asyncio.run(_serve(settings, announce))
+        _run_workers(settings, args.workers, announce)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -250,7 +299,9 @@ def _dev(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    configure_logging(getattr(args, "log_level", None) or _env("FLIGHTLOG_LOG_LEVEL", "INFO"))
+    level = getattr(args, "log_level", None) or _env("FLIGHTLOG_LOG_LEVEL", "INFO") or "INFO"
+    os.environ["FLIGHTLOG_LOG_LEVEL"] = level
+    configure_logging(level)
     if args.command == "admin":
         return _admin(args)
     if args.command == "migrate":
@@ -269,8 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     else:
         _migrate(url)
-    asyncio.run(_serve(_settings(args, url)))
-    return 0
+    return _run_workers(_settings(args, url), args.workers)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,6 +22,7 @@ from flightlog.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from flightlog_server.metrics import Metrics
 from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.storage.database import Database, DatabaseSettings
@@ -53,7 +54,9 @@ class ServerSettings:
     grace_seconds: float = 10.0
     health_interval_seconds: float = 1.0
     tls: TlsSettings | None = None
-    observer: CallObserver = field(default_factory=CallObserver)
+    # Prometheus metrics on this port of 127.0.0.1 (0 picks a free one); None turns them off.
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
 
 
 class FlightlogServer:
@@ -62,12 +65,15 @@ class FlightlogServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.database = Database(settings.database)
+        self.metrics = Metrics() if settings.metrics_port is not None else None
+        observer = self.metrics.observer if self.metrics else CallObserver()
+        if self.metrics:
+            self.metrics.pool.database = self.database
+        self.metrics_port: int | None = None
         self._health = health_async.HealthServicer()
         self.server = aio.server(
             interceptors=[
-                CallInterceptor(
-                    Authenticator(self.database, settings.auth_cache_seconds), settings.observer
-                )
+                CallInterceptor(Authenticator(self.database, settings.auth_cache_seconds), observer)
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -101,6 +107,10 @@ class FlightlogServer:
 
     async def start(self) -> None:
         await self.server.start()
+        if self.metrics is not None and self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(
+                self.settings.metrics_port, self.settings.metrics_address
+            )
         await self._update_health()
         self._watch = asyncio.create_task(self._watch_database())
         log.info("serving on port %d", self.port)
