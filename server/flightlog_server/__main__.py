@@ -8,17 +8,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import multiprocessing
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flightlog_server.app import FlightlogServer, ServerSettings, TlsSettings
+from flightlog_server.app import ServerSettings, TlsSettings
 from flightlog_server.log_setup import configure_logging
+from flightlog_server.serving import run_workers
 from flightlog_server.storage.database import Database, DatabaseSettings
 
 log = logging.getLogger("flightlog.main")
@@ -63,6 +61,20 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         default=float(_env("FLIGHTLOG_GRACE_SECONDS", "10") or 10),
         help="on SIGTERM/SIGINT, how long in-flight calls may take to finish "
         "(FLIGHTLOG_GRACE_SECONDS; default 10)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("FLIGHTLOG_METRICS_PORT", "-1") or -1),
+        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics; with --workers N, worker i "
+        "uses PORT+i (FLIGHTLOG_METRICS_PORT; default off)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("FLIGHTLOG_WORKERS", "1") or 1),
+        help="server processes sharing the port (SO_REUSEPORT); the kernel spreads connections "
+        "over them (FLIGHTLOG_WORKERS; default 1)",
     )
     parser.add_argument(
         "--tls-cert",
@@ -157,67 +169,6 @@ def _settings(args: argparse.Namespace, url: str) -> ServerSettings:
     )
 
 
-async def _serve(settings: ServerSettings, on_started: Callable[[int], None] | None = None) -> None:
-    server = FlightlogServer(settings)
-    await server.start()
-    if on_started is not None:
-        on_started(server.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: letting in-flight calls finish (grace %.0f s)", settings.grace_seconds)
-    await server.stop()
-    log.info("stopped")
-
-
-def _worker(settings: ServerSettings, index: int) -> None:
-    configure_logging(os.environ.get("FLIGHTLOG_LOG_LEVEL"))  # set by main() for the workers
-    if settings.metrics_port:
-        settings = replace(settings, metrics_port=settings.metrics_port + index)
-    asyncio.run(_serve(settings))
-
-
-def _run_workers(
-    settings: ServerSettings, workers: int, on_started: Callable[[int], None] | None = None
-) -> int:
-    """Serves in this process, or in ``workers`` processes sharing the port (SO_REUSEPORT).
-
-    Each worker has its own event loop and connection pool; SIGTERM/SIGINT reach all of them
-    (they are forwarded) and each drains its calls within the grace period.
-    """
-    if workers <= 1:
-        asyncio.run(_serve(settings, on_started))
-        return 0
-    if settings.bind.endswith(":0"):
-        sys.exit("error: --workers needs a fixed port in --bind")
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker, args=(settings, i), name=f"flightlog-worker-{i}")
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    if on_started is not None:
-        on_started(int(settings.bind.rsplit(":", 1)[1]))
-    for process in processes:
-        process.join()
-    failed = [p.name for p in processes if p.exitcode != 0]
-    if failed:
-        log.error("workers exited with an error: %s", ", ".join(failed))
-        return 1
-    return 0
-
-
 def _with_database(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
         database = Database(DatabaseSettings(url=url, pool_size=1))
@@ -290,7 +241,7 @@ def _dev(args: argparse.Namespace) -> int:
         def announce(port: int) -> None:
             print(credentials.banner(port), flush=True)
 
-        _run_workers(settings, args.workers, announce)
+        run_workers(settings, args.workers, announce)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -320,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     else:
         _migrate(url)
-    return _run_workers(_settings(args, url), args.workers)
+    return run_workers(_settings(args, url), args.workers)
 
 
 if __name__ == "__main__":
