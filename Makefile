@@ -34,8 +34,9 @@ install: $(STAMP) ## Create .venv and install the project with all extras (edita
 run: $(STAMP) ## Start a dev server on localhost:50051 (embedded PostgreSQL unless DATABASE_URL); ARGS=... passes options.
 	$(BIN)/python -m flightlog_server dev $(ARGS)
 
-proto: $(STAMP) ## Regenerate client/flightlog/v1 from protos/ with the pinned tools.
+proto: $(STAMP) ## Regenerate client/flightlog/v1 and docs/api.md from protos/ with the pinned tools.
 	protos/generate.sh client
+	$(BIN)/python protos/gen_docs.py
 
 proto-check: $(STAMP) ## Fail if the committed generated code differs from what protos/ generates.
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
@@ -57,12 +58,13 @@ lint: $(STAMP) ## buf lint/format/breaking, proto-check, ruff check/format, then
 		echo "buf breaking: skipped (no commit on branch main contains protos/)"; \
 	fi
 	$(MAKE) --no-print-directory proto-check
+	$(BIN)/python protos/gen_docs.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 
 typecheck: $(STAMP) ## mypy --strict on server/flightlog_server and client/flightlog.
-	$(BIN)/mypy server/flightlog_server client/flightlog
+	$(BIN)/mypy server/flightlog_server client/flightlog protos/gen_docs.py
 
 test: $(STAMP) ## Run the test suite (TEST_DATABASE_URL=... to use a running PostgreSQL); PYTEST_ARGS=... passes options.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
