@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -63,7 +63,10 @@ class Database:
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout_s,
-            pool_pre_ping=True,
+            # No pre-ping (it would cost a round trip per call): a connection found dead is
+            # invalidated with every older one, and the work is re-run on a fresh connection
+            # when it failed before COMMIT (see ``transaction``).
+            pool_pre_ping=False,
             pool_recycle=1800,
             connect_args={
                 "connect_timeout": settings.connect_timeout_s,
@@ -81,18 +84,62 @@ class Database:
         """One transaction; committed when the block exits normally, rolled back otherwise."""
         with translate_errors():
             async with self._sessions() as session, session.begin():
-                await self._bound_by_deadline(session)
+                try:
+                    await self._bound_by_deadline(session)
+                    yield session
+                except sa_exc.DBAPIError as e:
+                    if e.connection_invalidated:
+                        # Lost before COMMIT was sent: nothing was committed, so re-running the
+                        # work on a fresh connection is safe.
+                        raise _StaleConnection(str(e.orig)) from e
+                    raise
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads that take one statement: autocommit, so no BEGIN/COMMIT round
+        trips. Falls back to a transaction when the call's deadline needs a statement timeout."""
+        left = request_context.seconds_left()
+        if left is not None and left * 1000 < self.settings.statement_timeout_ms:
+            async with self.transaction() as session:
                 yield session
+            return
+        with translate_errors():
+            async with self.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                async with AsyncSession(bind=autocommit) as session:
+                    try:
+                        yield session
+                    except sa_exc.DBAPIError as e:
+                        if e.connection_invalidated:
+                            raise _StaleConnection(str(e.orig)) from e
+                        raise
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Runs ``work`` in a transaction, re-running it on serialization failures, deadlocks
-        and ``RetryTransaction``. ``work`` must be safe to repeat (it only touches the database)."""
+        """Runs ``work`` in a transaction, re-running it on serialization failures, deadlocks,
+        a connection found dead before COMMIT, and ``RetryTransaction``. ``work`` must be safe
+        to repeat (it only touches the database)."""
+        return await self._attempt(self.transaction, work)
+
+    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Runs one-statement read ``work`` without a transaction (see ``reading``)."""
+        return await self._attempt(self.reading, work)
+
+    async def _attempt(
+        self,
+        scope: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+        work: Callable[[AsyncSession], Awaitable[T]],
+    ) -> T:
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self.transaction() as session:
+                async with scope() as session:
                     return await work(session)
+            except _StaleConnection as e:
+                # The pool has dropped its old connections; one retry reaches the database if
+                # it is back, and fails fast (connection refused) if it is not.
+                if attempt >= 2:
+                    raise DatabaseUnavailable("the database connection was lost; retry") from e
             except (_Retryable, RetryTransaction) as e:
                 if attempt >= self.settings.max_attempts:
                     log.warning("giving up after %d attempts: %s", attempt, e)
@@ -122,7 +169,11 @@ class Database:
 
 
 class _Retryable(Exception):
-    pass
+    """A serialization failure or deadlock: run the transaction again."""
+
+
+class _StaleConnection(Exception):
+    """A pooled connection turned out dead before COMMIT: run the work again."""
 
 
 @contextmanager
