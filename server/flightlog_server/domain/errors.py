@@ -36,7 +36,9 @@ class InvalidArgument(DomainError):
 
     def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
         self.violations = list(violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:3])
+        if len(self.violations) > 3:
+            summary += f" (and {len(self.violations) - 3} more)"
         super().__init__(message or f"invalid request: {summary}")
 
     @classmethod
@@ -74,8 +76,12 @@ class NotFound(DomainError):
         self.kind = kind
         self.ids = list(ids)
         self.reason = f"{kind.upper()}_NOT_FOUND"
-        listed = ", ".join(self.ids)
-        super().__init__(f"{kind.replace('_', ' ')} not found: {listed}", metadata={"ids": listed})
+        # The first IDs in the message, up to 50 in the metadata (a status must stay small).
+        listed = ", ".join(self.ids[:50]) + (
+            f" (+{len(self.ids) - 50})" if len(self.ids) > 50 else ""
+        )
+        shown = ", ".join(self.ids[:3]) + (" …" if len(self.ids) > 3 else "")
+        super().__init__(f"{kind.replace('_', ' ')} not found: {shown}", metadata={"ids": listed})
 
 
 class AlreadyExists(DomainError):

@@ -42,6 +42,15 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_ENUM_VALUES = 256
 MAX_CUSTOM_FIELD_CONDITIONS = 16
 MAX_IN_VALUES = 1_000
+# Every time placed on the Unix epoch (windows, extents plus offsets, hence session bounds) lies
+# strictly within ±2**62 ns (about the years 1824 to 2116), so that differences of two of them
+# (a session's duration, which the database indexes) always fit in int64.
+EPOCH_NS_LIMIT = 2**62
+
+
+def is_epoch_ns(value: int) -> bool:
+    return -EPOCH_NS_LIMIT < value < EPOCH_NS_LIMIT
+
 
 ID_PREFIXES = {
     "session": "ss_",
@@ -254,6 +263,10 @@ def check_contributions(v: Violations, specs: Sequence[ContributionSpec]) -> Non
                 else ("range_min_timestamp_ns")
             )
             v.add(f"{field}.{missing}", "both window bounds must be set together, or neither")
+        elif spec.range_min_ns is not None and not is_epoch_ns(spec.range_min_ns):
+            v.add(f"{field}.range_min_timestamp_ns", "must lie within ±2^62 ns of the Unix epoch")
+        elif spec.range_max_ns is not None and not is_epoch_ns(spec.range_max_ns):
+            v.add(f"{field}.range_max_timestamp_ns", "must lie within ±2^62 ns of the Unix epoch")
         elif (
             spec.range_min_ns is not None
             and spec.range_max_ns is not None

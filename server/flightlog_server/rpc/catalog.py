@@ -2,10 +2,349 @@
 
 from __future__ import annotations
 
-from flightlog.v1 import catalog_service_pb2_grpc
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from grpc import aio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flightlog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
+from flightlog_server.domain import catalog, rules
+from flightlog_server.domain.catalog import (
+    DatasetRecord,
+    DeviceRecord,
+    FileRecord,
+    PartitionRecord,
+)
+from flightlog_server.domain.errors import InvalidPageToken
+from flightlog_server.domain.rules import Violations
+from flightlog_server.domain.types import Caller
+from flightlog_server.rpc import convert, pagination
+from flightlog_server.rpc.calls import current_caller
+from flightlog_server.storage.catalog import CatalogRepository
 from flightlog_server.storage.database import Database
+from flightlog_server.storage.sessions import SessionRepository
+
+pb = catalog_service_pb2
+Context = aio.ServicerContext[Any, Any]
 
 
 class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     def __init__(self, database: Database) -> None:
         self.database = database
+
+    @staticmethod
+    def _sessions(db: AsyncSession, caller: Caller) -> SessionRepository:
+        return SessionRepository(db, caller, convert.encode_session)
+
+    # --- devices -------------------------------------------------------------------------------
+
+    async def CreateDevice(
+        self, request: pb.CreateDeviceRequest, context: Context
+    ) -> pb.CreateDeviceResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_device_id(v, "device_id", request.device_id)
+        rules.check_name(v, "name", request.name)
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> DeviceRecord:
+            return await CatalogRepository(db, caller).create_device(
+                request.device_id, request.name
+            )
+
+        device = await self.database.run(work)
+        return pb.CreateDeviceResponse(device=convert.device_message(device))
+
+    async def GetDevice(
+        self, request: pb.GetDeviceRequest, context: Context
+    ) -> pb.GetDeviceResponse:
+        caller = current_caller()
+        _require_device_id(request.device_id)
+
+        async def work(db: AsyncSession) -> DeviceRecord:
+            return await CatalogRepository(db, caller).get_device(request.device_id)
+
+        device = await self.database.run(work)
+        return pb.GetDeviceResponse(device=convert.device_message(device))
+
+    async def ListDevices(
+        self, request: pb.ListDevicesRequest, context: Context
+    ) -> AsyncIterator[pb.ListDevicesResponse]:
+        caller = current_caller()
+        v = Violations()
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+            position = pagination.checked_position(after, str)
+            return await CatalogRepository(db, caller).list_devices(
+                position[0] if position else None, limit
+            )
+
+        def build(rows: Sequence[DeviceRecord], token: str) -> pb.ListDevicesResponse:
+            return pb.ListDevicesResponse(
+                devices=[convert.device_message(d) for d in rows], next_page_token=token
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListDevices", caller.org_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda d: [d.device_id],
+            build=build,
+        ):
+            yield response
+
+    async def DeleteDevice(
+        self, request: pb.DeleteDeviceRequest, context: Context
+    ) -> pb.DeleteDeviceResponse:
+        caller = current_caller()
+        _require_device_id(request.device_id)
+
+        async def work(db: AsyncSession) -> None:
+            repo = CatalogRepository(db, caller)
+            sessions = await repo.lock_sessions_of_device(request.device_id)
+            await repo.delete_device(request.device_id)
+            session_repo = self._sessions(db, caller)
+            for session_id in sessions:
+                await session_repo.commit_change(session_id, "devices_changed")
+
+        await self.database.run(work)
+        return pb.DeleteDeviceResponse()
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    async def CreateDataset(
+        self, request: pb.CreateDatasetRequest, context: Context
+    ) -> pb.CreateDatasetResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_name(v, "name", request.name)
+        if request.device_id:
+            rules.check_device_id(v, "device_id", request.device_id)
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> DatasetRecord:
+            return await CatalogRepository(db, caller).create_dataset(
+                request.name, request.device_id or None
+            )
+
+        dataset = await self.database.run(work)
+        return pb.CreateDatasetResponse(dataset=convert.dataset_message(dataset))
+
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: Context
+    ) -> pb.GetDatasetResponse:
+        caller = current_caller()
+        rules.require_id("dataset_id", request.dataset_id, "dataset")
+
+        async def work(db: AsyncSession) -> DatasetRecord:
+            return await CatalogRepository(db, caller).get_dataset(request.dataset_id)
+
+        dataset = await self.database.run(work)
+        return pb.GetDatasetResponse(dataset=convert.dataset_message(dataset))
+
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
+    ) -> AsyncIterator[pb.ListDatasetsResponse]:
+        caller = current_caller()
+        v = Violations()
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+            position = pagination.checked_position(after, str, str)
+            keyset = None
+            if position is not None:
+                keyset = (_parse_time(position[0]), position[1])
+            return await CatalogRepository(db, caller).list_datasets(keyset, limit)
+
+        def build(rows: Sequence[DatasetRecord], token: str) -> pb.ListDatasetsResponse:
+            return pb.ListDatasetsResponse(
+                datasets=[convert.dataset_message(d) for d in rows], next_page_token=token
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListDatasets", caller.org_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda d: [d.created.isoformat(), d.dataset_id],
+            build=build,
+        ):
+            yield response
+
+    # --- files ---------------------------------------------------------------------------------
+
+    async def RegisterFile(
+        self, request: pb.RegisterFileRequest, context: Context
+    ) -> pb.RegisterFileResponse:
+        caller = current_caller()
+        spec = convert.file_spec(request)
+        v = Violations()
+        catalog.check_file_spec(v, spec)
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> FileRecord:
+            return await CatalogRepository(db, caller).register_file(spec)
+
+        file = await self.database.run(work)
+        return pb.RegisterFileResponse(file=convert.file_message(file))
+
+    async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
+        caller = current_caller()
+        rules.require_id("file_id", request.file_id, "file")
+
+        async def work(db: AsyncSession) -> FileRecord:
+            return await CatalogRepository(db, caller).get_file(request.file_id)
+
+        file = await self.database.run(work)
+        return pb.GetFileResponse(file=convert.file_message(file))
+
+    async def ListFiles(
+        self, request: pb.ListFilesRequest, context: Context
+    ) -> AsyncIterator[pb.ListFilesResponse]:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "dataset_id", request.dataset_id, "dataset", required=False)
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+        dataset_id = request.dataset_id or None
+        checked = False
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+            nonlocal checked
+            position = pagination.checked_position(after, str)
+            repo = CatalogRepository(db, caller)
+            if dataset_id is not None and not checked:
+                await repo.get_dataset(dataset_id)  # NOT_FOUND for a dataset not in the org
+                checked = True
+            return await repo.list_files(dataset_id, position[0] if position else None, limit)
+
+        def build(rows: Sequence[FileRecord], token: str) -> pb.ListFilesResponse:
+            return pb.ListFilesResponse(
+                files=[convert.file_message(f) for f in rows], next_page_token=token
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListFiles", caller.org_id, request.dataset_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda f: [f.relative_path if dataset_id else f.file_id],
+            build=build,
+        ):
+            yield response
+
+    async def ListFileTopics(
+        self, request: pb.ListFileTopicsRequest, context: Context
+    ) -> AsyncIterator[pb.ListFileTopicsResponse]:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "file_id", request.file_id, "file")
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+        checked = False
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+            nonlocal checked
+            position = pagination.checked_position(after, str, str)
+            repo = CatalogRepository(db, caller)
+            if not checked:
+                await repo.get_file(request.file_id)  # NOT_FOUND for a file not in the org
+                checked = True
+            keyset = (position[0], position[1]) if position else None
+            return await repo.list_partitions(request.file_id, keyset, limit)
+
+        def build(rows: Sequence[PartitionRecord], token: str) -> pb.ListFileTopicsResponse:
+            return pb.ListFileTopicsResponse(
+                partitions=[convert.topic_partition_message(p) for p in rows],
+                next_page_token=token,
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListFileTopics", caller.org_id, request.file_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda p: [p.topic.name, p.topic.topic_id],
+            build=build,
+        ):
+            yield response
+
+    async def UpdateFileTimelineOffset(
+        self, request: pb.UpdateFileTimelineOffsetRequest, context: Context
+    ) -> pb.UpdateFileTimelineOffsetResponse:
+        caller = current_caller()
+        rules.require_id("file_id", request.file_id, "file")
+        offset = request.unix_epoch_offset_ns
+
+        async def work(db: AsyncSession) -> FileRecord:
+            session_repo = self._sessions(db, caller)
+            repo = CatalogRepository(db, caller)
+            # Sessions first, then the file: the order every session write locks in.
+            sessions = await session_repo.lock_sessions_of_file(request.file_id)
+            file = await repo.get_file(request.file_id)
+            if file.unix_epoch_offset_ns == offset:
+                return file  # nothing changes, so nothing is recomputed or recorded
+            extents = (
+                None
+                if file.extents_min_ns is None or file.extents_max_ns is None
+                else (file.extents_min_ns, file.extents_max_ns)
+            )
+            v = Violations()
+            catalog.check_offset(v, "unix_epoch_offset_ns", extents, offset)
+            v.raise_if_any()
+            file = await repo.set_offset(request.file_id, offset)
+            if sessions:
+                await session_repo.recompute_bounds(sessions)
+            for session_id in sessions:
+                await session_repo.commit_change(session_id, "bounds_changed")
+            return file
+
+        file = await self.database.run(work)
+        return pb.UpdateFileTimelineOffsetResponse(file=convert.file_message(file))
+
+    async def DeleteFile(
+        self, request: pb.DeleteFileRequest, context: Context
+    ) -> pb.DeleteFileResponse:
+        caller = current_caller()
+        rules.require_id("file_id", request.file_id, "file")
+
+        async def work(db: AsyncSession) -> None:
+            session_repo = self._sessions(db, caller)
+            repo = CatalogRepository(db, caller)
+            await session_repo.lock_sessions_of_file(request.file_id)
+            # The contributions go first, explicitly, so that their sessions are known.
+            sessions = await repo.delete_contributions_of_file(request.file_id)
+            await repo.delete_file(request.file_id)
+            if sessions:
+                await session_repo.recompute_bounds(sessions)
+            for session_id in sessions:
+                await session_repo.commit_change(session_id, "bounds_changed")
+
+        await self.database.run(work)
+        return pb.DeleteFileResponse()
+
+
+def _require_device_id(device_id: str) -> None:
+    v = Violations()
+    rules.check_device_id(v, "device_id", device_id)
+    v.raise_if_any()
+
+
+def _parse_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise InvalidPageToken("is not a token this server issued") from e
+    if parsed.tzinfo is None:
+        raise InvalidPageToken("is not a token this server issued")
+    return parsed

@@ -16,9 +16,25 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 
-from flightlog.v1 import common_pb2, session_service_pb2
+from flightlog.v1 import (
+    catalog_service_pb2,
+    common_pb2,
+    custom_field_service_pb2,
+    session_service_pb2,
+)
+from flightlog_server.domain.catalog import (
+    DatasetRecord,
+    DeviceRecord,
+    Extent,
+    FileRecord,
+    FileSpec,
+    PartitionRecord,
+    PartitionSpec,
+)
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.domain.types import (
+    CustomFieldDef,
+    CustomFieldStatus,
     CustomFieldType,
     FieldValue,
     SessionState,
@@ -137,3 +153,138 @@ def null_custom_fields(ready_field_names: Iterable[str]) -> bytes:
 
 def session_from_record(prefix: bytes, record: bytes) -> session_service_pb2.Session:
     return session_service_pb2.Session.FromString(prefix + record)
+
+
+# --- Catalog -----------------------------------------------------------------------------------
+
+
+def device_message(device: DeviceRecord) -> catalog_service_pb2.Device:
+    return catalog_service_pb2.Device(
+        device_id=device.device_id,
+        org_id=device.org_id,
+        name=device.name,
+        created=timestamp(device.created),
+        created_by=device.created_by,
+    )
+
+
+def dataset_message(dataset: DatasetRecord) -> catalog_service_pb2.Dataset:
+    return catalog_service_pb2.Dataset(
+        dataset_id=dataset.dataset_id,
+        org_id=dataset.org_id,
+        name=dataset.name,
+        device_id=dataset.device_id or "",
+        created=timestamp(dataset.created),
+        created_by=dataset.created_by,
+    )
+
+
+def file_message(file: FileRecord) -> catalog_service_pb2.File:
+    message = catalog_service_pb2.File(
+        file_id=file.file_id,
+        org_id=file.org_id,
+        dataset_id=file.dataset_id,
+        relative_path=file.relative_path,
+        size_bytes=file.size_bytes,
+        device_id=file.device_id or "",
+        unix_epoch_offset_ns=file.unix_epoch_offset_ns,
+        created=timestamp(file.created),
+        created_by=file.created_by,
+    )
+    window = file.window
+    if window is not None:
+        message.min_timestamp_ns, message.max_timestamp_ns = window
+    return message
+
+
+def topic_partition_message(partition: PartitionRecord) -> catalog_service_pb2.TopicPartition:
+    topic = partition.topic
+    return catalog_service_pb2.TopicPartition(
+        topic=common_pb2.Topic(
+            topic_id=topic.topic_id,
+            name=topic.name,
+            schema_name=topic.schema_name,
+            message_encoding=topic.message_encoding,
+        ),
+        file_id=partition.file_id,
+        message_count=partition.message_count,
+        extents=[
+            catalog_service_pb2.TimelineExtent(min_timestamp_ns=e.min_ns, max_timestamp_ns=e.max_ns)
+            for e in partition.extents
+        ],
+    )
+
+
+def file_spec(request: catalog_service_pb2.RegisterFileRequest) -> FileSpec:
+    """The domain view of a RegisterFile request; an empty ``device_id`` means the dataset's."""
+    return FileSpec(
+        dataset_id=request.dataset_id,
+        relative_path=request.relative_path,
+        size_bytes=request.size_bytes,
+        device_id=request.device_id or None,
+        unix_epoch_offset_ns=request.unix_epoch_offset_ns,
+        partitions=tuple(
+            PartitionSpec(
+                topic_name=p.topic_name,
+                schema_name=p.schema_name,
+                message_encoding=p.message_encoding,
+                message_count=p.message_count,
+                extents=tuple(Extent(e.min_timestamp_ns, e.max_timestamp_ns) for e in p.extents),
+            )
+            for p in request.partitions
+        ),
+    )
+
+
+# --- Custom-field definitions ------------------------------------------------------------------
+
+_cf = custom_field_service_pb2
+_ENTITY_TYPES: dict[int, str] = {_cf.ENTITY_TYPE_SESSION: "session"}
+_FIELD_TYPES: dict[int, CustomFieldType] = {
+    _cf.CUSTOM_FIELD_TYPE_BOOLEAN: CustomFieldType.BOOLEAN,
+    _cf.CUSTOM_FIELD_TYPE_ENUM: CustomFieldType.ENUM,
+    _cf.CUSTOM_FIELD_TYPE_NUMBER: CustomFieldType.NUMBER,
+    _cf.CUSTOM_FIELD_TYPE_STRING: CustomFieldType.STRING,
+    _cf.CUSTOM_FIELD_TYPE_TIMESTAMP: CustomFieldType.TIMESTAMP,
+}
+_FIELD_STATUSES: dict[int, CustomFieldStatus] = {
+    _cf.CUSTOM_FIELD_STATUS_CREATING: CustomFieldStatus.CREATING,
+    _cf.CUSTOM_FIELD_STATUS_READY: CustomFieldStatus.READY,
+    _cf.CUSTOM_FIELD_STATUS_DELETING: CustomFieldStatus.DELETING,
+    _cf.CUSTOM_FIELD_STATUS_FAILED: CustomFieldStatus.FAILED,
+}
+
+
+def entity_type_name(value: int) -> str | None:
+    """The stored entity type (``session``) of a proto EntityType; None when unspecified or
+    unknown."""
+    return _ENTITY_TYPES.get(value)
+
+
+def custom_field_type(value: int) -> CustomFieldType | None:
+    """The domain type of a proto CustomFieldType; None when unspecified or unknown."""
+    return _FIELD_TYPES.get(value)
+
+
+def custom_field_status(value: int) -> CustomFieldStatus | None:
+    """The domain status of a proto CustomFieldStatus; None when unspecified or unknown."""
+    return _FIELD_STATUSES.get(value)
+
+
+def _proto_value(mapping: dict[int, Any], value: Any) -> Any:
+    return next(number for number, v in mapping.items() if v == value)
+
+
+def custom_field_message(definition: CustomFieldDef) -> custom_field_service_pb2.CustomField:
+    return custom_field_service_pb2.CustomField(
+        custom_field_id=definition.custom_field_id,
+        org_id=definition.org_id,
+        entity_type=_proto_value(_ENTITY_TYPES, definition.entity_type),
+        name=definition.name,
+        type=_proto_value(_FIELD_TYPES, definition.type),
+        enum_values=definition.enum_values,
+        status=_proto_value(_FIELD_STATUSES, definition.status),
+        description=definition.description,
+        created=timestamp(definition.created),
+        created_by=definition.created_by,
+    )

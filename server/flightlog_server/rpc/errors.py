@@ -47,29 +47,47 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+# gRPC clients refuse response metadata over 8 KiB by default, and the status details travel
+# base64-encoded in a trailer, with the message percent-encoded in another. What a status carries
+# is therefore bounded, whatever the request held (a field path may quote a user's map key).
+MAX_VIOLATIONS = 10
+MAX_FIELD_CHARS = 120
+MAX_DESCRIPTION_CHARS = 200
+MAX_MESSAGE_CHARS = 200
+MAX_METADATA_VALUE_CHARS = 600
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def rich_status(error: e.DomainError) -> tuple[grpc.StatusCode, str, bytes]:
     """(code, message, serialized google.rpc.Status) for a domain error."""
     code = status_code_of(error)
+    message = _clip(error.message, MAX_MESSAGE_CHARS)
+    metadata = {k: _clip(v, MAX_METADATA_VALUE_CHARS) for k, v in error.metadata.items()}
     details = [
-        _pack(
-            error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-        )
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     ]
     if isinstance(error, e.InvalidArgument):
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
+        shown = error.violations[:MAX_VIOLATIONS]
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_clip(v.field, MAX_FIELD_CHARS),
+                description=_clip(v.description, MAX_DESCRIPTION_CHARS),
+            )
+            for v in shown
+        ]
+        if len(error.violations) > len(shown):
+            violations.append(
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="*",
+                    description=f"{len(error.violations) - len(shown)} more violations not shown",
                 )
             )
-        )
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    return code, error.message, status.SerializeToString()
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return code, message, status.SerializeToString()
 
 
 def internal_status(request_id: str) -> tuple[grpc.StatusCode, str, bytes]:

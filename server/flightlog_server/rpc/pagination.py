@@ -79,3 +79,19 @@ async def stream_pages(
         yield build(rows, encode(scope, position))
         if len(rows) < page_size:
             return
+
+
+def checked_position(position: list[Any] | None, *types: type) -> list[Any] | None:
+    """``position`` when it holds one value of each of ``types`` in order (None passes through).
+
+    Scopes are fingerprints, not signatures, so a hand-made token can carry a position of the
+    wrong shape; that is INVALID_PAGE_TOKEN too, never an error deeper down.
+    """
+    if position is None:
+        return None
+    if len(position) != len(types) or not all(
+        isinstance(value, t) and not (t is int and isinstance(value, bool))
+        for value, t in zip(position, types, strict=False)
+    ):
+        raise InvalidPageToken("is not a token this server issued")
+    return position

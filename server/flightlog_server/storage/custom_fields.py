@@ -1,17 +1,30 @@
-"""Custom-field definitions."""
+"""Custom-field definitions.
+
+A session's stored wire record shows the values of Ready fields only, so a write that moves a
+field to or away from Ready, or deletes it, must refresh the record of every session holding a
+value for it, in the same transaction. ``lock_sessions_with_values`` takes the locks for that in
+the order session writes take them (sessions in ID order, then the definition), so the set of
+sessions cannot change until commit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flightlog_server.domain.errors import AlreadyExists, NotFound
+from flightlog_server.domain.rules import new_id
 from flightlog_server.domain.types import CustomFieldDef, CustomFieldStatus, CustomFieldType
 from flightlog_server.storage import models as m
+from flightlog_server.storage.database import RetryTransaction
 
 CF = m.table(m.CustomField)
+V = m.table(m.SessionCustomFieldValue)
+S = m.table(m.Session)
 
 
 def definition_from_row(row: Any) -> CustomFieldDef:
@@ -37,19 +50,23 @@ class CustomFieldRepository:
         self.org_id = org_id
 
     async def by_names(
-        self, names: Iterable[str], entity_type: str = "session"
+        self, names: Iterable[str], entity_type: str = "session", *, lock: bool = False
     ) -> dict[str, CustomFieldDef]:
-        """The definitions with these names (any status), keyed by name."""
+        """The definitions with these names (any status), keyed by name.
+
+        With ``lock``, the definitions are share-locked until the transaction ends, so a write
+        that checked values against them cannot race a status change or a deletion."""
         wanted = list(set(names))
         if not wanted:
             return {}
-        rows = await self.db.execute(
-            select(CF).where(
-                CF.c.org_id == self.org_id,
-                CF.c.entity_type == entity_type,
-                CF.c.name.in_(wanted),
-            )
+        query = select(CF).where(
+            CF.c.org_id == self.org_id,
+            CF.c.entity_type == entity_type,
+            CF.c.name.in_(wanted),
         )
+        if lock:
+            query = query.with_for_update(read=True)
+        rows = await self.db.execute(query)
         return {row.name: definition_from_row(row) for row in rows}
 
     async def ready_names(self, entity_type: str = "session") -> list[str]:
@@ -63,3 +80,121 @@ class CustomFieldRepository:
             .order_by(CF.c.name)
         )
         return list(rows)
+
+    # --- definition CRUD (CustomFieldService) --------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        entity_type: str,
+        name: str,
+        type_: CustomFieldType,
+        enum_values: Sequence[str],
+        status: CustomFieldStatus,
+        description: str,
+        created_by: str,
+    ) -> CustomFieldDef:
+        """Inserts a definition; ALREADY_EXISTS when (entity type, name) is taken in the org."""
+        row = (
+            await self.db.execute(
+                pg_insert(CF)
+                .values(
+                    org_id=self.org_id,
+                    custom_field_id=new_id("custom_field"),
+                    entity_type=entity_type,
+                    name=name,
+                    type=type_.value,
+                    enum_values=list(enum_values),
+                    status=status.value,
+                    description=description,
+                    created_by=created_by,
+                )
+                .on_conflict_do_nothing(index_elements=[CF.c.org_id, CF.c.entity_type, CF.c.name])
+                .returning(CF)
+            )
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExists(f"a custom field named {name!r} already exists for {entity_type}s")
+        return definition_from_row(row)
+
+    async def get(self, custom_field_id: str, *, lock: bool = False) -> CustomFieldDef:
+        """The definition; NOT_FOUND when not in the org. ``lock`` holds it for an update."""
+        query = select(CF).where(
+            CF.c.org_id == self.org_id, CF.c.custom_field_id == custom_field_id
+        )
+        if lock:
+            query = query.with_for_update()
+        row = (await self.db.execute(query)).one_or_none()
+        if row is None:
+            raise NotFound("custom_field", [custom_field_id])
+        return definition_from_row(row)
+
+    async def list_fields(
+        self, entity_type: str | None, after: tuple[str, str] | None, limit: int
+    ) -> list[CustomFieldDef]:
+        """Definitions ordered by (name, ID), optionally of one entity type, after ``after``."""
+        query = (
+            select(CF)
+            .where(CF.c.org_id == self.org_id)
+            .order_by(CF.c.name, CF.c.custom_field_id)
+            .limit(limit)
+        )
+        if entity_type is not None:
+            query = query.where(CF.c.entity_type == entity_type)
+        if after is not None:
+            query = query.where(tuple_(CF.c.name, CF.c.custom_field_id) > tuple_(*after))
+        return [definition_from_row(row) for row in await self.db.execute(query)]
+
+    async def lock_sessions_with_values(
+        self, custom_field_id: str
+    ) -> tuple[CustomFieldDef, list[str]]:
+        """Locks, in ID order, every session holding a value for the field, then the definition
+        (``FOR UPDATE``, which also holds off new values: inserting one takes a key-share lock
+        on it). Returns the locked definition and the sessions; NOT_FOUND when the field is not
+        in the org. Re-runs the transaction if a value appeared or went meanwhile."""
+
+        holders = (
+            select(V.c.session_id)
+            .where(V.c.org_id == self.org_id, V.c.custom_field_id == custom_field_id)
+            .order_by(V.c.session_id)
+        )
+        sessions = list(
+            await self.db.scalars(
+                select(S.c.session_id)
+                .where(S.c.org_id == self.org_id, S.c.session_id.in_(holders.order_by(None)))
+                .order_by(S.c.session_id)
+                .with_for_update()
+            )
+        )
+        definition = await self.get(custom_field_id, lock=True)
+        if list(await self.db.scalars(holders)) != sessions:
+            raise RetryTransaction(f"values of {custom_field_id} changed while locking")
+        return definition, sessions
+
+    async def update(
+        self,
+        custom_field_id: str,
+        *,
+        status: CustomFieldStatus,
+        enum_values: Sequence[str],
+    ) -> CustomFieldDef:
+        row = (
+            await self.db.execute(
+                update(CF)
+                .where(CF.c.org_id == self.org_id, CF.c.custom_field_id == custom_field_id)
+                .values(status=status.value, enum_values=list(enum_values))
+                .returning(CF)
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound("custom_field", [custom_field_id])
+        return definition_from_row(row)
+
+    async def delete(self, custom_field_id: str) -> None:
+        """Deletes the definition and every value set for it."""
+        await self.db.execute(
+            delete(V).where(V.c.org_id == self.org_id, V.c.custom_field_id == custom_field_id)
+        )
+        await self.db.execute(
+            delete(CF).where(CF.c.org_id == self.org_id, CF.c.custom_field_id == custom_field_id)
+        )

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from flightlog_server import request_context
-from flightlog_server.domain.errors import DatabaseUnavailable, DeadlineExceeded
+from flightlog_server.domain.errors import DatabaseUnavailable, DeadlineExceeded, LimitExceeded
 from flightlog_server.storage.urls import sqlalchemy_url
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 # SQLSTATEs that mean "run the transaction again".
 _RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# SQLSTATE classes that mean "the database cannot serve now": connection exception, insufficient
+# resources, operator intervention, system error. Other errors are bugs, reported as INTERNAL.
+_UNAVAILABLE_CLASSES = {"08", "53", "57", "58"}
 
 
 class RetryTransaction(Exception):
@@ -197,7 +200,12 @@ def classify(exc: BaseException) -> Exception | None:
         return DeadlineExceeded("the database work exceeded the call's deadline")
     if isinstance(orig, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
         return DatabaseUnavailable("the database is shutting down or starting; retry")
-    if isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+    if isinstance(orig, psycopg.Error) and (orig.sqlstate or "").startswith("54"):
+        # program_limit_exceeded (statement too complex, too many columns...): retrying won't help
+        return LimitExceeded("the request is too large for the database to process")
+    if isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError) and (
+        orig.sqlstate is None or orig.sqlstate[:2] in _UNAVAILABLE_CLASSES
+    ):
         return DatabaseUnavailable("the database cannot be reached; retry")
     if isinstance(exc, sa_exc.TimeoutError):
         return DatabaseUnavailable("no database connection became free in time; retry")

@@ -1,0 +1,216 @@
+"""The catalog's data and rules: devices, datasets, files, their topic partitions and extents.
+
+Timestamps are int64 nanoseconds. A file's extents are stored as recorded; its
+``unix_epoch_offset_ns`` places them on the Unix epoch. Registration and offset changes check that
+every extent plus the offset lies within ``rules.EPOCH_NS_LIMIT``, so the bounds arithmetic done
+in SQL (``extents_min_ns + unix_epoch_offset_ns``, and a session's duration) can never overflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from flightlog_server.domain.rules import (
+    Violations,
+    check_device_id,
+    check_id,
+    check_text,
+    is_epoch_ns,
+)
+
+MAX_RELATIVE_PATH_CHARS = 1024
+MAX_PARTITIONS_PER_FILE = 10_000
+MAX_EXTENTS_PER_PARTITION = 1_000
+MAX_TOPIC_NAME_CHARS = 512
+MAX_SCHEMA_NAME_CHARS = 512
+MAX_MESSAGE_ENCODING_CHARS = 64
+# A request full of bad extents would otherwise answer with a status larger than the 8 KiB of
+# trailing metadata gRPC clients accept by default; past this many, one violation counts the rest.
+MAX_REPORTED_PARTITION_VIOLATIONS = 20
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A closed time extent of a topic partition, as stored (offset not applied)."""
+
+    min_ns: int
+    max_ns: int
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """One topic's messages within a file, as sent to RegisterFile."""
+
+    topic_name: str
+    schema_name: str
+    message_encoding: str
+    message_count: int
+    extents: tuple[Extent, ...]
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to register; ``device_id`` None means "the dataset's device"."""
+
+    dataset_id: str
+    relative_path: str
+    size_bytes: int
+    device_id: str | None
+    unix_epoch_offset_ns: int
+    partitions: tuple[PartitionSpec, ...]
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    org_id: str
+    name: str
+    created: dt.datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    dataset_id: str
+    org_id: str
+    name: str
+    device_id: str | None
+    created: dt.datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    file_id: str
+    org_id: str
+    dataset_id: str
+    relative_path: str
+    size_bytes: int
+    device_id: str | None
+    unix_epoch_offset_ns: int
+    # Minimum and maximum over the extents as stored; None when the file has none.
+    extents_min_ns: int | None
+    extents_max_ns: int | None
+    created: dt.datetime
+    created_by: str
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """The file's time window on the epoch (offset applied), or None without extents."""
+        if self.extents_min_ns is None or self.extents_max_ns is None:
+            return None
+        offset = self.unix_epoch_offset_ns
+        return self.extents_min_ns + offset, self.extents_max_ns + offset
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    topic_id: str
+    name: str
+    schema_name: str
+    message_encoding: str
+
+
+@dataclass(frozen=True)
+class PartitionRecord:
+    topic: TopicRecord
+    file_id: str
+    message_count: int
+    extents: tuple[Extent, ...]
+
+
+def extents_range(partitions: Iterable[PartitionSpec]) -> tuple[int, int] | None:
+    """(minimum, maximum) over every extent of the partitions, or None when there is none."""
+    lows = [e.min_ns for p in partitions for e in p.extents]
+    if not lows:
+        return None
+    return min(lows), max(e.max_ns for p in partitions for e in p.extents)
+
+
+def offset_fits(extents: tuple[int, int] | None, offset: int) -> bool:
+    """True when every extent within ``extents`` plus ``offset`` lies on the epoch's range."""
+    if extents is None:
+        return True
+    low, high = extents
+    return is_epoch_ns(low + offset) and is_epoch_ns(high + offset)
+
+
+def check_offset(v: Violations, field: str, extents: tuple[int, int] | None, offset: int) -> None:
+    v.check(
+        offset_fits(extents, offset),
+        field,
+        "puts the file's extents outside the supported range: every extent plus the offset"
+        " must lie within ±2^62 ns of the Unix epoch",
+    )
+
+
+def check_file_spec(v: Violations, spec: FileSpec) -> None:
+    """Every rule of RegisterFile that needs no database, one violation per offending field."""
+    check_id(v, "dataset_id", spec.dataset_id, "dataset")
+    if not spec.relative_path:
+        v.add("relative_path", "is required")
+    else:
+        check_text(v, "relative_path", spec.relative_path, MAX_RELATIVE_PATH_CHARS)
+    v.check(spec.size_bytes >= 0, "size_bytes", "must not be negative")
+    if spec.device_id is not None:
+        check_device_id(v, "device_id", spec.device_id)
+    if len(spec.partitions) > MAX_PARTITIONS_PER_FILE:
+        v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE} partitions")
+        return
+    before = len(v.items)
+    partitions_ok = _check_partitions(v, spec.partitions)
+    if len(v.items) - before > MAX_REPORTED_PARTITION_VIOLATIONS:
+        dropped = len(v.items) - before - MAX_REPORTED_PARTITION_VIOLATIONS
+        del v.items[before + MAX_REPORTED_PARTITION_VIOLATIONS :]
+        v.add("partitions", f"{dropped} more violations in partitions are not listed")
+    if partitions_ok:
+        check_offset(
+            v, "unix_epoch_offset_ns", extents_range(spec.partitions), spec.unix_epoch_offset_ns
+        )
+
+
+def _check_partitions(v: Violations, partitions: Sequence[PartitionSpec]) -> bool:
+    """Checks each partition; True when the extents are sound enough to check the offset."""
+    extents_ok = True
+    seen: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(partitions):
+        field = f"partitions[{i}]"
+        if not p.topic_name:
+            v.add(f"{field}.topic_name", "is required")
+        else:
+            check_text(
+                v, f"{field}.topic_name", p.topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False
+            )
+        check_text(
+            v, f"{field}.schema_name", p.schema_name, MAX_SCHEMA_NAME_CHARS, allow_newlines=False
+        )
+        check_text(
+            v,
+            f"{field}.message_encoding",
+            p.message_encoding,
+            MAX_MESSAGE_ENCODING_CHARS,
+            allow_newlines=False,
+        )
+        v.check(p.message_count >= 0, f"{field}.message_count", "must not be negative")
+        identity = (p.topic_name, p.schema_name)
+        if identity in seen:
+            v.add(
+                f"{field}.topic_name",
+                f"repeats partitions[{seen[identity]}] (same topic name and schema name);"
+                " list each topic once",
+            )
+        seen.setdefault(identity, i)
+        if len(p.extents) > MAX_EXTENTS_PER_PARTITION:
+            v.add(f"{field}.extents", f"must hold at most {MAX_EXTENTS_PER_PARTITION} extents")
+            extents_ok = False
+            continue
+        for j, extent in enumerate(p.extents):
+            if extent.min_ns > extent.max_ns:
+                v.add(
+                    f"{field}.extents[{j}].min_timestamp_ns",
+                    "must not be greater than max_timestamp_ns",
+                )
+                extents_ok = False
+    return extents_ok

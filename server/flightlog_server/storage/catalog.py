@@ -1,0 +1,432 @@
+"""The catalog: devices, datasets, files, topic identities, partitions and extents.
+
+Locks follow the order of ``storage.sessions``: sessions (in ID order), then the catalog row, then
+the org revision. Rows that must merely keep existing until commit (a file's dataset and device)
+are held with ``FOR KEY SHARE``, which blocks their deletion but not other readers or writers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Text, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flightlog_server.domain.catalog import (
+    DatasetRecord,
+    DeviceRecord,
+    Extent,
+    FileRecord,
+    FileSpec,
+    PartitionRecord,
+    PartitionSpec,
+    TopicRecord,
+    extents_range,
+)
+from flightlog_server.domain.errors import AlreadyExists, NotFound
+from flightlog_server.domain.rules import new_id
+from flightlog_server.domain.types import Caller
+from flightlog_server.storage import models as m
+from flightlog_server.storage.database import RetryTransaction
+
+DV = m.table(m.Device)
+DS = m.table(m.Dataset)
+F = m.table(m.File)
+T = m.table(m.Topic)
+P = m.table(m.TopicPartition)
+E = m.table(m.TimelineExtent)
+S = m.table(m.Session)
+SD = m.table(m.SessionDevice)
+SF = m.table(m.SessionFile)
+
+
+def _device(row: Any) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=row.device_id,
+        org_id=row.org_id,
+        name=row.name,
+        created=row.created,
+        created_by=row.created_by,
+    )
+
+
+def _dataset(row: Any) -> DatasetRecord:
+    return DatasetRecord(
+        dataset_id=row.dataset_id,
+        org_id=row.org_id,
+        name=row.name,
+        device_id=row.device_id,
+        created=row.created,
+        created_by=row.created_by,
+    )
+
+
+def _file(row: Any) -> FileRecord:
+    return FileRecord(
+        file_id=row.file_id,
+        org_id=row.org_id,
+        dataset_id=row.dataset_id,
+        relative_path=row.relative_path,
+        size_bytes=row.size_bytes,
+        device_id=row.device_id,
+        unix_epoch_offset_ns=row.unix_epoch_offset_ns,
+        extents_min_ns=row.extents_min_ns,
+        extents_max_ns=row.extents_max_ns,
+        created=row.created,
+        created_by=row.created_by,
+    )
+
+
+class CatalogRepository:
+    """All SQL about the catalog, scoped to the caller's org. Flushes, never commits."""
+
+    def __init__(self, session: AsyncSession, caller: Caller) -> None:
+        self.db = session
+        self.caller = caller
+        self.org_id = caller.org_id
+
+    # --- devices -------------------------------------------------------------------------------
+
+    async def create_device(self, device_id: str, name: str) -> DeviceRecord:
+        row = (
+            await self.db.execute(
+                pg_insert(DV)
+                .values(
+                    org_id=self.org_id,
+                    device_id=device_id,
+                    name=name,
+                    created_by=self.caller.principal_id,
+                )
+                .on_conflict_do_nothing(index_elements=[DV.c.org_id, DV.c.device_id])
+                .returning(DV)
+            )
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExists(f"a device with ID {device_id!r} already exists")
+        return _device(row)
+
+    async def get_device(self, device_id: str) -> DeviceRecord:
+        row = (
+            await self.db.execute(
+                select(DV).where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound("device", [device_id])
+        return _device(row)
+
+    async def list_devices(self, after: str | None, limit: int) -> list[DeviceRecord]:
+        """Devices in ID order, after the keyset position ``after``."""
+        query = select(DV).where(DV.c.org_id == self.org_id).order_by(DV.c.device_id).limit(limit)
+        if after is not None:
+            query = query.where(DV.c.device_id > after)
+        return [_device(row) for row in await self.db.execute(query)]
+
+    async def lock_sessions_of_device(self, device_id: str) -> list[str]:
+        """Locks, in ID order, every session the device is attached to, then the device, and
+        returns the sessions; NOT_FOUND when the device is not in the org. Re-runs the
+        transaction if an attachment appeared or went meanwhile."""
+
+        attached = (
+            select(SD.c.session_id)
+            .where(SD.c.org_id == self.org_id, SD.c.device_id == device_id)
+            .order_by(SD.c.session_id)
+        )
+        sessions = list(
+            await self.db.scalars(
+                select(S.c.session_id)
+                .where(S.c.org_id == self.org_id, S.c.session_id.in_(attached.order_by(None)))
+                .order_by(S.c.session_id)
+                .with_for_update()
+            )
+        )
+        exists = await self.db.scalar(
+            select(DV.c.device_id)
+            .where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
+            .with_for_update()
+        )
+        if exists is None:
+            raise NotFound("device", [device_id])
+        if list(await self.db.scalars(attached)) != sessions:
+            raise RetryTransaction(f"attachments of {device_id} changed while locking")
+        return sessions
+
+    async def delete_device(self, device_id: str) -> None:
+        """Deletes the device; its attachments go with it (cascade) and the datasets, files and
+        metric values that name it keep no device (``SET NULL``)."""
+        await self.db.execute(
+            delete(DV).where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
+        )
+
+    async def _key_share_device(self, device_id: str) -> bool:
+        """Keeps the device from being deleted until commit; False when it does not exist."""
+        found = await self.db.scalar(
+            select(DV.c.device_id)
+            .where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        return found is not None
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    async def create_dataset(self, name: str, device_id: str | None) -> DatasetRecord:
+        if device_id is not None and not await self._key_share_device(device_id):
+            raise NotFound("device", [device_id])
+        row = (
+            await self.db.execute(
+                DS.insert()
+                .values(
+                    org_id=self.org_id,
+                    dataset_id=new_id("dataset"),
+                    name=name,
+                    device_id=device_id,
+                    created_by=self.caller.principal_id,
+                )
+                .returning(DS)
+            )
+        ).one()
+        return _dataset(row)
+
+    async def get_dataset(self, dataset_id: str, *, key_share: bool = False) -> DatasetRecord:
+        query = select(DS).where(DS.c.org_id == self.org_id, DS.c.dataset_id == dataset_id)
+        if key_share:
+            query = query.with_for_update(read=True, key_share=True)
+        row = (await self.db.execute(query)).one_or_none()
+        if row is None:
+            raise NotFound("dataset", [dataset_id])
+        return _dataset(row)
+
+    async def list_datasets(
+        self, after: tuple[dt.datetime, str] | None, limit: int
+    ) -> list[DatasetRecord]:
+        """Datasets newest first (ties by ID, descending), after the keyset position ``after``."""
+        query = (
+            select(DS)
+            .where(DS.c.org_id == self.org_id)
+            .order_by(DS.c.created.desc(), DS.c.dataset_id.desc())
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(tuple_(DS.c.created, DS.c.dataset_id) < tuple_(*after))
+        return [_dataset(row) for row in await self.db.execute(query)]
+
+    # --- files ---------------------------------------------------------------------------------
+
+    async def register_file(self, spec: FileSpec) -> FileRecord:
+        """Inserts a file with its partitions and extents; topics are matched by (name, schema
+        name) or created. NOT_FOUND for an unknown dataset or device, ALREADY_EXISTS for a
+        taken path."""
+        dataset = await self.get_dataset(spec.dataset_id, key_share=True)
+        device_id = spec.device_id
+        if device_id is not None:
+            if not await self._key_share_device(device_id):
+                raise NotFound("device", [device_id])
+        elif dataset.device_id is not None and await self._key_share_device(dataset.device_id):
+            # (A dataset device deleted since the dataset was read leaves the file without one.)
+            device_id = dataset.device_id
+        extents = extents_range(spec.partitions)
+        row = (
+            await self.db.execute(
+                pg_insert(F)
+                .values(
+                    org_id=self.org_id,
+                    file_id=new_id("file"),
+                    dataset_id=spec.dataset_id,
+                    device_id=device_id,
+                    relative_path=spec.relative_path,
+                    size_bytes=spec.size_bytes,
+                    unix_epoch_offset_ns=spec.unix_epoch_offset_ns,
+                    extents_min_ns=extents[0] if extents else None,
+                    extents_max_ns=extents[1] if extents else None,
+                    created_by=self.caller.principal_id,
+                )
+                .on_conflict_do_nothing(
+                    index_elements=[F.c.org_id, F.c.dataset_id, F.c.relative_path]
+                )
+                .returning(F)
+            )
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExists(
+                f"dataset {spec.dataset_id} already has a file at {spec.relative_path!r}"
+            )
+        file = _file(row)
+        if spec.partitions:
+            topic_ids = await self._upsert_topics(spec.partitions)
+            await self._insert_partitions(file.file_id, spec.partitions, topic_ids)
+        return file
+
+    async def _upsert_topics(
+        self, partitions: Sequence[PartitionSpec]
+    ) -> dict[tuple[str, str], str]:
+        """The topic ID of each partition's (name, schema name), creating missing identities.
+
+        ``ON CONFLICT DO NOTHING`` waits for a concurrent registration inserting the same topic
+        and then skips it, so concurrent registrations never fail; rows go in sorted order so
+        that two of them wait on each other in the same order (no deadlock). The identities are
+        then read back, the ones just inserted and the existing ones alike. A topic's message
+        encoding is the one it was first registered with."""
+        encodings = {(p.topic_name, p.schema_name): p.message_encoding for p in partitions}
+        keys = sorted(encodings)
+        await self.db.execute(
+            pg_insert(T).on_conflict_do_nothing(
+                index_elements=[T.c.org_id, T.c.name, T.c.schema_name]
+            ),
+            [
+                {
+                    "org_id": self.org_id,
+                    "topic_id": new_id("topic"),
+                    "name": name,
+                    "schema_name": schema,
+                    "message_encoding": encodings[(name, schema)],
+                }
+                for name, schema in keys
+            ],
+        )
+        # Two array parameters joined through unnest: a row IN-list of thousands of pairs would
+        # be thousands of parameters and too deep an expression for PostgreSQL.
+        wanted = (
+            func.unnest(
+                bindparam("names", [name for name, _ in keys], type_=ARRAY(Text)),
+                bindparam("schemas", [schema for _, schema in keys], type_=ARRAY(Text)),
+            )
+            .table_valued("name", "schema_name")
+            .render_derived()
+        )
+        rows = await self.db.execute(
+            select(T.c.topic_id, T.c.name, T.c.schema_name)
+            .select_from(
+                T.join(
+                    wanted, and_(T.c.name == wanted.c.name, T.c.schema_name == wanted.c.schema_name)
+                )
+            )
+            .where(T.c.org_id == self.org_id)
+        )
+        return {(r.name, r.schema_name): r.topic_id for r in rows}
+
+    async def _insert_partitions(
+        self,
+        file_id: str,
+        partitions: Sequence[PartitionSpec],
+        topic_ids: dict[tuple[str, str], str],
+    ) -> None:
+        partition_rows: list[dict[str, Any]] = []
+        extent_rows: list[dict[str, Any]] = []
+        for p in partitions:
+            topic_id = topic_ids[(p.topic_name, p.schema_name)]
+            partition_rows.append(
+                {
+                    "org_id": self.org_id,
+                    "file_id": file_id,
+                    "topic_id": topic_id,
+                    "message_count": p.message_count,
+                }
+            )
+            extent_rows.extend(
+                {
+                    "org_id": self.org_id,
+                    "file_id": file_id,
+                    "topic_id": topic_id,
+                    "ordinal": ordinal,
+                    "min_ns": e.min_ns,
+                    "max_ns": e.max_ns,
+                }
+                for ordinal, e in enumerate(p.extents)
+            )
+        await self.db.execute(P.insert(), partition_rows)
+        if extent_rows:
+            await self.db.execute(E.insert(), extent_rows)
+
+    async def get_file(self, file_id: str) -> FileRecord:
+        row = (
+            await self.db.execute(
+                select(F).where(F.c.org_id == self.org_id, F.c.file_id == file_id)
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound("file", [file_id])
+        return _file(row)
+
+    async def list_files(
+        self, dataset_id: str | None, after: str | None, limit: int
+    ) -> list[FileRecord]:
+        """A dataset's files by relative path, or (``dataset_id`` None) the org's files by ID,
+        after the keyset position ``after`` (a path or an ID)."""
+        query = select(F).where(F.c.org_id == self.org_id).limit(limit)
+        key = F.c.file_id
+        if dataset_id is not None:
+            query = query.where(F.c.dataset_id == dataset_id)
+            key = F.c.relative_path
+        query = query.order_by(key)
+        if after is not None:
+            query = query.where(key > after)
+        return [_file(row) for row in await self.db.execute(query)]
+
+    async def list_partitions(
+        self, file_id: str, after: tuple[str, str] | None, limit: int
+    ) -> list[PartitionRecord]:
+        """The file's partitions ordered by (topic name, topic ID), after ``after``, each with
+        its extents in stored order."""
+        query = (
+            select(P.c.topic_id, P.c.message_count, T.c.name, T.c.schema_name, T.c.message_encoding)
+            .join(T, and_(T.c.org_id == P.c.org_id, T.c.topic_id == P.c.topic_id))
+            .where(P.c.org_id == self.org_id, P.c.file_id == file_id)
+            .order_by(T.c.name, T.c.topic_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(tuple_(T.c.name, T.c.topic_id) > tuple_(*after))
+        rows = list(await self.db.execute(query))
+        if not rows:
+            return []
+        extents: dict[str, list[Extent]] = {r.topic_id: [] for r in rows}
+        for e in await self.db.execute(
+            select(E.c.topic_id, E.c.min_ns, E.c.max_ns)
+            .where(
+                E.c.org_id == self.org_id,
+                E.c.file_id == file_id,
+                E.c.topic_id.in_(list(extents)),
+            )
+            .order_by(E.c.topic_id, E.c.ordinal)
+        ):
+            extents[e.topic_id].append(Extent(e.min_ns, e.max_ns))
+        return [
+            PartitionRecord(
+                topic=TopicRecord(r.topic_id, r.name, r.schema_name, r.message_encoding),
+                file_id=file_id,
+                message_count=r.message_count,
+                extents=tuple(extents[r.topic_id]),
+            )
+            for r in rows
+        ]
+
+    async def set_offset(self, file_id: str, offset: int) -> FileRecord:
+        row = (
+            await self.db.execute(
+                update(F)
+                .where(F.c.org_id == self.org_id, F.c.file_id == file_id)
+                .values(unix_epoch_offset_ns=offset)
+                .returning(F)
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound("file", [file_id])
+        return _file(row)
+
+    async def delete_contributions_of_file(self, file_id: str) -> list[str]:
+        """Removes the file from every session; returns those sessions in ID order."""
+        sessions = await self.db.scalars(
+            delete(SF)
+            .where(SF.c.org_id == self.org_id, SF.c.file_id == file_id)
+            .returning(SF.c.session_id)
+        )
+        return sorted(sessions)
+
+    async def delete_file(self, file_id: str) -> None:
+        """Deletes the file with its partitions and extents (cascade). Topic identities stay:
+        other files may record them."""
+        await self.db.execute(delete(F).where(F.c.org_id == self.org_id, F.c.file_id == file_id))
