@@ -97,7 +97,7 @@ class Violations:
 
 def is_valid_id(value: str, kind: str) -> bool:
     prefix = ID_PREFIXES[kind]
-    return value.startswith(prefix) and bool(_ID_BODY.match(value[len(prefix) :]))
+    return value.startswith(prefix) and bool(_ID_BODY.fullmatch(value[len(prefix) :]))
 
 
 def check_id(v: Violations, field: str, value: str, kind: str, *, required: bool = True) -> bool:
@@ -121,7 +121,7 @@ def check_device_id(v: Violations, field: str, value: str) -> bool:
     if not value:
         return v.check(False, field, "is required")
     return v.check(
-        bool(_DEVICE_ID.match(value)),
+        bool(_DEVICE_ID.fullmatch(value)),
         field,
         "must be 1 to 128 letters, digits, '_', '-', '.' or ':', starting with a letter or digit",
     )
@@ -288,7 +288,7 @@ def check_custom_field_definition(
     enum_values: Sequence[str],
     description: str,
 ) -> None:
-    v.check(bool(CUSTOM_FIELD_NAME.match(name)), "name", "must match ^[a-z][a-z0-9_]{0,62}$")
+    v.check(bool(CUSTOM_FIELD_NAME.fullmatch(name)), "name", "must match ^[a-z][a-z0-9_]{0,62}$")
     if type_ is None:
         v.add("type", "is required")
     elif type_ is CustomFieldType.ENUM:

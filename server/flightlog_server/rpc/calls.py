@@ -6,7 +6,8 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
    and echoed in the response's initial metadata;
 2. the call's deadline is published to the storage layer (statement timeouts);
 3. ``authorization: Bearer <key>`` and ``x-org-id`` are resolved to a ``Caller`` (DESIGN §5);
-4. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
+4. the request is parsed (bytes that do not parse are INVALID_ARGUMENT, not gRPC's UNKNOWN);
+5. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
 """
 
@@ -21,11 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from flightlog_server import request_context
 from flightlog_server.domain.errors import (
     DomainError,
+    InvalidArgument,
     OrgAccessDenied,
     OrgRequired,
     Unauthenticated,
@@ -104,6 +107,23 @@ class Authenticator:
         return who
 
 
+Parser = Callable[[bytes], Any] | None
+
+
+def _parse(parse: Parser, raw: bytes) -> Any:
+    """The request message from its bytes; unparseable bytes are the caller's mistake."""
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except DecodeError as e:
+        raise InvalidArgument.one(
+            "request",
+            "is not a valid serialized request message (malformed, a string that is not "
+            "UTF-8, or nested more than 100 levels deep)",
+        ) from e
+
+
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator, observer: CallObserver | None = None) -> None:
         self.authenticator = authenticator
@@ -118,16 +138,18 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
+        # The request is parsed inside the wrapper (``_parse``), not by gRPC: a request gRPC
+        # cannot parse (nested too deep, invalid UTF-8, truncated) would otherwise be answered
+        # UNKNOWN with the parser's exception text, before any of the rules below apply.
+        parse = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.unary_unary, parse),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(method, handler.unary_stream, parse),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -135,7 +157,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _enter(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         given = metadata.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+        request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
         request_context.request_id.set(request_id)
         remaining = context.time_remaining()
         request_context.call_deadline.set(
@@ -155,14 +177,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message, details = internal_status(request_id)
         return code, message, details
 
-    def _wrap_unary(self, method: str, behavior: Any) -> Any:
-        async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    def _wrap_unary(self, method: str, behavior: Any, parse: Parser) -> Any:
+        async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context)
-                return await behavior(request, context)
+                return await behavior(_parse(parse, raw), context)
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
                 await context.abort(code, message, ((STATUS_DETAILS_KEY, details),))
@@ -171,14 +193,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return call
 
-    def _wrap_stream(self, method: str, behavior: Any) -> Any:
-        async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    def _wrap_stream(self, method: str, behavior: Any, parse: Parser) -> Any:
+        async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context)
-                async for response in behavior(request, context):
+                async for response in behavior(_parse(parse, raw), context):
                     yield response
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)

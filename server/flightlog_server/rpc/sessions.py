@@ -9,14 +9,17 @@ from grpc import aio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog.v1 import common_pb2, session_service_pb2, session_service_pb2_grpc
-from flightlog_server.domain import rules
-from flightlog_server.domain.errors import InvalidArgument
+from flightlog_server.domain import metrics, rules
+from flightlog_server.domain.catalog import MAX_TOPIC_NAME_CHARS, TopicRecord
+from flightlog_server.domain.errors import InvalidArgument, NotFound
+from flightlog_server.domain.metrics import MetricRecord
 from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.types import (
     Caller,
     ContributionSpec,
     CustomFieldType,
     FieldValue,
+    MetricEntry,
     SessionState,
     WireValue,
 )
@@ -24,10 +27,13 @@ from flightlog_server.rpc import convert, pagination, session_listing, watch
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.custom_fields import CustomFieldRepository
 from flightlog_server.storage.database import Database
+from flightlog_server.storage.metrics import MetricRepository
 from flightlog_server.storage.sessions import SessionRepository, request_digest
+from flightlog_server.storage.topics import TopicRepository
 
 pb = session_service_pb2
 Context = aio.ServicerContext[Any, Any]
+NewSessionRequest = pb.CreateSessionRequest | pb.CreateSessionFromDatasetRequest
 # Custom-field values to write, keyed by field ID; None clears.
 FieldWrites = dict[str, tuple[CustomFieldType, FieldValue | None]]
 
@@ -56,7 +62,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         field_path: str,
     ) -> FieldWrites:
         """Checks values against their Ready definitions; every bad one is a violation."""
-        definitions = await CustomFieldRepository(db, caller.org_id).by_names(sent)
+        definitions = await CustomFieldRepository(db, caller.org_id).by_names(sent, lock=True)
         v = Violations()
         writes: FieldWrites = {}
         for name in sorted(sent):
@@ -84,12 +90,35 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Context
     ) -> pb.CreateSessionResponse:
-        caller = current_caller()
         v = Violations()
-        rules.check_name(v, "name", request.name)
-        rules.check_text(v, "description", request.description, rules.MAX_DESCRIPTION_CHARS)
         for i, device_id in enumerate(request.device_ids):
             rules.check_device_id(v, f"device_ids[{i}]", device_id)
+        session = await self._create(v, request, device_ids=rules.dedupe(request.device_ids))
+        return pb.CreateSessionResponse(session=session)
+
+    async def CreateSessionFromDataset(
+        self, request: pb.CreateSessionFromDatasetRequest, context: Context
+    ) -> pb.CreateSessionFromDatasetResponse:
+        v = Violations()
+        rules.check_id(v, "dataset_id", request.dataset_id, "dataset")
+        session = await self._create(v, request, dataset_id=request.dataset_id)
+        return pb.CreateSessionFromDatasetResponse(session=session)
+
+    async def _create(
+        self,
+        v: Violations,
+        request: NewSessionRequest,
+        *,
+        device_ids: Sequence[str] = (),
+        dataset_id: str | None = None,
+    ) -> pb.Session:
+        """What both creates share: the checks of the common fields (added to ``v``, which
+        holds the caller's own), the ``request_id`` replay, custom-field values and the insert.
+        With ``dataset_id``, the devices are the dataset's and its files' and every file of the
+        dataset is added whole, in the same transaction."""
+        caller = current_caller()
+        rules.check_name(v, "name", request.name)
+        rules.check_text(v, "description", request.description, rules.MAX_DESCRIPTION_CHARS)
         rules.check_tags(v, "tags", request.tags)
         metadata = convert.struct_to_dict(request.metadata)
         rules.check_metadata(v, "metadata", metadata)
@@ -97,27 +126,26 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         sent = self._sent_values(v, request.custom_fields, "custom_fields")
         v.raise_if_any()
         request_id = request.request_id or None
-        digest = None
-        if request_id:
-            body = pb.CreateSessionRequest()
-            body.CopyFrom(request)
-            body.ClearField("request_id")
-            digest = request_digest(body.SerializeToString(deterministic=True))
+        digest = _body_digest(request) if request_id else None
 
         async def work(db: AsyncSession) -> pb.Session:
             repo = self._repo(db, caller)
             state = await repo.find_by_request_id(request_id, digest or b"") if request_id else None
             if state is None:
                 writes = await self._field_writes(db, caller, sent, "custom_fields")
+                devices = device_ids
+                if dataset_id is not None:
+                    devices = await repo.dataset_devices(dataset_id)
                 state = await repo.create(
                     name=request.name or None,
                     description=request.description or None,
-                    device_ids=rules.dedupe(request.device_ids),
+                    device_ids=devices,
                     metadata=metadata,
                     tags=rules.dedupe(request.tags),
                     values=writes,
                     request_id=request_id,
                     digest=digest,
+                    dataset_id=dataset_id,
                 )
             if state is None:  # a concurrent create with the same request_id committed first
                 assert request_id is not None
@@ -125,7 +153,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 assert state is not None
             return await self._message(db, caller, state)
 
-        return pb.CreateSessionResponse(session=await self.database.run(work))
+        return await self.database.run(work)
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Context
@@ -134,11 +162,10 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         rules.require_id("session_id", request.session_id, "session")
 
         async def work(db: AsyncSession) -> pb.Session:
-            record = await self._repo(db, caller).wire_record(request.session_id)
-            ready = await CustomFieldRepository(db, caller.org_id).ready_names()
+            record, ready = await self._repo(db, caller).record_and_ready_fields(request.session_id)
             return convert.session_from_record(convert.null_custom_fields(ready), record)
 
-        return pb.GetSessionResponse(session=await self.database.run(work))
+        return pb.GetSessionResponse(session=await self.database.read(work))
 
     async def UpdateSession(
         self, request: pb.UpdateSessionRequest, context: Context
@@ -147,16 +174,21 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
         columns: dict[str, Any] = {}
-        if request.HasField("name"):
-            if request.name.WhichOneof("action") == "set":
-                rules.check_name(v, "name.set", request.name.set)
-            columns["name"] = request.name.set or None
-        if request.HasField("description"):
-            if request.description.WhichOneof("action") == "set":
-                rules.check_text(
-                    v, "description.set", request.description.set, rules.MAX_DESCRIPTION_CHARS
-                )
-            columns["description"] = request.description.set or None
+        updates = (
+            ("name", request.name if request.HasField("name") else None),
+            ("description", request.description if request.HasField("description") else None),
+        )
+        for field, change in updates:
+            if change is None:
+                continue  # absent: unchanged
+            action = change.WhichOneof("action")
+            if action is None:
+                v.add(field, "set either 'set' or 'clear', or leave the field absent")
+            elif action == "set" and field == "name":
+                rules.check_name(v, "name.set", change.set)
+            elif action == "set":
+                rules.check_text(v, f"{field}.set", change.set, rules.MAX_DESCRIPTION_CHARS)
+            columns[field] = change.set or None  # clear, or set to "" (the same as clear)
         changes = request.metadata_changeset
         rules.check_tags(v, "metadata_changeset.put_tags", changes.put_tags)
         rules.check_tags(v, "metadata_changeset.remove_tags", changes.remove_tags)
@@ -269,6 +301,41 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
 
         return pb.RemoveSessionFilesResponse(session=await self.database.run(work))
 
+    async def ListSessionFiles(
+        self, request: pb.ListSessionFilesRequest, context: Context
+    ) -> AsyncIterator[pb.ListSessionFilesResponse]:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+            after = pagination.checked_position(after, int)
+            repo = self._repo(db, caller)
+            if after is None:
+                await repo.require(request.session_id)  # NOT_FOUND for an unknown session
+            return await repo.list_contributions(
+                request.session_id, after[0] if after else None, limit
+            )
+
+        def build(rows: Sequence[Any], token: str) -> pb.ListSessionFilesResponse:
+            return pb.ListSessionFilesResponse(
+                files=[_session_file_message(request.session_id, r) for r in rows],
+                next_page_token=token,
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListSessionFiles", caller.org_id, request.session_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda r: [r.seq],
+            build=build,
+        ):
+            yield response
+
     # --- devices -------------------------------------------------------------------------------
 
     async def AttachSessionDevice(
@@ -344,6 +411,149 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         ):
             yield response
 
+    # --- topics --------------------------------------------------------------------------------
+
+    async def ListSessionTopics(
+        self, request: pb.ListSessionTopicsRequest, context: Context
+    ) -> AsyncIterator[pb.ListSessionTopicsResponse]:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[TopicRecord]:
+            after = pagination.checked_position(after, str, str)
+            if after is None:
+                await self._repo(db, caller).require(request.session_id)
+            return await TopicRepository(db, caller.org_id).list_reachable(
+                request.session_id, (after[0], after[1]) if after else None, limit
+            )
+
+        def build(topics: Sequence[TopicRecord], token: str) -> pb.ListSessionTopicsResponse:
+            return pb.ListSessionTopicsResponse(
+                topics=[_topic_message(t) for t in topics], next_page_token=token
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListSessionTopics", caller.org_id, request.session_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda t: [t.name, t.topic_id],
+            build=build,
+        ):
+            yield response
+
+    async def GetSessionTopic(
+        self, request: pb.GetSessionTopicRequest, context: Context
+    ) -> pb.GetSessionTopicResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        if v.check(bool(request.topic_name), "topic_name", "is required"):
+            rules.check_text(
+                v, "topic_name", request.topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False
+            )
+        v.raise_if_any()
+
+        async def work(db: AsyncSession) -> TopicRecord:
+            await self._repo(db, caller).require(request.session_id)
+            topic = await TopicRepository(db, caller.org_id).reachable_by_name(
+                request.session_id, request.topic_name
+            )
+            if topic is None:
+                raise NotFound("topic", [request.topic_name])
+            return topic
+
+        return pb.GetSessionTopicResponse(topic=_topic_message(await self.database.run(work)))
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    async def PublishSessionMetrics(
+        self, request: pb.PublishSessionMetricsRequest, context: Context
+    ) -> pb.PublishSessionMetricsResponse:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        metrics.check_batch(v, len(request.metrics))
+        device = request.WhichOneof("device")
+        if device == "device_id":
+            rules.check_device_id(v, "device_id", request.device_id)
+        v.raise_if_any()
+        accepted, failures = metrics.split_entries(
+            [MetricEntry(name=e.name, value=e.value) for e in request.metrics]
+        )
+
+        async def work(db: AsyncSession) -> list[MetricRecord]:
+            repo = self._repo(db, caller)
+            state = await repo.lock(request.session_id, None)
+            device_id: str | None = None
+            if device == "device_id":
+                await repo.require_devices([request.device_id])
+                device_id = request.device_id
+            elif device is None:
+                device_id = metrics.inferred_device(await repo.device_ids(request.session_id))
+            if not accepted:
+                return []
+            records = await MetricRepository(db, caller).publish(
+                request.session_id,
+                device_id,
+                accepted,
+                (state.min_timestamp_ns, state.max_timestamp_ns),
+            )
+            await repo.commit_change(request.session_id, "metrics_published", touch=False)
+            return records
+
+        records = await self.database.run(work)
+        return pb.PublishSessionMetricsResponse(
+            succeeded=[_metric_message(r) for r in records],
+            failed=[
+                pb.MetricFailure(
+                    entry=pb.MetricEntry(name=f.entry.name, value=f.entry.value),
+                    index=f.index,
+                    reason=f.reason,
+                )
+                for f in failures
+            ],
+        )
+
+    async def ListSessionMetrics(
+        self, request: pb.ListSessionMetricsRequest, context: Context
+    ) -> AsyncIterator[pb.ListSessionMetricsResponse]:
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(
+            db: AsyncSession, after: list[Any] | None, limit: int
+        ) -> list[MetricRecord]:
+            after = pagination.checked_position(after, str)
+            if after is None:
+                await self._repo(db, caller).require(request.session_id)
+            return await MetricRepository(db, caller).list_values(
+                request.session_id, after[0] if after else None, limit
+            )
+
+        def build(records: Sequence[MetricRecord], token: str) -> pb.ListSessionMetricsResponse:
+            return pb.ListSessionMetricsResponse(
+                metrics=[_metric_message(r) for r in records], next_page_token=token
+            )
+
+        async for response in pagination.stream_pages(
+            self.database,
+            scope=pagination.fingerprint("ListSessionMetrics", caller.org_id, request.session_id),
+            page_token=request.page_token,
+            page_size=size,
+            fetch=fetch,
+            position_of=lambda r: [r.name],
+            build=build,
+        ):
+            yield response
+
     # --- listing and the change feed live in their own modules ----------------------------------
 
     async def ListSessions(
@@ -365,3 +575,60 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
 
 def _optional(message: Any, field: str) -> int | None:
     return int(getattr(message, field)) if message.HasField(field) else None
+
+
+def _session_file_message(session_id: str, row: Any) -> pb.SessionFile:
+    message = pb.SessionFile(
+        session_id=session_id,
+        file_id=row.file_id,
+        dataset_id=row.dataset_id,
+        relative_path=row.relative_path,
+        size_bytes=row.size_bytes,
+        created=convert.timestamp(row.created),
+        created_by=row.created_by,
+        modified=convert.timestamp(row.modified),
+        modified_by=row.modified_by,
+    )
+    if row.range_min_ns is not None:  # both bounds or neither (a CHECK constraint)
+        message.range_min_timestamp_ns = row.range_min_ns
+        message.range_max_timestamp_ns = row.range_max_ns
+    return message
+
+
+def _topic_message(topic: TopicRecord) -> common_pb2.Topic:
+    return common_pb2.Topic(
+        topic_id=topic.topic_id,
+        name=topic.name,
+        schema_name=topic.schema_name,
+        message_encoding=topic.message_encoding,
+    )
+
+
+def _metric_message(record: MetricRecord) -> pb.Metric:
+    message = pb.Metric(
+        metric_id=record.metric_id,
+        name=record.name,
+        session_id=record.session_id,
+        value=record.value,
+        published=convert.timestamp(record.published),
+        published_by=record.published_by,
+    )
+    if record.device_id is not None:
+        message.device_id = record.device_id
+    if record.min_timestamp_ns is not None:
+        message.min_timestamp_ns = record.min_timestamp_ns
+    if record.max_timestamp_ns is not None:
+        message.max_timestamp_ns = record.max_timestamp_ns
+    return message
+
+
+def _body_digest(request: NewSessionRequest) -> bytes:
+    """The fingerprint of a create request without its ``request_id``. Both creates share the
+    ``request_id`` namespace, so a dataset create is told apart by a prefix: its bytes could
+    otherwise equal those of a CreateSession (``dataset_id`` and ``name`` are both field 1)."""
+    body = type(request).FromString(request.SerializeToString())
+    body.ClearField("request_id")
+    data = body.SerializeToString(deterministic=True)
+    if isinstance(request, pb.CreateSessionFromDatasetRequest):
+        data = b"CreateSessionFromDataset\x00" + data
+    return request_digest(data)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, tuple_, update
+from sqlalchemy import and_, delete, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,6 +54,7 @@ C = m.table(m.SessionFile)
 D = m.table(m.SessionDevice)
 V = m.table(m.SessionCustomFieldValue)
 F = m.table(m.File)
+DS = m.table(m.Dataset)
 CF = m.table(m.CustomField)
 
 
@@ -106,6 +107,17 @@ class SessionRepository:
         if record is None:
             raise NotFound("session", [session_id])
         return bytes(record)
+
+    async def record_and_ready_fields(self, session_id: str) -> tuple[bytes, list[str]]:
+        """The stored wire record and the org's Ready session field names, in one statement."""
+        row = (
+            await self.db.execute(
+                _RECORD_AND_READY_FIELDS_SQL, {"org_id": self.org_id, "session_id": session_id}
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound("session", [session_id])
+        return bytes(row[0]), list(row[1])
 
     async def _custom_values(
         self, session_id: str
@@ -169,9 +181,13 @@ class SessionRepository:
         values: dict[str, tuple[CustomFieldType, FieldValue | None]],
         request_id: str | None,
         digest: bytes | None,
+        dataset_id: str | None = None,
     ) -> SessionState | None:
         """Inserts a session; returns None when a concurrent create with the same
-        ``request_id`` won (the caller then looks it up)."""
+        ``request_id`` won (the caller then looks it up).
+
+        With ``dataset_id``, every file of the dataset is added whole before the change is
+        recorded, so the feed carries one ``created`` change with the final bounds."""
         await self.require_devices(device_ids)
         session_id = new_id("session")
         principal = self.caller.principal_id
@@ -208,6 +224,8 @@ class SessionRepository:
                 ],
             )
         await self.set_custom_values(session_id, values)
+        if dataset_id is not None:
+            await self.add_dataset_contributions(session_id, dataset_id)
         return await self.commit_change(session_id, "created")
 
     async def require_devices(self, device_ids: Iterable[str]) -> None:
@@ -221,7 +239,7 @@ class SessionRepository:
                     m.table(m.Device).c.org_id == self.org_id,
                     m.table(m.Device).c.device_id.in_(wanted),
                 )
-                .with_for_update(key_share=True)
+                .with_for_update(read=True, key_share=True)
             )
         )
         missing = [d for d in wanted if d not in found]
@@ -287,11 +305,14 @@ class SessionRepository:
             )
 
     async def delete(self, session_id: str, expected_revision: int | None) -> None:
-        await self.lock(session_id, expected_revision)
+        state = await self.lock(session_id, expected_revision)
+        # The change keeps the tags and devices the session had, so that a watcher filtering on
+        # them learns of the deletion.
+        device_ids = await self.device_ids(session_id)
         await self.db.execute(
             delete(S).where(S.c.org_id == self.org_id, S.c.session_id == session_id)
         )
-        await self._record_change(session_id, "deleted", None)
+        await self._record_change(session_id, "deleted", None, state.tags, device_ids)
 
     # --- contributions -------------------------------------------------------------------------
 
@@ -304,7 +325,7 @@ class SessionRepository:
             await self.db.scalars(
                 select(F.c.file_id)
                 .where(F.c.org_id == self.org_id, F.c.file_id.in_(file_ids))
-                .with_for_update(key_share=True)
+                .with_for_update(read=True, key_share=True)
             )
         )
         missing = [f for f in file_ids if f not in found]
@@ -336,6 +357,93 @@ class SessionRepository:
             ],
         )
         await self.recompute_bounds([session_id])
+
+    async def dataset_devices(self, dataset_id: str) -> list[str]:
+        """The devices of a dataset and of its files: the dataset's first, then the files' in
+        the order of their first file's relative path. NOT_FOUND when the dataset is not in the
+        org; it is held (``FOR KEY SHARE``) until the transaction ends."""
+        row = (
+            await self.db.execute(
+                select(DS.c.device_id)
+                .where(DS.c.org_id == self.org_id, DS.c.dataset_id == dataset_id)
+                .with_for_update(read=True, key_share=True)
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound("dataset", [dataset_id])
+        of_files = await self.db.scalars(
+            select(F.c.device_id)
+            .where(
+                F.c.org_id == self.org_id,
+                F.c.dataset_id == dataset_id,
+                F.c.device_id.is_not(None),
+            )
+            .group_by(F.c.device_id)
+            .order_by(func.min(F.c.relative_path), F.c.device_id)
+        )
+        first = [row.device_id] if row.device_id is not None else []
+        return list(dict.fromkeys([*first, *of_files]))
+
+    async def add_dataset_contributions(self, session_id: str, dataset_id: str) -> None:
+        """Adds every file of the dataset whole, in relative-path order, in one set-based
+        statement (datasets may hold tens of thousands of files), and recomputes the bounds.
+
+        The files are held with ``FOR KEY SHARE`` like in ``add_contributions``."""
+        principal = literal(self.caller.principal_id)
+        files = (
+            select(
+                literal(self.org_id),
+                literal(session_id),
+                F.c.file_id,
+                principal,
+                principal,
+            )
+            .where(F.c.org_id == self.org_id, F.c.dataset_id == dataset_id)
+            .order_by(F.c.relative_path)
+            .with_for_update(read=True, key_share=True)
+        )
+        await self.db.execute(
+            C.insert().from_select(
+                ["org_id", "session_id", "file_id", "created_by", "modified_by"], files
+            )
+        )
+        await self.recompute_bounds([session_id])
+
+    async def list_contributions(
+        self, session_id: str, after_seq: int | None, limit: int
+    ) -> list[Any]:
+        """Contributions in the order they were first added, with their file's dataset, path
+        and size, after the keyset position ``after_seq``."""
+        query = (
+            select(
+                C.c.file_id,
+                C.c.range_min_ns,
+                C.c.range_max_ns,
+                C.c.seq,
+                C.c.created,
+                C.c.created_by,
+                C.c.modified,
+                C.c.modified_by,
+                F.c.dataset_id,
+                F.c.relative_path,
+                F.c.size_bytes,
+            )
+            .join(F, and_(F.c.org_id == C.c.org_id, F.c.file_id == C.c.file_id))
+            .where(C.c.org_id == self.org_id, C.c.session_id == session_id)
+            .order_by(C.c.seq)
+            .limit(limit)
+        )
+        if after_seq is not None:
+            query = query.where(C.c.seq > after_seq)
+        return list(await self.db.execute(query))
+
+    async def require(self, session_id: str) -> None:
+        """NOT_FOUND when the session is not in the org."""
+        found = await self.db.scalar(
+            select(S.c.session_id).where(S.c.org_id == self.org_id, S.c.session_id == session_id)
+        )
+        if found is None:
+            raise NotFound("session", [session_id])
 
     async def remove_contributions(self, session_id: str, file_ids: Sequence[str]) -> None:
         await self.db.execute(
@@ -451,36 +559,41 @@ class SessionRepository:
         self, session_id: str, kind: str, *, touch: bool = True
     ) -> SessionState:
         """Ends a session write: bumps the org revision, refreshes the stored wire record and
-        records the change for the feed. ``touch`` also sets ``modified``/``modified_by``."""
+        records the change for the feed. ``touch`` also sets ``modified``/``modified_by``.
+
+        Everything that can be read is read before the org row is locked; under the lock there
+        are two statements (the revision, then one statement that stores the record, inserts
+        the change and notifies watchers) and the commit."""
         state = await self.load(session_id)
-        revision = await self._next_revision()
-        now = await self.db.scalar(select(func.now()))
-        assert now is not None
-        state = replace(
-            state,
-            revision=revision,
-            modified=now if touch else state.modified,
-            modified_by=self.caller.principal_id if touch else state.modified_by,
-        )
-        record = self.encode(state)
-        await self.db.execute(
-            update(S)
-            .where(S.c.org_id == self.org_id, S.c.session_id == session_id)
-            .values(
-                revision=revision,
-                modified=state.modified,
-                modified_by=state.modified_by,
-                wire_record=record,
+        now, device_ids = (
+            await self.db.execute(
+                _NOW_AND_DEVICES_SQL, {"org_id": self.org_id, "session_id": session_id}
             )
+        ).one()
+        if touch:
+            state = replace(state, modified=now, modified_by=self.caller.principal_id)
+        revision = await self._next_revision()
+        state = replace(state, revision=revision)
+        record = self.encode(state)
+        await self._store_change(
+            revision, session_id, kind, record, state.tags, list(device_ids), state
         )
-        await self._insert_change(revision, session_id, kind, record, state.tags)
         return state
 
-    async def _record_change(self, session_id: str, kind: str, record: bytes | None) -> None:
+    async def _record_change(
+        self,
+        session_id: str,
+        kind: str,
+        record: bytes | None,
+        tags: list[str],
+        device_ids: list[str],
+    ) -> None:
         revision = await self._next_revision()
-        await self._insert_change(revision, session_id, kind, record, [])
+        await self._store_change(revision, session_id, kind, record, tags, device_ids, None)
 
     async def _next_revision(self) -> int:
+        """Takes the org's next revision. The org row stays locked until the transaction ends,
+        which is what makes revisions visible in commit order (see the module doc)."""
         revision = await self.db.scalar(
             update(m.table(m.Org))
             .where(m.table(m.Org).c.org_id == self.org_id)
@@ -490,24 +603,73 @@ class SessionRepository:
         assert revision is not None
         return int(revision)
 
-    async def _insert_change(
-        self, revision: int, session_id: str, kind: str, record: bytes | None, tags: list[str]
+    async def _store_change(
+        self,
+        revision: int,
+        session_id: str,
+        kind: str,
+        record: bytes | None,
+        tags: list[str],
+        device_ids: list[str],
+        state: SessionState | None,
     ) -> None:
-        device_ids = await self.device_ids(session_id) if record is not None else []
+        """One statement: the session's new revision and record (unless deleted), the change
+        row, and the notification that wakes watchers (delivered at commit)."""
         await self.db.execute(
-            m.table(m.SessionChange)
-            .insert()
-            .values(
-                org_id=self.org_id,
-                revision=revision,
-                session_id=session_id,
-                kind=kind,
-                wire_record=record,
-                tags=tags,
-                device_ids=device_ids,
-            )
+            _STORE_CHANGE_SQL if state is not None else _STORE_DELETION_SQL,
+            {
+                "org_id": self.org_id,
+                "session_id": session_id,
+                "revision": revision,
+                "kind": kind,
+                "record": record,
+                "tags": tags,
+                "device_ids": device_ids,
+                "modified": state.modified if state else None,
+                "modified_by": state.modified_by if state else None,
+                "channel": CHANGES_CHANNEL,
+                "payload": f"{self.org_id}:{revision}",
+            },
         )
-        await self.db.execute(select(func.pg_notify(CHANGES_CHANNEL, f"{self.org_id}:{revision}")))
+
+
+_RECORD_AND_READY_FIELDS_SQL = text(
+    """
+    SELECT wire_record,
+           ARRAY(SELECT name FROM custom_fields
+                 WHERE org_id = :org_id AND entity_type = 'session' AND status = 'ready'
+                 ORDER BY name)
+    FROM sessions WHERE org_id = :org_id AND session_id = :session_id
+    """
+)
+_NOW_AND_DEVICES_SQL = text(
+    """
+    SELECT now(), ARRAY(SELECT device_id FROM session_devices
+                        WHERE org_id = :org_id AND session_id = :session_id ORDER BY seq)
+    """
+)
+_INSERT_CHANGE = """
+    INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
+    VALUES (:org_id, :revision, :session_id, :kind, :record,
+            CAST(:tags AS text[]), CAST(:device_ids AS text[]))
+"""
+_STORE_CHANGE_SQL = text(
+    f"""
+    WITH stored AS (
+        UPDATE sessions
+        SET revision = :revision, modified = :modified, modified_by = :modified_by,
+            wire_record = :record
+        WHERE org_id = :org_id AND session_id = :session_id
+    ), change AS ({_INSERT_CHANGE})
+    SELECT pg_notify(:channel, :payload)
+    """
+)
+_STORE_DELETION_SQL = text(
+    f"""
+    WITH change AS ({_INSERT_CHANGE})
+    SELECT pg_notify(:channel, :payload)
+    """
+)
 
 
 # Names kept for the listing module and tests.
