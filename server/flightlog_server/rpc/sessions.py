@@ -47,11 +47,17 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     def _repo(self, db: AsyncSession, caller: Caller) -> SessionRepository:
         return SessionRepository(db, caller, convert.encode_session)
 
-    async def _message(self, db: AsyncSession, caller: Caller, state: SessionState) -> pb.Session:
+    @staticmethod
+    async def _ready_fields(db: AsyncSession, caller: Caller) -> list[str]:
+        """The org's Ready field names, read at the start of a write: later, the org's revision
+        row is locked (``commit_change``) and every round trip then delays the org's writers."""
+        return await CustomFieldRepository(db, caller.org_id).ready_names()
+
+    @staticmethod
+    def _message(state: SessionState, ready_fields: list[str]) -> pb.Session:
         """The API form of a session: every Ready field present, unset ones null."""
-        ready = await CustomFieldRepository(db, caller.org_id).ready_names()
         return convert.session_from_record(
-            convert.null_custom_fields(ready), convert.encode_session(state)
+            convert.null_custom_fields(ready_fields), convert.encode_session(state)
         )
 
     async def _field_writes(
@@ -129,6 +135,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         digest = _body_digest(request) if request_id else None
 
         async def work(db: AsyncSession) -> pb.Session:
+            ready = await self._ready_fields(db, caller)
             repo = self._repo(db, caller)
             state = await repo.find_by_request_id(request_id, digest or b"") if request_id else None
             if state is None:
@@ -151,7 +158,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 assert request_id is not None
                 state = await repo.find_by_request_id(request_id, digest or b"")
                 assert state is not None
-            return await self._message(db, caller, state)
+            return self._message(state, ready)
 
         return await self.database.run(work)
 
@@ -209,6 +216,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         v.raise_if_any()
 
         async def work(db: AsyncSession) -> pb.Session:
+            ready = await self._ready_fields(db, caller)
             repo = self._repo(db, caller)
             state = await repo.lock(request.session_id, _optional(request, "expected_revision"))
             if request.HasField("metadata_changeset"):
@@ -227,7 +235,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             await repo.update_fields(request.session_id, **columns)
             await repo.set_custom_values(request.session_id, writes)
             state = await repo.commit_change(request.session_id, "updated")
-            return await self._message(db, caller, state)
+            return self._message(state, ready)
 
         return pb.UpdateSessionResponse(session=await self.database.run(work))
 
@@ -269,11 +277,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         v.raise_if_any()
 
         async def work(db: AsyncSession) -> pb.Session:
+            ready = await self._ready_fields(db, caller)
             repo = self._repo(db, caller)
             await repo.lock(request.session_id, _optional(request, "expected_revision"))
             await repo.add_contributions(request.session_id, specs)
             state = await repo.commit_change(request.session_id, "files_changed")
-            return await self._message(db, caller, state)
+            return self._message(state, ready)
 
         return pb.AddSessionFilesResponse(session=await self.database.run(work))
 
@@ -293,11 +302,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         v.raise_if_any()
 
         async def work(db: AsyncSession) -> pb.Session:
+            ready = await self._ready_fields(db, caller)
             repo = self._repo(db, caller)
             await repo.lock(request.session_id, _optional(request, "expected_revision"))
             await repo.remove_contributions(request.session_id, rules.dedupe(request.file_ids))
             state = await repo.commit_change(request.session_id, "files_changed")
-            return await self._message(db, caller, state)
+            return self._message(state, ready)
 
         return pb.RemoveSessionFilesResponse(session=await self.database.run(work))
 
@@ -360,6 +370,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         v.raise_if_any()
 
         async def work(db: AsyncSession) -> pb.Session:
+            ready = await self._ready_fields(db, caller)
             repo = self._repo(db, caller)
             state = await repo.lock(request.session_id, _optional(request, "expected_revision"))
             if attach:
@@ -368,7 +379,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 changed = await repo.detach_device(request.session_id, request.device_id)
             if changed:  # a no-op is not a change: no new revision, nothing in the feed
                 state = await repo.commit_change(request.session_id, "devices_changed")
-            return await self._message(db, caller, state)
+            return self._message(state, ready)
 
         return await self.database.run(work)
 
