@@ -77,6 +77,13 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         "over them (FLIGHTLOG_WORKERS; default 1)",
     )
     parser.add_argument(
+        "--change-retention-days",
+        type=float,
+        default=float(_env("FLIGHTLOG_CHANGE_RETENTION_DAYS", "7") or 7),
+        help="how long WatchSessions can replay session changes; older ones are pruned hourly "
+        "(FLIGHTLOG_CHANGE_RETENTION_DAYS; default 7, 0 keeps them forever)",
+    )
+    parser.add_argument(
         "--tls-cert",
         default=_env("FLIGHTLOG_TLS_CERT"),
         help="PEM certificate (FLIGHTLOG_TLS_CERT)",
@@ -165,6 +172,7 @@ def _settings(args: argparse.Namespace, url: str) -> ServerSettings:
         auth_cache_seconds=args.auth_cache_seconds,
         grace_seconds=args.grace_seconds,
         tls=tls,
+        change_retention_days=args.change_retention_days,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ from flightlog.v1 import (
     session_service_pb2_grpc,
 )
 from flightlog_server.metrics import Metrics
+from flightlog_server.rpc import preserialized, session_listing
 from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
 from flightlog_server.rpc.sessions import SessionServicer
+from flightlog_server.storage.changes import close_change_notifier, prune_changes
 from flightlog_server.storage.database import Database, DatabaseSettings
 
 log = logging.getLogger("flightlog.server")
@@ -57,6 +60,10 @@ class ServerSettings:
     # Prometheus metrics on this port of 127.0.0.1 (0 picks a free one); None turns them off.
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    # WatchSessions history older than this is pruned every ``change_prune_interval_seconds``;
+    # 0 keeps it forever.
+    change_retention_days: float = 7.0
+    change_prune_interval_seconds: float = 3600.0
 
 
 class FlightlogServer:
@@ -83,8 +90,12 @@ class FlightlogServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.database), self.server
+        # ListSessions streams pre-serialized batches (rpc.preserialized, rpc.session_listing).
+        preserialized.add_servicer(
+            session_service_pb2_grpc.add_SessionServiceServicer_to_server,
+            SessionServicer(self.database),
+            self.server,
+            streams={"ListSessions": session_listing.serve_list_sessions(self.database)},
         )
         _add_optional_servicers(self.server, self.database)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
@@ -93,6 +104,7 @@ class FlightlogServer:
         )
         self.port = self._bind(settings.bind)
         self._watch: asyncio.Task[None] | None = None
+        self._prune: asyncio.Task[None] | None = None
 
     def _bind(self, address: str) -> int:
         tls = self.settings.tls
@@ -113,16 +125,22 @@ class FlightlogServer:
             )
         await self._update_health()
         self._watch = asyncio.create_task(self._watch_database())
+        if self.settings.change_retention_days > 0:
+            self._prune = asyncio.create_task(self._prune_changes())
         log.info("serving on port %d", self.port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets in-flight ones finish within the grace period."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Watch streams never finish by themselves: end them now (clients resume elsewhere)
+        # rather than let them hold the shutdown for the whole grace period.
+        await close_change_notifier(self.database)
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._prune):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.database.close()
 
     async def wait(self) -> None:
@@ -133,6 +151,18 @@ class FlightlogServer:
         while True:
             await asyncio.sleep(self.settings.health_interval_seconds)
             await self._update_health()
+
+    async def _prune_changes(self) -> None:
+        # Each server prunes; concurrent prunes of the same rows are harmless.
+        retention = dt.timedelta(days=self.settings.change_retention_days)
+        while True:
+            try:
+                deleted = await prune_changes(self.database, retention)
+                if deleted:
+                    log.info("pruned %d session changes older than %s", deleted, retention)
+            except Exception:  # the next round retries; logged with its traceback
+                log.exception("pruning the session change history failed")
+            await asyncio.sleep(self.settings.change_prune_interval_seconds)
 
     async def _update_health(self) -> None:
         serving = await self.database.ping()

@@ -31,8 +31,9 @@ class CatalogServiceStub:
     pipeline; the `flightlog ingest` command fills it from MCAP recordings.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     def __init__(self, channel):
@@ -114,8 +115,9 @@ class CatalogServiceServicer:
     pipeline; the `flightlog ingest` command fills it from MCAP recordings.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     def CreateDevice(self, request, context):
@@ -187,9 +189,10 @@ class CatalogServiceServicer:
         transaction. Topics are matched to existing topic identities by (name, schema name) or
         created.
 
-        Errors: INVALID_ARGUMENT for a bad field (empty or duplicate path, negative size, extent
-        with min > max, a topic listed twice); NOT_FOUND (DATASET_NOT_FOUND, DEVICE_NOT_FOUND);
-        ALREADY_EXISTS when the dataset already has a file at that path.
+        Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
+        a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+        (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
+        that path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,7 +229,8 @@ class CatalogServiceServicer:
         """Changes a file's timeline offset. The bounds of every session the file contributes to are
         recomputed in the same transaction.
 
-        Errors: NOT_FOUND (FILE_NOT_FOUND).
+        Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT when an extent plus the new offset is
+        outside int64.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -324,8 +328,9 @@ class CatalogService:
     pipeline; the `flightlog ingest` command fills it from MCAP recordings.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     @staticmethod

@@ -32,8 +32,9 @@ class CatalogServiceStub:
     pipeline; the `flightlog ingest` command fills it from MCAP recordings.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     @_typing.overload
@@ -81,9 +82,10 @@ class CatalogServiceStub:
     transaction. Topics are matched to existing topic identities by (name, schema name) or
     created.
 
-    Errors: INVALID_ARGUMENT for a bad field (empty or duplicate path, negative size, extent
-    with min > max, a topic listed twice); NOT_FOUND (DATASET_NOT_FOUND, DEVICE_NOT_FOUND);
-    ALREADY_EXISTS when the dataset already has a file at that path.
+    Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
+    a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+    (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
+    that path.
     """
     GetFile: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.GetFileRequest, _catalog_service_pb2.GetFileResponse]
     """Returns one file.
@@ -104,7 +106,8 @@ class CatalogServiceStub:
     """Changes a file's timeline offset. The bounds of every session the file contributes to are
     recomputed in the same transaction.
 
-    Errors: NOT_FOUND (FILE_NOT_FOUND).
+    Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT when an extent plus the new offset is
+    outside int64.
     """
     DeleteFile: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.DeleteFileRequest, _catalog_service_pb2.DeleteFileResponse]
     """Deletes a file. Its contributions are removed from every session and their bounds are
@@ -120,8 +123,9 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     pipeline; the `flightlog ingest` command fills it from MCAP recordings.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -166,9 +170,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     transaction. Topics are matched to existing topic identities by (name, schema name) or
     created.
 
-    Errors: INVALID_ARGUMENT for a bad field (empty or duplicate path, negative size, extent
-    with min > max, a topic listed twice); NOT_FOUND (DATASET_NOT_FOUND, DEVICE_NOT_FOUND);
-    ALREADY_EXISTS when the dataset already has a file at that path.
+    Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
+    a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+    (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
+    that path.
     """
     GetFile: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.GetFileRequest, _catalog_service_pb2.GetFileResponse]  # type: ignore[assignment]
     """Returns one file.
@@ -189,7 +194,8 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Changes a file's timeline offset. The bounds of every session the file contributes to are
     recomputed in the same transaction.
 
-    Errors: NOT_FOUND (FILE_NOT_FOUND).
+    Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT when an extent plus the new offset is
+    outside int64.
     """
     DeleteFile: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.DeleteFileRequest, _catalog_service_pb2.DeleteFileResponse]  # type: ignore[assignment]
     """Deletes a file. Its contributions are removed from every session and their bounds are
@@ -204,8 +210,9 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     pipeline; the `flightlog ingest` command fills it from MCAP recordings.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     @_abc_1.abstractmethod
@@ -296,9 +303,10 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         transaction. Topics are matched to existing topic identities by (name, schema name) or
         created.
 
-        Errors: INVALID_ARGUMENT for a bad field (empty or duplicate path, negative size, extent
-        with min > max, a topic listed twice); NOT_FOUND (DATASET_NOT_FOUND, DEVICE_NOT_FOUND);
-        ALREADY_EXISTS when the dataset already has a file at that path.
+        Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
+        a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+        (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
+        that path.
         """
 
     @_abc_1.abstractmethod
@@ -343,7 +351,8 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         """Changes a file's timeline offset. The bounds of every session the file contributes to are
         recomputed in the same transaction.
 
-        Errors: NOT_FOUND (FILE_NOT_FOUND).
+        Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT when an extent plus the new offset is
+        outside int64.
         """
 
     @_abc_1.abstractmethod

@@ -30,8 +30,9 @@ class CustomFieldServiceStub:
     defines for an entity type (today: sessions) and then sets per resource.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     def __init__(self, channel):
@@ -72,15 +73,17 @@ class CustomFieldServiceServicer:
     defines for an entity type (today: sessions) and then sets per resource.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     def CreateCustomField(self, request, context):
         """Defines a custom field.
 
-        Errors: INVALID_ARGUMENT for a bad name, a missing type, an ENUM without values or values on
-        another type; ALREADY_EXISTS when the (entity type, name) is taken in the org.
+        Errors: INVALID_ARGUMENT for a bad name, a missing entity type or type, an ENUM without values
+        or values on another type, an initial status other than READY or CREATING; ALREADY_EXISTS
+        when the (entity type, name) is taken in the org.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +112,7 @@ class CustomFieldServiceServicer:
         making a field Ready, and adds enum values.
 
         Errors: NOT_FOUND (CUSTOM_FIELD_NOT_FOUND); INVALID_ARGUMENT for enum values on a non-ENUM
-        field or an unspecified status.
+        field, more than 256 enum values in all, or an unknown status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,8 +168,9 @@ class CustomFieldService:
     defines for an entity type (today: sessions) and then sets per resource.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     @staticmethod

@@ -31,8 +31,9 @@ class CustomFieldServiceStub:
     defines for an entity type (today: sessions) and then sets per resource.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     @_typing.overload
@@ -42,8 +43,9 @@ class CustomFieldServiceStub:
     CreateCustomField: _grpc.UnaryUnaryMultiCallable[_custom_field_service_pb2.CreateCustomFieldRequest, _custom_field_service_pb2.CreateCustomFieldResponse]
     """Defines a custom field.
 
-    Errors: INVALID_ARGUMENT for a bad name, a missing type, an ENUM without values or values on
-    another type; ALREADY_EXISTS when the (entity type, name) is taken in the org.
+    Errors: INVALID_ARGUMENT for a bad name, a missing entity type or type, an ENUM without values
+    or values on another type, an initial status other than READY or CREATING; ALREADY_EXISTS
+    when the (entity type, name) is taken in the org.
     """
     GetCustomField: _grpc.UnaryUnaryMultiCallable[_custom_field_service_pb2.GetCustomFieldRequest, _custom_field_service_pb2.GetCustomFieldResponse]
     """Returns one custom field.
@@ -60,7 +62,7 @@ class CustomFieldServiceStub:
     making a field Ready, and adds enum values.
 
     Errors: NOT_FOUND (CUSTOM_FIELD_NOT_FOUND); INVALID_ARGUMENT for enum values on a non-ENUM
-    field or an unspecified status.
+    field, more than 256 enum values in all, or an unknown status.
     """
     DeleteCustomField: _grpc.UnaryUnaryMultiCallable[_custom_field_service_pb2.DeleteCustomFieldRequest, _custom_field_service_pb2.DeleteCustomFieldResponse]
     """Deletes a custom field and every value set for it, in one transaction.
@@ -74,16 +76,18 @@ class CustomFieldServiceAsyncStub(CustomFieldServiceStub):
     defines for an entity type (today: sessions) and then sets per resource.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateCustomField: _aio.UnaryUnaryMultiCallable[_custom_field_service_pb2.CreateCustomFieldRequest, _custom_field_service_pb2.CreateCustomFieldResponse]  # type: ignore[assignment]
     """Defines a custom field.
 
-    Errors: INVALID_ARGUMENT for a bad name, a missing type, an ENUM without values or values on
-    another type; ALREADY_EXISTS when the (entity type, name) is taken in the org.
+    Errors: INVALID_ARGUMENT for a bad name, a missing entity type or type, an ENUM without values
+    or values on another type, an initial status other than READY or CREATING; ALREADY_EXISTS
+    when the (entity type, name) is taken in the org.
     """
     GetCustomField: _aio.UnaryUnaryMultiCallable[_custom_field_service_pb2.GetCustomFieldRequest, _custom_field_service_pb2.GetCustomFieldResponse]  # type: ignore[assignment]
     """Returns one custom field.
@@ -100,7 +104,7 @@ class CustomFieldServiceAsyncStub(CustomFieldServiceStub):
     making a field Ready, and adds enum values.
 
     Errors: NOT_FOUND (CUSTOM_FIELD_NOT_FOUND); INVALID_ARGUMENT for enum values on a non-ENUM
-    field or an unspecified status.
+    field, more than 256 enum values in all, or an unknown status.
     """
     DeleteCustomField: _aio.UnaryUnaryMultiCallable[_custom_field_service_pb2.DeleteCustomFieldRequest, _custom_field_service_pb2.DeleteCustomFieldResponse]  # type: ignore[assignment]
     """Deletes a custom field and every value set for it, in one transaction.
@@ -113,8 +117,9 @@ class CustomFieldServiceServicer(metaclass=_abc_1.ABCMeta):
     defines for an entity type (today: sessions) and then sets per resource.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
+    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
+    for an unexpected failure.
     """
 
     @_abc_1.abstractmethod
@@ -125,8 +130,9 @@ class CustomFieldServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_custom_field_service_pb2.CreateCustomFieldResponse, _abc.Awaitable[_custom_field_service_pb2.CreateCustomFieldResponse]]:
         """Defines a custom field.
 
-        Errors: INVALID_ARGUMENT for a bad name, a missing type, an ENUM without values or values on
-        another type; ALREADY_EXISTS when the (entity type, name) is taken in the org.
+        Errors: INVALID_ARGUMENT for a bad name, a missing entity type or type, an ENUM without values
+        or values on another type, an initial status other than READY or CREATING; ALREADY_EXISTS
+        when the (entity type, name) is taken in the org.
         """
 
     @_abc_1.abstractmethod
@@ -161,7 +167,7 @@ class CustomFieldServiceServicer(metaclass=_abc_1.ABCMeta):
         making a field Ready, and adds enum values.
 
         Errors: NOT_FOUND (CUSTOM_FIELD_NOT_FOUND); INVALID_ARGUMENT for enum values on a non-ENUM
-        field or an unspecified status.
+        field, more than 256 enum values in all, or an unknown status.
         """
 
     @_abc_1.abstractmethod

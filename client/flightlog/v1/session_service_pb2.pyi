@@ -1843,7 +1843,7 @@ class SessionChange(_message.Message):
 
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the change committed."""
+        """Output only. When the change was made (the start of the transaction that committed it)."""
 
     def __init__(
         self,
@@ -1875,21 +1875,27 @@ class WatchSessionsRequest(_message.Message):
     KINDS_FIELD_NUMBER: _builtins.int
     after_revision: _builtins.int
     """Replay changes with a revision greater than this one, then continue live. 0 replays the
-    whole retained history; -1 starts from now with live changes only.
+    org's history from its first change (OUT_OF_RANGE once part of it was pruned); -1 starts from
+    now with live changes only. Must not be ahead of the org's current revision.
     """
     device_id: _builtins.str
-    """Only changes of sessions to which this device is attached after the change."""
+    """Only changes of sessions to which this device is attached after the change (for a deletion:
+    just before it); empty for all. As with `tags_any`, the detach itself is not sent.
+    """
     @_builtins.property
     def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only changes of these sessions (at most 1,000); empty for all."""
+        """Only changes of these sessions (at most 1,000 session IDs); empty for all."""
 
     @_builtins.property
     def tags_any(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only changes whose session (after the change) carries at least one of these tags."""
+        """Only changes whose session carries at least one of these tags after the change (for a
+        deletion: just before it). An update that removes a session's last matching tag is therefore
+        not sent; watch without this filter when that matters.
+        """
 
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SessionChangeKind.ValueType]:
-        """Only changes of these kinds; empty for all."""
+        """Only changes of these kinds (not UNSPECIFIED); empty for all."""
 
     def __init__(
         self,
@@ -1910,15 +1916,15 @@ Global___WatchSessionsRequest: _TypeAlias = WatchSessionsRequest  # noqa: Y015
 
 @_typing.final
 class WatchSessionsResponse(_message.Message):
-    """A batch of WatchSessions changes."""
+    """A batch of WatchSessions changes. It may hold no changes: see WatchSessions."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGES_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
-    """The revision the watcher has seen up to, including changes filtered out; resume with it as
-    `after_revision`.
+    """The revision the watcher has examined up to, including changes filtered out; resume with it
+    as `after_revision`.
     """
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionChange]:

@@ -322,15 +322,31 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSessions(self, request, context):
-        """Streams the org's session changes: first those committed after `after_revision`, in revision
-        order, then new ones live as they commit, without a gap or duplicate at the seam.
+        """Streams the org's session changes: first the retained ones committed after `after_revision`,
+        in revision order, then new ones live as they commit, without a gap or duplicate at the seam.
 
-        Each change carries its revision; a client that disconnects calls again with the last one it
-        saw. A watcher that falls too far behind is cut off with RESOURCE_EXHAUSTED and resumes the
-        same way.
+        Revisions are per org, start at 1 and have no holes: every write of a session takes the next
+        one. Each response carries `revision`, the revision the watcher has examined up to (changes
+        its filter left out included); a client that loses the stream calls again with the last one
+        it received as `after_revision` and misses nothing. Once the replay has caught up, a response
+        is sent even when no change matched, so the client learns the current revision and that it is
+        live; while only filtered-out changes happen, a response without changes carries the new
+        revision at most every 30 seconds, so a selective watcher's resume point stays recent.
 
-        Errors: OUT_OF_RANGE (REVISION_EXPIRED) when `after_revision` is older than the retained
-        history; INVALID_ARGUMENT for a bad filter.
+        The server never buffers changes for a watcher: it reads them from the stored history at the
+        pace the client reads (gRPC flow control), in responses of at most about 1 MiB of sessions
+        (a larger session goes alone). History is retained for a configured time (7 days by
+        default); a watcher that falls behind it, at the start or while streaming, is cut off with
+        OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
+        UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+
+        Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
+        `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
+        after `oldest_revision - 1` or later is accepted). To recover, start a watch with
+        `after_revision` -1 and wait for its first response, list the sessions, then apply each
+        change that watch streams only when it is newer than the listed session's `revision`.
+        INVALID_ARGUMENT for a bad filter, or an `after_revision` below -1 or ahead of the org's
+        current revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

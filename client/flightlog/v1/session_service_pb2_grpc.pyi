@@ -157,15 +157,31 @@ class SessionServiceStub:
     Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
     WatchSessions: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionsRequest, _session_service_pb2.WatchSessionsResponse]
-    """Streams the org's session changes: first those committed after `after_revision`, in revision
-    order, then new ones live as they commit, without a gap or duplicate at the seam.
+    """Streams the org's session changes: first the retained ones committed after `after_revision`,
+    in revision order, then new ones live as they commit, without a gap or duplicate at the seam.
 
-    Each change carries its revision; a client that disconnects calls again with the last one it
-    saw. A watcher that falls too far behind is cut off with RESOURCE_EXHAUSTED and resumes the
-    same way.
+    Revisions are per org, start at 1 and have no holes: every write of a session takes the next
+    one. Each response carries `revision`, the revision the watcher has examined up to (changes
+    its filter left out included); a client that loses the stream calls again with the last one
+    it received as `after_revision` and misses nothing. Once the replay has caught up, a response
+    is sent even when no change matched, so the client learns the current revision and that it is
+    live; while only filtered-out changes happen, a response without changes carries the new
+    revision at most every 30 seconds, so a selective watcher's resume point stays recent.
 
-    Errors: OUT_OF_RANGE (REVISION_EXPIRED) when `after_revision` is older than the retained
-    history; INVALID_ARGUMENT for a bad filter.
+    The server never buffers changes for a watcher: it reads them from the stored history at the
+    pace the client reads (gRPC flow control), in responses of at most about 1 MiB of sessions
+    (a larger session goes alone). History is retained for a configured time (7 days by
+    default); a watcher that falls behind it, at the start or while streaming, is cut off with
+    OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
+    UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+
+    Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
+    `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
+    after `oldest_revision - 1` or later is accepted). To recover, start a watch with
+    `after_revision` -1 and wait for its first response, list the sessions, then apply each
+    change that watch streams only when it is newer than the listed session's `revision`.
+    INVALID_ARGUMENT for a bad filter, or an `after_revision` below -1 or ahead of the org's
+    current revision.
     """
 
 @_typing.type_check_only
@@ -297,15 +313,31 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
     WatchSessions: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionsRequest, _session_service_pb2.WatchSessionsResponse]  # type: ignore[assignment]
-    """Streams the org's session changes: first those committed after `after_revision`, in revision
-    order, then new ones live as they commit, without a gap or duplicate at the seam.
+    """Streams the org's session changes: first the retained ones committed after `after_revision`,
+    in revision order, then new ones live as they commit, without a gap or duplicate at the seam.
 
-    Each change carries its revision; a client that disconnects calls again with the last one it
-    saw. A watcher that falls too far behind is cut off with RESOURCE_EXHAUSTED and resumes the
-    same way.
+    Revisions are per org, start at 1 and have no holes: every write of a session takes the next
+    one. Each response carries `revision`, the revision the watcher has examined up to (changes
+    its filter left out included); a client that loses the stream calls again with the last one
+    it received as `after_revision` and misses nothing. Once the replay has caught up, a response
+    is sent even when no change matched, so the client learns the current revision and that it is
+    live; while only filtered-out changes happen, a response without changes carries the new
+    revision at most every 30 seconds, so a selective watcher's resume point stays recent.
 
-    Errors: OUT_OF_RANGE (REVISION_EXPIRED) when `after_revision` is older than the retained
-    history; INVALID_ARGUMENT for a bad filter.
+    The server never buffers changes for a watcher: it reads them from the stored history at the
+    pace the client reads (gRPC flow control), in responses of at most about 1 MiB of sessions
+    (a larger session goes alone). History is retained for a configured time (7 days by
+    default); a watcher that falls behind it, at the start or while streaming, is cut off with
+    OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
+    UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+
+    Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
+    `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
+    after `oldest_revision - 1` or later is accepted). To recover, start a watch with
+    `after_revision` -1 and wait for its first response, list the sessions, then apply each
+    change that watch streams only when it is newer than the listed session's `revision`.
+    INVALID_ARGUMENT for a bad filter, or an `after_revision` below -1 or ahead of the org's
+    current revision.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -536,15 +568,31 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.WatchSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_session_service_pb2.WatchSessionsResponse], _abc.AsyncIterator[_session_service_pb2.WatchSessionsResponse]]:
-        """Streams the org's session changes: first those committed after `after_revision`, in revision
-        order, then new ones live as they commit, without a gap or duplicate at the seam.
+        """Streams the org's session changes: first the retained ones committed after `after_revision`,
+        in revision order, then new ones live as they commit, without a gap or duplicate at the seam.
 
-        Each change carries its revision; a client that disconnects calls again with the last one it
-        saw. A watcher that falls too far behind is cut off with RESOURCE_EXHAUSTED and resumes the
-        same way.
+        Revisions are per org, start at 1 and have no holes: every write of a session takes the next
+        one. Each response carries `revision`, the revision the watcher has examined up to (changes
+        its filter left out included); a client that loses the stream calls again with the last one
+        it received as `after_revision` and misses nothing. Once the replay has caught up, a response
+        is sent even when no change matched, so the client learns the current revision and that it is
+        live; while only filtered-out changes happen, a response without changes carries the new
+        revision at most every 30 seconds, so a selective watcher's resume point stays recent.
 
-        Errors: OUT_OF_RANGE (REVISION_EXPIRED) when `after_revision` is older than the retained
-        history; INVALID_ARGUMENT for a bad filter.
+        The server never buffers changes for a watcher: it reads them from the stored history at the
+        pace the client reads (gRPC flow control), in responses of at most about 1 MiB of sessions
+        (a larger session goes alone). History is retained for a configured time (7 days by
+        default); a watcher that falls behind it, at the start or while streaming, is cut off with
+        OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
+        UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+
+        Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
+        `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
+        after `oldest_revision - 1` or later is accepted). To recover, start a watch with
+        `after_revision` -1 and wait for its first response, list the sessions, then apply each
+        change that watch streams only when it is newer than the listed session's `revision`.
+        INVALID_ARGUMENT for a bad filter, or an `after_revision` below -1 or ahead of the org's
+        current revision.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
