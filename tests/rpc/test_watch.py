@@ -884,7 +884,7 @@ def test_shutting_down_ends_watch_streams_at_once(database_url: str, org: Org) -
         assert watcher.next().revision == 0
         own.stop()  # with a grace period of 1 s, after which it would cancel the call
         ended = watcher.failure()  # ended by the watch itself, resumable
-        assert (ended.code, ended.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        assert (ended.code, ended.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
         assert "resume the watch after revision 0" in ended.message
     finally:
         stubs.close()

@@ -69,6 +69,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the resource is not in a state that allows the call."""
     ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 20
     """DEADLINE_EXCEEDED: the call's deadline passed while the database was working on it."""
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 21
+    """UNAVAILABLE: the server is shutting down; reconnect (to another server) and resume."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Common conventions, shared by every Flightlog service.
@@ -144,6 +146,8 @@ ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 19
 """FAILED_PRECONDITION: the resource is not in a state that allows the call."""
 ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 20
 """DEADLINE_EXCEEDED: the call's deadline passed while the database was working on it."""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 21
+"""UNAVAILABLE: the server is shutting down; reconnect (to another server) and resume."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -128,5 +128,11 @@ class DatabaseUnavailable(DomainError):
     reason = "DATABASE_UNAVAILABLE"
 
 
+class ShuttingDown(DomainError):
+    """The server is stopping; the call can be retried elsewhere (a watch resumes)."""
+
+    reason = "SHUTTING_DOWN"
+
+
 class DeadlineExceeded(DomainError):
     reason = "DEADLINE_EXCEEDED"

@@ -30,6 +30,7 @@ _CODES: list[tuple[type[e.DomainError], grpc.StatusCode]] = [
     (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (e.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (e.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (e.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

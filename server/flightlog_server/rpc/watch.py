@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.domain import rules
-from flightlog_server.domain.errors import DatabaseUnavailable
+from flightlog_server.domain.errors import ShuttingDown
 from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.types import Caller
 from flightlog_server.rpc import convert
@@ -183,7 +183,7 @@ async def watch_sessions(
             await wakeup.wait()
         # The notifier closes when the server shuts down: a retryable error, so that clients
         # resume (with another server) as after any disconnect.
-        raise DatabaseUnavailable(
+        raise ShuttingDown(
             f"the server is shutting down; resume the watch after revision {last}"
         )
 
