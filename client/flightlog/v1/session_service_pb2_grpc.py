@@ -338,7 +338,7 @@ class SessionServiceServicer:
         (a larger session goes alone). History is retained for a configured time (7 days by
         default); a watcher that falls behind it, at the start or while streaming, is cut off with
         OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
-        UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+        UNAVAILABLE (SHUTTING_DOWN), and the client resumes like after any disconnect.
 
         Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
         `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch

@@ -173,7 +173,7 @@ class SessionServiceStub:
     (a larger session goes alone). History is retained for a configured time (7 days by
     default); a watcher that falls behind it, at the start or while streaming, is cut off with
     OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
-    UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+    UNAVAILABLE (SHUTTING_DOWN), and the client resumes like after any disconnect.
 
     Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
     `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
@@ -329,7 +329,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     (a larger session goes alone). History is retained for a configured time (7 days by
     default); a watcher that falls behind it, at the start or while streaming, is cut off with
     OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
-    UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+    UNAVAILABLE (SHUTTING_DOWN), and the client resumes like after any disconnect.
 
     Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
     `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
@@ -584,7 +584,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         (a larger session goes alone). History is retained for a configured time (7 days by
         default); a watcher that falls behind it, at the start or while streaming, is cut off with
         OUT_OF_RANGE. The stream never ends by itself; when the server shuts down it ends with
-        UNAVAILABLE (DATABASE_UNAVAILABLE), and the client resumes like after any disconnect.
+        UNAVAILABLE (SHUTTING_DOWN), and the client resumes like after any disconnect.
 
         Errors: OUT_OF_RANGE (REVISION_EXPIRED) when changes after `after_revision` were pruned;
         `ErrorInfo.metadata["oldest_revision"]` is the oldest revision still available (a watch
