@@ -1,0 +1,1057 @@
+"""The ``flightlog`` command: parser, handlers and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flightlog import catalog, custom_fields
+from flightlog._client import FlightlogClient
+from flightlog._config import ClientConfig
+from flightlog.catalog import TimelineExtent, TopicPartition, TopicPartitionSpec
+from flightlog.cli._output import Column, Output, format_bytes, format_duration, format_ns
+from flightlog.cli._parsing import (
+    UsageError,
+    parse_condition,
+    parse_custom_field_value,
+    parse_key_value,
+    parse_metadata_value,
+    parse_time_ns,
+)
+from flightlog.custom_fields import CustomField
+from flightlog.errors import (
+    ConfigurationError,
+    ConflictError,
+    DeadlineExceededError,
+    FlightlogError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from flightlog.ingest import IngestedFile, IngestFailure, ingest_recordings
+from flightlog.metrics import Metric, MetricEntry
+from flightlog.session import (
+    SESSION_CHANGE_KINDS,
+    CustomFieldChangeset,
+    MetadataChangeset,
+    Session,
+    SessionChange,
+    SessionFile,
+)
+
+__all__ = [
+    "EXIT_CONFLICT",
+    "EXIT_ERROR",
+    "EXIT_INVALID",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_UNAUTHORIZED",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "exit_code_for",
+    "run",
+]
+
+EXIT_OK = 0
+"""Success."""
+EXIT_ERROR = 1
+"""Any failure without a more specific code."""
+EXIT_USAGE = 2
+"""Bad command line or configuration."""
+EXIT_NOT_FOUND = 3
+"""A resource does not exist (NOT_FOUND)."""
+EXIT_INVALID = 4
+"""The server rejected the request as invalid (INVALID_ARGUMENT, OUT_OF_RANGE...)."""
+EXIT_UNAUTHORIZED = 5
+"""No valid API key, or no access to the org (UNAUTHENTICATED, PERMISSION_DENIED)."""
+EXIT_CONFLICT = 6
+"""The request conflicts with the current state (ALREADY_EXISTS, ABORTED)."""
+EXIT_UNAVAILABLE = 7
+"""The server could not be reached in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
+EXIT_PARTIAL = 8
+"""Some items failed, the others succeeded (ingest)."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Return the exit code for an error."""
+    if isinstance(error, UsageError | ConfigurationError):
+        return EXIT_USAGE
+    if isinstance(error, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(error, InvalidRequestError):
+        return EXIT_INVALID
+    if isinstance(error, UnauthorizedError | PermissionDeniedError):
+        return EXIT_UNAUTHORIZED
+    if isinstance(error, ConflictError):
+        return EXIT_CONFLICT
+    if isinstance(error, UnavailableError | DeadlineExceededError):
+        return EXIT_UNAVAILABLE
+    return EXIT_ERROR
+
+
+@dataclasses.dataclass
+class _Context:
+    """What every handler gets: the parsed arguments, the output and a lazy client."""
+
+    args: argparse.Namespace
+    out: Output
+    _client: FlightlogClient | None = None
+    _fields: dict[str, CustomField] | None = None
+
+    @property
+    def client(self) -> FlightlogClient:
+        """The client, configured from the environment and the global options."""
+        if self._client is None:
+            config = ClientConfig.from_env()
+            overrides: dict[str, Any] = {}
+            if self.args.endpoint:
+                overrides["endpoint"] = self.args.endpoint
+            if self.args.org:
+                overrides["org_id"] = self.args.org
+            if self.args.timeout is not None:
+                overrides["timeout"] = self.args.timeout
+            if overrides:
+                config = dataclasses.replace(config, **overrides)
+            self._client = FlightlogClient.from_config(config)
+        return self._client
+
+    def close(self) -> None:
+        """Close the client if one was made."""
+        if self._client is not None:
+            self._client.close()
+
+    def session_fields(self) -> dict[str, CustomField]:
+        """The org's custom-field definitions for sessions, by name (fetched once)."""
+        if self._fields is None:
+            self._fields = {
+                f.name: f for f in custom_fields.list_custom_fields("session", client=self.client)
+            }
+        return self._fields
+
+    def session(self, ref: str) -> Session:
+        """Load a session by ID (``ss_...``) or by exact name.
+
+        Raises:
+            NotFoundError: No session has that ID or name.
+            ConflictError: Several sessions have that name.
+        """
+        if ref.startswith("ss_"):
+            return Session.from_id(ref, client=self.client)
+        matches = [s for s in Session.query(name_contains=ref, client=self.client) if s.name == ref]
+        if not matches:
+            raise NotFoundError(f"no session is named {ref!r}", reason="SESSION_NOT_FOUND")
+        if len(matches) > 1:
+            ids = ", ".join(s.session_id for s in matches)
+            raise ConflictError(f"several sessions are named {ref!r}: {ids}; use an ID")
+        return matches[0]
+
+
+# Records -------------------------------------------------------------------------------------
+
+
+def _session_fields(session: Session) -> list[tuple[str, object]]:
+    """The rows of ``sessions get``."""
+    return [
+        ("session_id", session.session_id),
+        ("name", session.name),
+        ("description", session.description),
+        ("org_id", session.org_id),
+        ("start", format_ns(session.min_timestamp_ns)),
+        ("end", format_ns(session.max_timestamp_ns)),
+        ("duration", format_duration(session.min_timestamp_ns, session.max_timestamp_ns)),
+        ("min_timestamp_ns", session.min_timestamp_ns),
+        ("max_timestamp_ns", session.max_timestamp_ns),
+        ("tags", session.tags),
+        ("metadata", session.metadata),
+        ("custom_fields", session.custom_fields),
+        ("created", session.created),
+        ("created_by", session.created_by),
+        ("modified", session.modified),
+        ("modified_by", session.modified_by),
+        ("revision", session.revision),
+    ]
+
+
+def _dataclass_fields(value: Any) -> list[tuple[str, object]]:
+    """The rows of a ``get`` of any record."""
+    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+
+
+_SESSION_COLUMNS: list[Column[Session]] = [
+    Column("SESSION", lambda s: s.session_id),
+    Column("NAME", lambda s: s.name),
+    Column("START", lambda s: format_ns(s.min_timestamp_ns)),
+    Column("DURATION", lambda s: format_duration(s.min_timestamp_ns, s.max_timestamp_ns), "right"),
+    Column("TAGS", lambda s: s.tags),
+    Column("CREATED", lambda s: s.created),
+]
+
+
+# Sessions ------------------------------------------------------------------------------------
+
+
+def _metadata_args(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """Parse repeated ``--meta KEY=VALUE`` options."""
+    result: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, value = parse_key_value(pair, "metadata")
+        result[key] = parse_metadata_value(value)
+    return result
+
+
+def _field_args(ctx: _Context, pairs: Sequence[str] | None) -> dict[str, Any]:
+    """Parse repeated ``--field NAME=VALUE`` options by the fields' declared types."""
+    if not pairs:
+        return {}
+    definitions = ctx.session_fields()
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        name, value = parse_key_value(pair, "custom field")
+        result[name] = parse_custom_field_value(name, value, definitions)
+    return result
+
+
+def _sessions_create(ctx: _Context) -> int:
+    a = ctx.args
+    common: dict[str, Any] = {
+        "name": a.name,
+        "description": a.description,
+        "metadata": _metadata_args(a.meta) or None,
+        "tags": a.tag or None,
+        "custom_fields": _field_args(ctx, a.field) or None,
+        "client": ctx.client,
+    }
+    if a.dataset:
+        if a.device:
+            raise UsageError("--dataset infers the devices; do not combine it with --device")
+        session = Session.create_from_dataset(a.dataset, **common)
+    else:
+        session = Session.create(device_ids=a.device or (), **common)
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_get(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_ls(ctx: _Context) -> int:
+    a = ctx.args
+    overlaps = None
+    if a.overlaps:
+        overlaps = (parse_time_ns(a.overlaps[0]), parse_time_ns(a.overlaps[1]))
+    conditions = [parse_condition(text, ctx.session_fields()) for text in a.where or ()]
+    sort_by: str | None = a.sort
+    sort_field: str | None = None
+    if sort_by is not None and sort_by.startswith("field:"):
+        sort_field = sort_by.removeprefix("field:")
+        sort_by = None
+    sessions = Session.query(
+        tags_all=a.tag or (),
+        tags_any=a.any_tag or (),
+        device_id=a.device,
+        dataset_id=a.dataset,
+        overlaps=overlaps,
+        custom_fields=conditions,
+        name_contains=a.name_contains,
+        sort_by=sort_by,
+        sort_custom_field=sort_field,
+        descending=a.descending,
+        page_size=a.page_size,
+        client=ctx.client,
+    )
+    ctx.out.rows(sessions, _SESSION_COLUMNS)
+    return EXIT_OK
+
+
+def _sessions_update(ctx: _Context) -> int:
+    a = ctx.args
+    kwargs: dict[str, Any] = {}
+    if a.clear_name:
+        kwargs["name"] = None
+    elif a.name is not None:
+        kwargs["name"] = a.name
+    if a.clear_description:
+        kwargs["description"] = None
+    elif a.description is not None:
+        kwargs["description"] = a.description
+    put_fields = _metadata_args(a.meta)
+    if a.add_tag or a.rm_tag or put_fields or a.rm_meta:
+        kwargs["metadata_changeset"] = MetadataChangeset(
+            put_tags=a.add_tag or (),
+            remove_tags=a.rm_tag or (),
+            put_fields=put_fields,
+            remove_fields=a.rm_meta or (),
+        )
+    set_fields = _field_args(ctx, a.field)
+    if set_fields or a.clear_field:
+        kwargs["custom_fields_changeset"] = CustomFieldChangeset(
+            set_fields=set_fields, clear_fields=a.clear_field or ()
+        )
+    if not kwargs:
+        raise UsageError("nothing to update: give at least one change (see --help)")
+    session = ctx.session(a.session)
+    session.update(**kwargs, expected_revision=a.expected_revision)
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_rm(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    session.delete(expected_revision=ctx.args.expected_revision)
+    if ctx.out.json_mode:
+        ctx.out.json({"deleted": session.session_id})
+    else:
+        ctx.out.info(f"deleted session {session.session_id}")
+    return EXIT_OK
+
+
+def _sessions_add_file(ctx: _Context) -> int:
+    a = ctx.args
+    session = ctx.session(a.session)
+    low = high = None
+    if a.range:
+        low, high = parse_time_ns(a.range[0]), parse_time_ns(a.range[1])
+    session.add_files([SessionFile(f, low, high) for f in a.file])
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_rm_file(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    session.remove_files(ctx.args.file)
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_attach(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    session.attach_to_device(ctx.args.device)
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_detach(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    session.detach_from_device(ctx.args.device)
+    ctx.out.record(session, _session_fields(session))
+    return EXIT_OK
+
+
+def _sessions_devices(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    if ctx.out.json_mode:
+        for device_id in session.list_devices():
+            ctx.out.json({"device_id": device_id})
+    else:
+        ctx.out.rows(session.list_devices(), [Column[str]("DEVICE", lambda d: d)])
+    return EXIT_OK
+
+
+def _sessions_files(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    ctx.out.rows(
+        session.list_files(),
+        [
+            Column[SessionFile]("FILE", lambda f: f.file_id),
+            Column[SessionFile]("PATH", lambda f: f.relative_path),
+            Column[SessionFile]("DATASET", lambda f: f.dataset_id),
+            Column[SessionFile]("SIZE", lambda f: format_bytes(f.size_bytes), "right"),
+            Column[SessionFile]("RANGE START", lambda f: format_ns(f.range_min_timestamp_ns)),
+            Column[SessionFile]("RANGE END", lambda f: format_ns(f.range_max_timestamp_ns)),
+        ],
+    )
+    return EXIT_OK
+
+
+def _sessions_topics(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    if ctx.args.name:
+        topic = session.get_topic(ctx.args.name)
+        ctx.out.record(topic, _dataclass_fields(topic))
+        return EXIT_OK
+    ctx.out.rows(
+        session.list_topics(),
+        [
+            Column[catalog.Topic]("TOPIC", lambda t: t.name),
+            Column[catalog.Topic]("SCHEMA", lambda t: t.schema_name),
+            Column[catalog.Topic]("ENCODING", lambda t: t.message_encoding),
+            Column[catalog.Topic]("TOPIC ID", lambda t: t.topic_id),
+        ],
+    )
+    return EXIT_OK
+
+
+def _sessions_metrics(ctx: _Context) -> int:
+    session = ctx.session(ctx.args.session)
+    ctx.out.rows(
+        session.list_metrics(),
+        [
+            Column[Metric]("NAME", lambda m: m.name),
+            Column[Metric]("VALUE", lambda m: f"{m.value:g}", "right"),
+            Column[Metric]("DEVICE", lambda m: m.device_id),
+            Column[Metric]("PUBLISHED", lambda m: m.published),
+        ],
+    )
+    return EXIT_OK
+
+
+def _sessions_publish(ctx: _Context) -> int:
+    a = ctx.args
+    entries = []
+    for pair in a.metric:
+        name, value = parse_key_value(pair, "metric")
+        try:
+            entries.append(MetricEntry(name, float(value)))
+        except ValueError:
+            raise UsageError(f"metric {name}: {value!r} is not a number") from None
+    session = ctx.session(a.session)
+    if a.no_device:
+        result = session.publish_metrics(entries, device_id=None)
+    elif a.device:
+        result = session.publish_metrics(entries, device_id=a.device)
+    else:
+        result = session.publish_metrics(entries)
+    if ctx.out.json_mode:
+        ctx.out.json(result)
+    else:
+        for metric in result.succeeded:
+            ctx.out.info(f"published {metric.name} = {metric.value:g}")
+    for failure in result.failed:
+        ctx.out.error(f"{failure.entry.name}: {failure.reason}")
+    return EXIT_PARTIAL if result.failed else EXIT_OK
+
+
+def _sessions_watch(ctx: _Context) -> int:
+    a = ctx.args
+    for kind in a.kind or ():
+        if kind not in SESSION_CHANGE_KINDS:
+            raise UsageError(
+                f"unknown change kind {kind!r}; one of {', '.join(SESSION_CHANGE_KINDS)}"
+            )
+    changes = Session.watch(
+        a.after,
+        session_ids=a.session or (),
+        tags_any=a.tag or (),
+        device_id=a.device,
+        kinds=a.kind or (),
+        client=ctx.client,
+    )
+
+    def limited() -> Any:
+        for count, change in enumerate(changes, start=1):
+            yield change
+            if a.limit and count >= a.limit:
+                changes.close()
+                return
+
+    ctx.out.rows(
+        limited(),
+        [
+            Column[SessionChange]("REVISION", lambda c: c.revision, "right"),
+            Column[SessionChange]("KIND", lambda c: c.kind),
+            Column[SessionChange]("SESSION", lambda c: c.session_id),
+            Column[SessionChange]("NAME", lambda c: c.session.name if c.session else None),
+            Column[SessionChange]("TIME", lambda c: c.time),
+        ],
+    )
+    return EXIT_OK
+
+
+# Devices, datasets, files --------------------------------------------------------------------
+
+
+def _devices_create(ctx: _Context) -> int:
+    device = catalog.create_device(ctx.args.device, ctx.args.name, client=ctx.client)
+    ctx.out.record(device, _dataclass_fields(device))
+    return EXIT_OK
+
+
+def _devices_get(ctx: _Context) -> int:
+    device = catalog.get_device(ctx.args.device, client=ctx.client)
+    ctx.out.record(device, _dataclass_fields(device))
+    return EXIT_OK
+
+
+def _devices_ls(ctx: _Context) -> int:
+    ctx.out.rows(
+        catalog.list_devices(page_size=ctx.args.page_size, client=ctx.client),
+        [
+            Column[catalog.Device]("DEVICE", lambda d: d.device_id),
+            Column[catalog.Device]("NAME", lambda d: d.name),
+            Column[catalog.Device]("CREATED", lambda d: d.created),
+        ],
+    )
+    return EXIT_OK
+
+
+def _devices_rm(ctx: _Context) -> int:
+    catalog.delete_device(ctx.args.device, client=ctx.client)
+    if ctx.out.json_mode:
+        ctx.out.json({"deleted": ctx.args.device})
+    else:
+        ctx.out.info(f"deleted device {ctx.args.device}")
+    return EXIT_OK
+
+
+def _datasets_create(ctx: _Context) -> int:
+    dataset = catalog.create_dataset(ctx.args.name, ctx.args.device, client=ctx.client)
+    ctx.out.record(dataset, _dataclass_fields(dataset))
+    return EXIT_OK
+
+
+def _datasets_get(ctx: _Context) -> int:
+    dataset = catalog.get_dataset(ctx.args.dataset, client=ctx.client)
+    ctx.out.record(dataset, _dataclass_fields(dataset))
+    return EXIT_OK
+
+
+def _datasets_ls(ctx: _Context) -> int:
+    ctx.out.rows(
+        catalog.list_datasets(page_size=ctx.args.page_size, client=ctx.client),
+        [
+            Column[catalog.Dataset]("DATASET", lambda d: d.dataset_id),
+            Column[catalog.Dataset]("NAME", lambda d: d.name),
+            Column[catalog.Dataset]("DEVICE", lambda d: d.device_id),
+            Column[catalog.Dataset]("CREATED", lambda d: d.created),
+        ],
+    )
+    return EXIT_OK
+
+
+_FILE_COLUMNS: list[Column[catalog.File]] = [
+    Column("FILE", lambda f: f.file_id),
+    Column("PATH", lambda f: f.relative_path),
+    Column("DATASET", lambda f: f.dataset_id),
+    Column("SIZE", lambda f: format_bytes(f.size_bytes), "right"),
+    Column("DEVICE", lambda f: f.device_id),
+    Column("START", lambda f: format_ns(f.min_timestamp_ns)),
+    Column("DURATION", lambda f: format_duration(f.min_timestamp_ns, f.max_timestamp_ns), "right"),
+]
+
+
+def _load_partitions(source: str) -> list[TopicPartitionSpec]:
+    """Read partitions from a JSON file (``-`` for stdin): a list of objects with
+    ``topic_name``, ``schema_name``, ``message_encoding``, ``message_count`` and ``extents``
+    (``[[min_ns, max_ns], ...]``)."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        items = json.loads(text)
+        return [
+            TopicPartitionSpec(
+                topic_name=item["topic_name"],
+                schema_name=item.get("schema_name", ""),
+                message_encoding=item.get("message_encoding", ""),
+                message_count=int(item.get("message_count", 0)),
+                extents=[TimelineExtent(int(lo), int(hi)) for lo, hi in item.get("extents", [])],
+            )
+            for item in items
+        ]
+    except OSError as error:
+        raise UsageError(f"cannot read {source}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{source}: not a list of partitions ({error})") from None
+
+
+def _files_register(ctx: _Context) -> int:
+    a = ctx.args
+    partitions = _load_partitions(a.partitions) if a.partitions else []
+    file = catalog.register_file(
+        a.dataset,
+        a.path,
+        a.size,
+        device_id=a.device,
+        unix_epoch_offset_ns=a.offset,
+        partitions=partitions,
+        client=ctx.client,
+    )
+    ctx.out.record(file, _dataclass_fields(file))
+    return EXIT_OK
+
+
+def _files_get(ctx: _Context) -> int:
+    file = catalog.get_file(ctx.args.file, client=ctx.client)
+    ctx.out.record(file, _dataclass_fields(file))
+    return EXIT_OK
+
+
+def _files_ls(ctx: _Context) -> int:
+    files = catalog.list_files(ctx.args.dataset, page_size=ctx.args.page_size, client=ctx.client)
+    ctx.out.rows(files, _FILE_COLUMNS)
+    return EXIT_OK
+
+
+def _files_topics(ctx: _Context) -> int:
+    partitions = catalog.list_file_topics(ctx.args.file, client=ctx.client)
+    ctx.out.rows(
+        partitions,
+        [
+            Column[TopicPartition]("TOPIC", lambda p: p.topic.name),
+            Column[TopicPartition]("SCHEMA", lambda p: p.topic.schema_name),
+            Column[TopicPartition]("ENCODING", lambda p: p.topic.message_encoding),
+            Column[TopicPartition]("MESSAGES", lambda p: p.message_count, "right"),
+            Column[TopicPartition](
+                "FIRST", lambda p: p.extents[0].min_timestamp_ns if p.extents else None, "right"
+            ),
+            Column[TopicPartition](
+                "LAST", lambda p: p.extents[-1].max_timestamp_ns if p.extents else None, "right"
+            ),
+            Column[TopicPartition]("TOPIC ID", lambda p: p.topic.topic_id),
+        ],
+    )
+    return EXIT_OK
+
+
+def _files_set_offset(ctx: _Context) -> int:
+    file = catalog.set_file_timeline_offset(ctx.args.file, ctx.args.offset, client=ctx.client)
+    ctx.out.record(file, _dataclass_fields(file))
+    return EXIT_OK
+
+
+def _files_rm(ctx: _Context) -> int:
+    catalog.delete_file(ctx.args.file, client=ctx.client)
+    if ctx.out.json_mode:
+        ctx.out.json({"deleted": ctx.args.file})
+    else:
+        ctx.out.info(f"deleted file {ctx.args.file}")
+    return EXIT_OK
+
+
+# Custom fields -------------------------------------------------------------------------------
+
+_FIELD_COLUMNS: list[Column[CustomField]] = [
+    Column("FIELD", lambda f: f.custom_field_id),
+    Column("NAME", lambda f: f.name),
+    Column("TYPE", lambda f: f.type),
+    Column("STATUS", lambda f: f.status),
+    Column("VALUES", lambda f: list(f.enum_values)),
+    Column("DESCRIPTION", lambda f: f.description),
+]
+
+
+def _fields_create(ctx: _Context) -> int:
+    a = ctx.args
+    field = custom_fields.create_custom_field(
+        a.name,
+        a.type,
+        enum_values=a.enum_value or (),
+        description=a.description,
+        initial_status=a.status,
+        client=ctx.client,
+    )
+    ctx.out.record(field, _dataclass_fields(field))
+    return EXIT_OK
+
+
+def _fields_get(ctx: _Context) -> int:
+    field = custom_fields.find_custom_field(ctx.args.field, client=ctx.client)
+    ctx.out.record(field, _dataclass_fields(field))
+    return EXIT_OK
+
+
+def _fields_ls(ctx: _Context) -> int:
+    fields = custom_fields.list_custom_fields(None, page_size=ctx.args.page_size, client=ctx.client)
+    ctx.out.rows(fields, _FIELD_COLUMNS)
+    return EXIT_OK
+
+
+def _fields_update(ctx: _Context) -> int:
+    a = ctx.args
+    if a.status is None and not a.add_enum_value:
+        raise UsageError("nothing to update: give --status or --add-enum-value")
+    existing = custom_fields.find_custom_field(a.field, client=ctx.client)
+    field = custom_fields.update_custom_field(
+        existing.custom_field_id,
+        status=a.status,
+        add_enum_values=a.add_enum_value or (),
+        client=ctx.client,
+    )
+    ctx.out.record(field, _dataclass_fields(field))
+    return EXIT_OK
+
+
+def _fields_rm(ctx: _Context) -> int:
+    existing = custom_fields.find_custom_field(ctx.args.field, client=ctx.client)
+    custom_fields.delete_custom_field(existing.custom_field_id, client=ctx.client)
+    if ctx.out.json_mode:
+        ctx.out.json({"deleted": existing.custom_field_id})
+    else:
+        ctx.out.info(f"deleted custom field {existing.name} ({existing.custom_field_id})")
+    return EXIT_OK
+
+
+# Ingest --------------------------------------------------------------------------------------
+
+
+def _ingest(ctx: _Context) -> int:
+    a = ctx.args
+    paths = [Path(p) for p in a.paths]
+    client = ctx.client
+    # Fail fast, before reading anything, on what would make every file fail.
+    if a.device:
+        catalog.get_device(a.device, client=client)
+    if a.dataset:
+        dataset_id = catalog.get_dataset(a.dataset, client=client).dataset_id
+    else:
+        name = a.dataset_name or a.session or paths[0].parent.resolve().name
+        dataset = catalog.create_dataset(name, a.device, client=client)
+        dataset_id = dataset.dataset_id
+        if not ctx.out.json_mode:
+            ctx.out.error_console.print(
+                f"created dataset {dataset_id} ({name})", markup=False, soft_wrap=True
+            )
+
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(file=ctx.out.stderr),
+        transient=True,
+        disable=len(paths) < 2 or not ctx.out.stderr.isatty(),
+    )
+    done: list[IngestedFile] = []
+
+    with progress:
+        task = progress.add_task("ingesting", total=len(paths))
+
+        def on_file(outcome: IngestedFile | IngestFailure) -> None:
+            progress.advance(task)
+            if isinstance(outcome, IngestFailure):
+                # One line per failed file, printed above the bar.
+                progress.console.print(
+                    f"error: {outcome.path}: {outcome.reason}",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,  # never wrapped: one line per file, whatever the width
+                )
+                return
+            done.append(outcome)
+            if ctx.out.json_mode:
+                ctx.out.json(_ingested_json(outcome))
+
+        result = ingest_recordings(
+            paths,
+            dataset_id,
+            device_id=a.device,
+            session_name=a.session,
+            unix_epoch_offset_ns=a.offset,
+            client=client,
+            on_file=on_file,
+        )
+
+    if not ctx.out.json_mode and done:
+        ctx.out.rows(
+            done,
+            [
+                Column[IngestedFile]("PATH", lambda f: str(f.path)),
+                Column[IngestedFile]("FILE", lambda f: f.file.file_id),
+                Column[IngestedFile]("TOPICS", lambda f: len(f.summary.topics), "right"),
+                Column[IngestedFile]("MESSAGES", lambda f: f.summary.message_count, "right"),
+                Column[IngestedFile]("START", lambda f: format_ns(f.summary.start_ns)),
+                Column[IngestedFile](
+                    "DURATION",
+                    lambda f: format_duration(f.summary.start_ns, f.summary.end_ns),
+                    "right",
+                ),
+                Column[IngestedFile](
+                    "STATUS", lambda f: "already registered" if f.already_registered else "new"
+                ),
+            ],
+        )
+    if result.session is not None:
+        session = result.session
+        if ctx.out.json_mode:
+            ctx.out.json({"session": session})
+        else:
+            ctx.out.info(
+                f"session {session.session_id} ({session.name}): {len(result.files)} file(s) "
+                f"added, {format_ns(session.min_timestamp_ns)} -> "
+                f"{format_ns(session.max_timestamp_ns)} "
+                f"({format_duration(session.min_timestamp_ns, session.max_timestamp_ns)})"
+            )
+    return EXIT_PARTIAL if result.failures else EXIT_OK
+
+
+def _ingested_json(ingested: IngestedFile) -> dict[str, Any]:
+    """The JSON line of one ingested file."""
+    summary = ingested.summary
+    return {
+        "path": str(ingested.path),
+        "file_id": ingested.file.file_id,
+        "dataset_id": ingested.file.dataset_id,
+        "relative_path": ingested.file.relative_path,
+        "size_bytes": summary.size_bytes,
+        "start_ns": summary.start_ns,
+        "end_ns": summary.end_ns,
+        "message_count": summary.message_count,
+        "topics": [dataclasses.asdict(topic) for topic in summary.topics],
+        "already_registered": ingested.already_registered,
+    }
+
+
+# Parser --------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line and exit code 2."""
+
+    def error(self, message: str) -> Any:  # argparse declares NoReturn; it exits.
+        """Print the usage error on one line and exit with :data:`EXIT_USAGE`."""
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+Handler = Callable[[_Context], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``flightlog`` argument parser."""
+    parser = _Parser(
+        prog="flightlog",
+        description=(
+            "Flightlog command-line tool: sessions, devices, datasets, files, custom fields "
+            "and MCAP ingest. Connection settings come from FLIGHTLOG_ENDPOINT, "
+            "FLIGHTLOG_API_KEY, FLIGHTLOG_ORG_ID and FLIGHTLOG_TLS*."
+        ),
+        epilog=(
+            "exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, "
+            "5 unauthenticated or permission denied, 6 conflict, 7 unavailable, "
+            "8 partial failure"
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    parser.add_argument("--endpoint", help="host:port of the server (FLIGHTLOG_ENDPOINT)")
+    parser.add_argument("--org", help="acting org ID (FLIGHTLOG_ORG_ID)")
+    parser.add_argument("--timeout", type=float, help="deadline of each call, in seconds")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def command(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    def page_size(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--page-size", type=int, default=0, help="items per streamed batch")
+
+    # sessions
+    sessions = groups.add_parser("sessions", help="manage sessions").add_subparsers(
+        dest="command", required=True, metavar="COMMAND"
+    )
+    p = command(sessions, "create", _sessions_create, "create a session")
+    p.add_argument("--name")
+    p.add_argument("--description")
+    p.add_argument("--device", action="append", help="attach this device (repeatable)")
+    p.add_argument("--dataset", help="create the session from this dataset's files")
+    p.add_argument("--tag", action="append", help="tag (repeatable)")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
+    p.add_argument("--field", action="append", metavar="NAME=VALUE", help="custom field value")
+
+    p = command(sessions, "get", _sessions_get, "show a session (by ID or exact name)")
+    p.add_argument("session")
+
+    p = command(sessions, "ls", _sessions_ls, "list sessions, streaming")
+    p.add_argument("--tag", action="append", help="carrying every such tag")
+    p.add_argument("--any-tag", action="append", help="carrying at least one such tag")
+    p.add_argument("--device", help="with this device attached")
+    p.add_argument("--dataset", help="with a file of this dataset")
+    p.add_argument("--name-contains", help="whose name contains this text")
+    p.add_argument(
+        "--overlaps", nargs=2, metavar=("START", "END"), help="bounds overlap [START, END]"
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="CONDITION",
+        help="custom-field condition: 'f=v', 'f>=v', 'f in a,b', 'f is null'",
+    )
+    p.add_argument(
+        "--sort", help="created, name, start_time, duration or field:NAME (default created)"
+    )
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--desc", dest="descending", action="store_true", default=None)
+    direction.add_argument("--asc", dest="descending", action="store_false")
+    page_size(p)
+
+    p = command(sessions, "update", _sessions_update, "change a session")
+    p.add_argument("session")
+    name = p.add_mutually_exclusive_group()
+    name.add_argument("--name")
+    name.add_argument("--clear-name", action="store_true")
+    description = p.add_mutually_exclusive_group()
+    description.add_argument("--description")
+    description.add_argument("--clear-description", action="store_true")
+    p.add_argument("--add-tag", action="append")
+    p.add_argument("--rm-tag", action="append")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="put metadata")
+    p.add_argument("--rm-meta", action="append", metavar="KEY", help="remove metadata key")
+    p.add_argument("--field", action="append", metavar="NAME=VALUE", help="set custom field")
+    p.add_argument("--clear-field", action="append", metavar="NAME", help="clear custom field")
+    p.add_argument("--expected-revision", type=int)
+
+    p = command(sessions, "rm", _sessions_rm, "delete a session")
+    p.add_argument("session")
+    p.add_argument("--expected-revision", type=int)
+
+    p = command(sessions, "add-file", _sessions_add_file, "add files to a session")
+    p.add_argument("session")
+    p.add_argument("file", nargs="+")
+    p.add_argument(
+        "--range", nargs=2, metavar=("START", "END"), help="contribute only [START, END]"
+    )
+
+    p = command(sessions, "rm-file", _sessions_rm_file, "remove files from a session")
+    p.add_argument("session")
+    p.add_argument("file", nargs="+")
+
+    p = command(sessions, "attach", _sessions_attach, "attach a device to a session")
+    p.add_argument("session")
+    p.add_argument("device")
+
+    p = command(sessions, "detach", _sessions_detach, "detach a device from a session")
+    p.add_argument("session")
+    p.add_argument("device")
+
+    for name_, handler, text in (
+        ("devices", _sessions_devices, "list a session's devices"),
+        ("files", _sessions_files, "list a session's files"),
+        ("metrics", _sessions_metrics, "list a session's metrics"),
+    ):
+        command(sessions, name_, handler, text).add_argument("session")
+
+    p = command(sessions, "topics", _sessions_topics, "list a session's topics")
+    p.add_argument("session")
+    p.add_argument("name", nargs="?", help="show only the topic of this name")
+
+    p = command(sessions, "publish", _sessions_publish, "publish metrics to a session")
+    p.add_argument("session")
+    p.add_argument("metric", nargs="+", metavar="NAME=VALUE")
+    device = p.add_mutually_exclusive_group()
+    device.add_argument("--device", help="associate the values with this device")
+    device.add_argument("--no-device", action="store_true", help="associate no device")
+
+    p = command(sessions, "watch", _sessions_watch, "follow session changes")
+    p.add_argument("--after", type=int, default=-1, help="revision to replay after (-1: now)")
+    p.add_argument("--session", action="append", help="only this session (repeatable)")
+    p.add_argument("--tag", action="append", help="only sessions with this tag")
+    p.add_argument("--device", help="only sessions with this device")
+    p.add_argument("--kind", action="append", help="only this kind of change")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many changes")
+
+    # devices
+    devices = groups.add_parser("devices", help="manage devices").add_subparsers(
+        dest="command", required=True, metavar="COMMAND"
+    )
+    p = command(devices, "create", _devices_create, "register a device")
+    p.add_argument("device")
+    p.add_argument("--name")
+    command(devices, "get", _devices_get, "show a device").add_argument("device")
+    page_size(command(devices, "ls", _devices_ls, "list devices"))
+    command(devices, "rm", _devices_rm, "delete a device").add_argument("device")
+
+    # datasets
+    datasets = groups.add_parser("datasets", help="manage datasets").add_subparsers(
+        dest="command", required=True, metavar="COMMAND"
+    )
+    p = command(datasets, "create", _datasets_create, "create a dataset")
+    p.add_argument("--name")
+    p.add_argument("--device")
+    command(datasets, "get", _datasets_get, "show a dataset").add_argument("dataset")
+    page_size(command(datasets, "ls", _datasets_ls, "list datasets"))
+
+    # files
+    files = groups.add_parser("files", help="manage files").add_subparsers(
+        dest="command", required=True, metavar="COMMAND"
+    )
+    p = command(files, "register", _files_register, "register a file of a dataset")
+    p.add_argument("dataset")
+    p.add_argument("path", help="path relative to the dataset")
+    p.add_argument("--size", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--offset", type=int, default=0, help="unix epoch offset, ns")
+    p.add_argument("--partitions", metavar="JSON_FILE", help="partitions as JSON ('-': stdin)")
+    command(files, "get", _files_get, "show a file").add_argument("file")
+    p = command(files, "ls", _files_ls, "list files")
+    p.add_argument("--dataset")
+    page_size(p)
+    command(files, "topics", _files_topics, "list a file's topic partitions").add_argument("file")
+    p = command(files, "set-offset", _files_set_offset, "change a file's timeline offset")
+    p.add_argument("file")
+    p.add_argument("offset", type=int, help="nanoseconds")
+    command(files, "rm", _files_rm, "delete a file").add_argument("file")
+
+    # custom fields
+    fields = groups.add_parser("fields", help="manage custom fields").add_subparsers(
+        dest="command", required=True, metavar="COMMAND"
+    )
+    p = command(fields, "create", _fields_create, "define a custom field for sessions")
+    p.add_argument("name")
+    p.add_argument("--type", required=True, choices=list(custom_fields.CUSTOM_FIELD_TYPES))
+    p.add_argument("--enum-value", action="append", help="allowed value (repeatable)")
+    p.add_argument("--description")
+    p.add_argument("--status", choices=["creating", "ready"])
+    command(fields, "get", _fields_get, "show a custom field (ID or name)").add_argument("field")
+    page_size(command(fields, "ls", _fields_ls, "list custom fields"))
+    p = command(fields, "update", _fields_update, "change a custom field's status or values")
+    p.add_argument("field")
+    p.add_argument("--status", choices=list(custom_fields.CUSTOM_FIELD_STATUSES))
+    p.add_argument("--add-enum-value", action="append")
+    command(fields, "rm", _fields_rm, "delete a custom field").add_argument("field")
+
+    # ingest
+    p = command(groups, "ingest", _ingest, "register MCAP recordings (and group them)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--dataset", help="dataset ID; default: create one")
+    p.add_argument("--dataset-name", help="name of the dataset created without --dataset")
+    p.add_argument("--device", help="device that recorded the files")
+    p.add_argument("--session", metavar="NAME", help="create or extend the session of this name")
+    p.add_argument("--offset", type=int, default=0, help="unix epoch offset, ns")
+    return parser
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """Run the ``flightlog`` command and return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    out = Output(args.json, stdout=stdout, stderr=stderr)
+    ctx = _Context(args, out)
+    try:
+        handler: Handler = args.handler
+        return handler(ctx)
+    except FlightlogError as error:
+        out.error(str(error))
+        return exit_code_for(error)
+    except UsageError as error:
+        out.error(str(error))
+        return EXIT_USAGE
+    except ValueError as error:
+        # Invalid values caught by the client before sending (bad metadata type, unknown
+        # operator...).
+        out.error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+    finally:
+        ctx.close()

@@ -1,0 +1,272 @@
+"""Output of the ``flightlog`` command: aligned tables for people, JSON lines for scripts.
+
+Lists stream: rows are printed as they arrive from the server, a chunk at a time, without
+waiting for the end of the listing. A chunk is whatever has arrived when the printer is ready
+(in practice one streamed batch); the header is printed once, before the first chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from flightlog.session import Session
+
+__all__ = ["Column", "Output", "arrivals", "format_bytes", "format_ns", "to_jsonable"]
+
+_T = TypeVar("_T")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert records (dataclasses, sessions, datetimes, paths...) to JSON-compatible values.
+
+    Integers stay integers, including nanosecond timestamps beyond 2**53.
+    """
+    if isinstance(value, Session):
+        return to_jsonable(value.record)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def format_ns(ns: int | None) -> str:
+    """Format Unix-epoch nanoseconds as an ISO 8601 UTC time with nanoseconds, or ``-``."""
+    if ns is None:
+        return "-"
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    try:
+        moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(ns)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+
+
+def format_duration(start_ns: int | None, end_ns: int | None) -> str:
+    """Format the span between two nanosecond times in seconds, or ``-``."""
+    if start_ns is None or end_ns is None:
+        return "-"
+    return f"{(end_ns - start_ns) / 1e9:.3f}s"
+
+
+def format_bytes(size: int) -> str:
+    """Format a byte count for people (``12.6 KiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def format_datetime(value: dt.datetime | None) -> str:
+    """Format a datetime as ISO 8601 UTC to the second, or ``-``."""
+    if value is None:
+        return "-"
+    return f"{value.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column(Generic[_T]):
+    """A column of a human-readable table: its header and how to render a cell."""
+
+    header: str
+    cell: Callable[[_T], object]
+    justify: str = "left"
+
+
+_END = object()
+
+
+def arrivals(items: Iterable[_T]) -> Iterator[list[_T]]:
+    """Regroup an iterator into the chunks that are ready together.
+
+    A reader thread pulls ``items``; each chunk holds at least one item plus every item that
+    arrived while the previous chunk was being printed. A streamed batch, whose items are
+    yielded back to back, therefore comes out as one chunk, and nothing waits for the end of
+    the stream. An exception raised by ``items`` is re-raised here.
+    """
+    inbox: queue.Queue[object] = queue.Queue(maxsize=10_000)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                inbox.put(item)
+            inbox.put(_END)
+        except BaseException as error:  # noqa: BLE001  # handed to the consumer, which re-raises
+            inbox.put(_Failure(error))
+
+    thread = threading.Thread(target=pump, name="flightlog-list", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk: list[_T] = []
+            entry = inbox.get()
+            while True:
+                if entry is _END:
+                    if chunk:
+                        yield chunk
+                    return
+                if isinstance(entry, _Failure):
+                    if chunk:
+                        yield chunk
+                    raise entry.error
+                chunk.append(entry)  # type: ignore[arg-type]  # only items and markers are queued
+                try:
+                    entry = inbox.get_nowait()
+                except queue.Empty:
+                    break
+            yield chunk
+    finally:
+        stop.set()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """An exception raised by the iterator read in :func:`arrivals`."""
+
+    error: BaseException
+
+
+class Output:
+    """Prints results as tables or JSON lines.
+
+    Args:
+        json_mode: Print one JSON object per line instead of tables.
+        stdout: Where results go.
+        stderr: Where errors and progress go.
+    """
+
+    def __init__(
+        self,
+        json_mode: bool,
+        stdout: IO[str] | None = None,
+        stderr: IO[str] | None = None,
+    ) -> None:
+        self.json_mode = json_mode
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        terminal = self.stdout.isatty()
+        self._terminal = terminal
+        # Off a terminal, rich would squeeze tables into 80 columns; let them be as wide as
+        # their content instead.
+        self.console = Console(
+            file=self.stdout,
+            width=None if terminal else 100_000,
+            highlight=False,
+            soft_wrap=not terminal,
+        )
+        self.error_console = Console(file=self.stderr, highlight=False, soft_wrap=True)
+
+    def json(self, value: Any) -> None:
+        """Print one JSON object on a line and flush it."""
+        self.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
+        self.stdout.flush()
+
+    def error(self, message: str) -> None:
+        """Print ``error: <message>`` on stderr, on one line."""
+        self.stderr.write(f"error: {' '.join(message.splitlines())}\n")
+        self.stderr.flush()
+
+    def info(self, message: str) -> None:
+        """Print a human-readable line on stdout (nothing in JSON mode)."""
+        if not self.json_mode:
+            self.console.print(Text(message))
+
+    def record(self, value: Any, fields: Sequence[tuple[str, object]]) -> None:
+        """Print one record: a JSON object, or a two-column table of ``fields``."""
+        if self.json_mode:
+            self.json(value)
+            return
+        table = Table(box=None, show_header=False, pad_edge=False)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for name, cell in fields:
+            table.add_row(name, _cell_text(cell))
+        self._print_table(table)
+
+    def _print_table(self, table: Table) -> None:
+        """Print a table and flush; off a terminal, without trailing padding."""
+        if self._terminal:
+            self.console.print(table)
+        else:
+            with self.console.capture() as captured:
+                self.console.print(table)
+            self.stdout.write(_strip_trailing_spaces(captured.get()))
+        self.stdout.flush()
+
+    def rows(self, items: Iterable[_T], columns: Sequence[Column[_T]]) -> int:
+        """Print a listing as it streams and return the number of rows.
+
+        JSON mode prints one object per line. Table mode prints aligned columns, chunk by
+        chunk as rows arrive; column widths grow to fit later chunks, never truncating.
+        """
+        count = 0
+        if self.json_mode:
+            for item in items:
+                self.json(item)
+                count += 1
+            return count
+        widths = [len(column.header) for column in columns]
+        header_done = False
+        for chunk in arrivals(items):
+            cells = [[_cell_text(column.cell(item)) for column in columns] for item in chunk]
+            for row in cells:
+                for i, text in enumerate(row):
+                    widths[i] = max(widths[i], text.cell_len)
+            table = Table(box=None, show_header=not header_done, pad_edge=False)
+            for column, width in zip(columns, widths, strict=True):
+                table.add_column(
+                    column.header,
+                    min_width=width,
+                    no_wrap=True,
+                    justify=column.justify,  # type: ignore[arg-type]
+                    header_style="bold",
+                )
+            for row in cells:
+                table.add_row(*row)
+            self._print_table(table)
+            header_done = True
+            count += len(chunk)
+        return count
+
+
+def _strip_trailing_spaces(text: str) -> str:
+    """Remove the padding rich leaves at the end of table lines."""
+    return "".join(line.rstrip() + "\n" for line in text.splitlines())
+
+
+def _cell_text(value: object) -> Text:
+    """Render a cell value as text: ``-`` for None, comma-joined lists, JSON for dicts."""
+    if value is None or value == "":
+        return Text("-")
+    if isinstance(value, Text):
+        return value
+    if isinstance(value, list | tuple):
+        return Text(", ".join(str(v) for v in value) or "-")
+    if isinstance(value, dict):
+        return Text(json.dumps(to_jsonable(value), ensure_ascii=False) if value else "-")
+    if isinstance(value, dt.datetime):
+        return Text(format_datetime(value))
+    return Text(str(value))

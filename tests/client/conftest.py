@@ -1,0 +1,109 @@
+"""Fixtures of the client tests that run against a real server.
+
+They build on ``grpc_target`` (``"127.0.0.1:PORT"``), ``api_key`` and ``org_id`` from the root
+``conftest.py``. Tests that need no server do not use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flightlog import FlightlogClient, catalog, set_default_client
+from flightlog.errors import ConflictError
+from flightlog.ingest import read_recording, register_recording
+from tests.client.recordings import BY_NAME
+
+EnsureDevice = Callable[[str], str]
+RegisterRecording = Callable[[str], catalog.File]
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses: ``prefix`` and random hex."""
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def flightlog_client(grpc_target: str, api_key: str, org_id: str) -> Iterator[FlightlogClient]:
+    """A client of the test server, acting as the test principal in its org."""
+    client = FlightlogClient(grpc_target, api_key=api_key, org_id=org_id, timeout=30)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ambient_client(flightlog_client: FlightlogClient) -> Iterator[FlightlogClient]:
+    """Make ``flightlog_client`` the ambient client for one test (as the seed examples use)."""
+    previous = set_default_client(flightlog_client)
+    yield flightlog_client
+    set_default_client(previous)
+
+
+@pytest.fixture(scope="session")
+def ensure_device(flightlog_client: FlightlogClient) -> EnsureDevice:
+    """Register a device under a fixed ID unless it exists already; returns the ID."""
+
+    def ensure(device_id: str) -> str:
+        # A device registered by an earlier test of this run is all we need.
+        with contextlib.suppress(ConflictError):
+            catalog.create_device(device_id, name=device_id, client=flightlog_client)
+        return device_id
+
+    return ensure
+
+
+@pytest.fixture(scope="session")
+def recordings_dataset(flightlog_client: FlightlogClient) -> catalog.Dataset:
+    """A dataset that holds the shared recordings registered by tests."""
+    return catalog.create_dataset(unique("shared-recordings"), client=flightlog_client)
+
+
+@pytest.fixture(scope="session")
+def register_shared_recording(
+    flightlog_client: FlightlogClient, recordings_dataset: catalog.Dataset
+) -> RegisterRecording:
+    """Register one of the shared recordings (by file name) in ``recordings_dataset`` once."""
+
+    def register(file_name: str) -> catalog.File:
+        summary = read_recording(BY_NAME[file_name].path)
+        ingested = register_recording(
+            summary, recordings_dataset.dataset_id, client=flightlog_client
+        )
+        return ingested.file
+
+    return register
+
+
+@pytest.fixture
+def fresh_dataset(flightlog_client: FlightlogClient) -> catalog.Dataset:
+    """An empty dataset for one test."""
+    return catalog.create_dataset(unique("dataset"), client=flightlog_client)
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, grpc_target: str, api_key: str, org_id: str
+) -> dict[str, str]:
+    """Point the ``flightlog`` command at the test server through its environment."""
+    env = {
+        "FLIGHTLOG_ENDPOINT": grpc_target,
+        "FLIGHTLOG_API_KEY": api_key,
+        "FLIGHTLOG_ORG_ID": org_id,
+    }
+    for name in ("FLIGHTLOG_TLS", "FLIGHTLOG_TLS_CA", "FLIGHTLOG_TLS_CERT", "FLIGHTLOG_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def truncated_copy(source: Path, folder: Path) -> Path:
+    """Write the first half of ``source`` to ``folder`` under the same name."""
+    data = source.read_bytes()
+    target = folder / source.name
+    target.write_bytes(data[: len(data) // 2])
+    return target
