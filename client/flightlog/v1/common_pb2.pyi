@@ -38,7 +38,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 5
     """NOT_FOUND: a session does not exist in the acting org."""
     ERROR_REASON_FILE_NOT_FOUND: _ErrorReason.ValueType  # 6
-    """NOT_FOUND: one or more files do not exist in the acting org; `metadata["ids"]` lists them."""
+    """NOT_FOUND: one or more files do not exist in the acting org. Like every *_NOT_FOUND reason,
+    `metadata["ids"]` lists the missing IDs separated by ", " (the first 20, then "(+N more)").
+    """
     ERROR_REASON_DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 7
     """NOT_FOUND: a device does not exist in the acting org."""
     ERROR_REASON_DATASET_NOT_FOUND: _ErrorReason.ValueType  # 8
@@ -115,7 +117,9 @@ ERROR_REASON_ORG_ACCESS_DENIED: ErrorReason.ValueType  # 4
 ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 5
 """NOT_FOUND: a session does not exist in the acting org."""
 ERROR_REASON_FILE_NOT_FOUND: ErrorReason.ValueType  # 6
-"""NOT_FOUND: one or more files do not exist in the acting org; `metadata["ids"]` lists them."""
+"""NOT_FOUND: one or more files do not exist in the acting org. Like every *_NOT_FOUND reason,
+`metadata["ids"]` lists the missing IDs separated by ", " (the first 20, then "(+N more)").
+"""
 ERROR_REASON_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 7
 """NOT_FOUND: a device does not exist in the acting org."""
 ERROR_REASON_DATASET_NOT_FOUND: ErrorReason.ValueType  # 8
