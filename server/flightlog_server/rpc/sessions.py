@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from grpc import aio
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +34,14 @@ from flightlog_server.storage.topics import TopicRepository
 pb = session_service_pb2
 Context = aio.ServicerContext[Any, Any]
 NewSessionRequest = pb.CreateSessionRequest | pb.CreateSessionFromDatasetRequest
+# The requests of a session's own listings, and the response messages they stream.
+SessionListRequest = (
+    pb.ListSessionFilesRequest
+    | pb.ListSessionDevicesRequest
+    | pb.ListSessionTopicsRequest
+    | pb.ListSessionMetricsRequest
+)
+Response = TypeVar("Response")
 # Custom-field values to write, keyed by field ID; None clears.
 FieldWrites = dict[str, tuple[CustomFieldType, FieldValue | None]]
 
@@ -314,18 +322,10 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessionFiles(
         self, request: pb.ListSessionFilesRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionFilesResponse]:
-        caller = current_caller()
-        v = Violations()
-        rules.check_id(v, "session_id", request.session_id, "session")
-        size = rules.check_page(v, request.page_size)
-        v.raise_if_any()
-
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
-            after = pagination.checked_position(after, int)
-            repo = self._repo(db, caller)
-            if after is None:
-                await repo.require(request.session_id)  # NOT_FOUND for an unknown session
-            return await repo.list_contributions(
+        async def page(
+            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
+        ) -> Any:
+            return await self._repo(db, caller).list_contributions(
                 request.session_id, after[0] if after else None, limit
             )
 
@@ -335,14 +335,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 next_page_token=token,
             )
 
-        async for response in pagination.stream_pages(
-            self.database,
-            scope=pagination.fingerprint("ListSessionFiles", caller.org_id, request.session_id),
-            page_token=request.page_token,
-            page_size=size,
-            fetch=fetch,
-            position_of=lambda r: [r.seq],
-            build=build,
+        async for response in self._stream_session_list(
+            "ListSessionFiles", request, (int,), page, lambda r: [r.seq], build
         ):
             yield response
 
@@ -386,17 +380,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessionDevices(
         self, request: pb.ListSessionDevicesRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionDevicesResponse]:
-        caller = current_caller()
-        v = Violations()
-        rules.check_id(v, "session_id", request.session_id, "session")
-        size = rules.check_page(v, request.page_size)
-        v.raise_if_any()
-
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
-            repo = self._repo(db, caller)
-            if after is None:
-                await repo.wire_record(request.session_id)  # NOT_FOUND for an unknown session
-            return await repo.list_devices(request.session_id, after[0] if after else None, limit)
+        async def page(
+            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
+        ) -> Any:
+            return await self._repo(db, caller).list_devices(
+                request.session_id, after[0] if after else None, limit
+            )
 
         def build(rows: Sequence[Any], token: str) -> pb.ListSessionDevicesResponse:
             return pb.ListSessionDevicesResponse(
@@ -411,14 +400,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 next_page_token=token,
             )
 
-        async for response in pagination.stream_pages(
-            self.database,
-            scope=pagination.fingerprint("ListSessionDevices", caller.org_id, request.session_id),
-            page_token=request.page_token,
-            page_size=size,
-            fetch=fetch,
-            position_of=lambda r: [r.seq],
-            build=build,
+        async for response in self._stream_session_list(
+            "ListSessionDevices", request, (int,), page, lambda r: [r.seq], build
         ):
             yield response
 
@@ -427,16 +410,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessionTopics(
         self, request: pb.ListSessionTopicsRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionTopicsResponse]:
-        caller = current_caller()
-        v = Violations()
-        rules.check_id(v, "session_id", request.session_id, "session")
-        size = rules.check_page(v, request.page_size)
-        v.raise_if_any()
-
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[TopicRecord]:
-            after = pagination.checked_position(after, str, str)
-            if after is None:
-                await self._repo(db, caller).require(request.session_id)
+        async def page(
+            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
+        ) -> Any:
             return await TopicRepository(db, caller.org_id).list_reachable(
                 request.session_id, (after[0], after[1]) if after else None, limit
             )
@@ -446,14 +422,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 topics=[_topic_message(t) for t in topics], next_page_token=token
             )
 
-        async for response in pagination.stream_pages(
-            self.database,
-            scope=pagination.fingerprint("ListSessionTopics", caller.org_id, request.session_id),
-            page_token=request.page_token,
-            page_size=size,
-            fetch=fetch,
-            position_of=lambda t: [t.name, t.topic_id],
-            build=build,
+        async for response in self._stream_session_list(
+            "ListSessionTopics", request, (str, str), page, lambda t: [t.name, t.topic_id], build
         ):
             yield response
 
@@ -533,18 +503,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessionMetrics(
         self, request: pb.ListSessionMetricsRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionMetricsResponse]:
-        caller = current_caller()
-        v = Violations()
-        rules.check_id(v, "session_id", request.session_id, "session")
-        size = rules.check_page(v, request.page_size)
-        v.raise_if_any()
-
-        async def fetch(
-            db: AsyncSession, after: list[Any] | None, limit: int
-        ) -> list[MetricRecord]:
-            after = pagination.checked_position(after, str)
-            if after is None:
-                await self._repo(db, caller).require(request.session_id)
+        async def page(
+            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
+        ) -> Any:
             return await MetricRepository(db, caller).list_values(
                 request.session_id, after[0] if after else None, limit
             )
@@ -554,13 +515,41 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 metrics=[_metric_message(r) for r in records], next_page_token=token
             )
 
+        async for response in self._stream_session_list(
+            "ListSessionMetrics", request, (str,), page, lambda r: [r.name], build
+        ):
+            yield response
+
+    async def _stream_session_list(
+        self,
+        method: str,
+        request: SessionListRequest,
+        position_types: tuple[type, ...],
+        page: Callable[[AsyncSession, Caller, list[Any] | None, int], Awaitable[Any]],
+        position_of: Callable[[Any], list[Any]],
+        build: Callable[[Sequence[Any], str], Response],
+    ) -> AsyncIterator[Response]:
+        """Streams one of a session's own listings (files, devices, topics, metrics) in keyset
+        pages; an unknown session is NOT_FOUND, checked with the first page."""
+        caller = current_caller()
+        v = Violations()
+        rules.check_id(v, "session_id", request.session_id, "session")
+        size = rules.check_page(v, request.page_size)
+        v.raise_if_any()
+
+        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> Any:
+            after = pagination.checked_position(after, *position_types)
+            if after is None:
+                await self._repo(db, caller).require(request.session_id)
+            return await page(db, caller, after, limit)
+
         async for response in pagination.stream_pages(
             self.database,
-            scope=pagination.fingerprint("ListSessionMetrics", caller.org_id, request.session_id),
+            scope=pagination.fingerprint(method, caller.org_id, request.session_id),
             page_token=request.page_token,
             page_size=size,
             fetch=fetch,
-            position_of=lambda r: [r.name],
+            position_of=position_of,
             build=build,
         ):
             yield response
