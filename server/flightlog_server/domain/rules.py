@@ -189,11 +189,16 @@ def _depth(value: Any) -> int:
 
 
 def check_metadata(v: Violations, field: str, metadata: dict[str, Any]) -> None:
-    """Size and depth limits, and JSON text PostgreSQL can store (no NUL characters)."""
+    """Size and depth limits, and JSON text PostgreSQL can store (no NUL characters, no NaN or
+    infinite numbers: a Struct can carry them, JSON cannot)."""
     if _depth(metadata) > MAX_METADATA_DEPTH:
         v.add(field, f"must be nested at most {MAX_METADATA_DEPTH} levels deep")
         return
-    encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        v.add(field, "numbers must be finite (NaN and infinities cannot be stored as JSON)")
+        return
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         v.add(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     elif "\\u0000" in encoded or "\x00" in encoded:

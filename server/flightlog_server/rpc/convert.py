@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.json_format import MessageToDict
 
 from flightlog.v1 import (
     catalog_service_pb2,
@@ -92,18 +91,27 @@ def wire_value(field: str, message: common_pb2.CustomFieldValue) -> WireValue:
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct → plain JSON-able dict (numbers as floats, integral ones as ints)."""
-    return {k: _plain(v) for k, v in MessageToDict(message).items()}
+    """Struct → plain JSON-able dict; integral numbers become ints. NaN and infinities pass
+    through as floats, for ``rules.check_metadata`` to reject (JSON cannot hold them)."""
+    return {key: _plain(value) for key, value in message.fields.items()}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value) if abs(value) < 2**53 else value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if math.isfinite(number) and number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None  # null_value, or no kind set
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:

@@ -12,6 +12,7 @@ import base64
 import functools
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -46,7 +47,22 @@ def decode(token: str, scope: str) -> list[Any] | None:
         raise InvalidPageToken("is not a token this server issued") from e
     if token_scope != scope or not isinstance(position, list):
         raise InvalidPageToken("belongs to another request (filter, order or method differ)")
+    if not all(_storable(value) for value in position):
+        raise InvalidPageToken("is not a token this server issued")
     return position
+
+
+def _storable(value: Any) -> bool:
+    """A position value the database can compare: a forged token could carry others."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return False
 
 
 Row = TypeVar("Row")

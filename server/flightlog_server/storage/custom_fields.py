@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog_server.domain.errors import AlreadyExists, NotFound
-from flightlog_server.domain.rules import new_id
+from flightlog_server.domain.rules import CUSTOM_FIELD_NAME, new_id
 from flightlog_server.domain.types import CustomFieldDef, CustomFieldStatus, CustomFieldType
 from flightlog_server.storage import models as m
 from flightlog_server.storage.database import RetryTransaction
@@ -56,7 +56,8 @@ class CustomFieldRepository:
 
         With ``lock``, the definitions are share-locked until the transaction ends, so a write
         that checked values against them cannot race a status change or a deletion."""
-        wanted = list(set(names))
+        # A name that cannot be a field's (NUL characters, say) cannot be found either.
+        wanted = [name for name in set(names) if CUSTOM_FIELD_NAME.fullmatch(name)]
         if not wanted:
             return {}
         query = select(CF).where(

@@ -1,0 +1,71 @@
+"""Small tools shared by the reliability tests: polling with a deadline, health, timing calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# The figures the tests report (operations run, faults injected, inputs tried, violations found),
+# printed by conftest.py at the end of the run.
+FIGURES: dict[str, str] = {}
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def poll(condition: Callable[[], bool], within: float, what: str) -> float:
+    """Waits until ``condition()`` holds, checking every 20 ms; returns how long that took.
+
+    This is how the tests wait for something to happen (never a bare sleep): it fails with
+    ``what`` when the condition does not hold within ``within`` seconds.
+    """
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within} s: {what}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def health(target: str, service: str = "flightlog.v1.SessionService", **channel: Any) -> int:
+    """The health status the server at ``target`` reports for ``service`` (-1: no answer).
+
+    ``channel`` may hold ``credentials`` for a TLS channel.
+    """
+    credentials = channel.get("credentials")
+    with (
+        grpc.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    ) as ch:
+        try:
+            response = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2
+            )
+        except grpc.RpcError:
+            return -1
+    return int(response.status)
+
+
+def outcome(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
+    """Runs a call (reading a stream to its end) and returns its status code and duration."""
+    started = time.monotonic()
+    try:
+        result = call()
+        if isinstance(result, Iterator):
+            for _ in result:
+                pass
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        code = e.code()
+    return code, time.monotonic() - started
+
+
+def record(name: str, figure: str) -> None:
+    """Records a figure for the end-of-run summary (and prints it, for ``pytest -s``)."""
+    FIGURES[name] = figure
+    print(f"\n{name}: {figure}")
