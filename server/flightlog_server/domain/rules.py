@@ -52,6 +52,12 @@ def is_epoch_ns(value: int) -> bool:
     return -EPOCH_NS_LIMIT < value < EPOCH_NS_LIMIT
 
 
+def clamp_to_epoch(value: int) -> int:
+    """A query bound brought within the epoch range, where every stored time lies: the answer
+    does not change, and arithmetic on the bound cannot overflow."""
+    return max(-EPOCH_NS_LIMIT, min(EPOCH_NS_LIMIT, value))
+
+
 ID_PREFIXES = {
     "session": "ss_",
     "file": "fl_",

@@ -1,16 +1,394 @@
-"""ListSessions: filters, sort orders and resumable keyset streaming (issue 5)."""
+"""ListSessions: filters, sort orders and resumable keyset streaming (issue 5).
+
+The request is validated (every offending field named), the custom fields it names are resolved
+to Ready definitions, and the listing is streamed page by page, each page of ``page_size``
+sessions read by one statement of ``storage.session_listing`` through ``Database.read`` (no
+transaction block, and no connection held between pages, so a slow client holds none). A task
+reads up to ``READ_AHEAD_PAGES`` pages ahead of the one being sent, so the database works while
+gRPC sends and the client parses; a stream holds at most that many pages plus the one in flight,
+and gRPC flow control holds back the rest. A cancelled stream cancels the task, and with it any
+query in progress (psycopg cancels it in PostgreSQL), which returns the connection at once.
+
+Each batch goes out as the *serialized* ``ListSessionsResponse``, built by PostgreSQL from the
+stored wire records: field 1 (``sessions``) once per session, as ``0x0A varint(len) prefix
+record`` where ``prefix`` is ``convert.null_custom_fields(ready names)`` (protobuf merges
+concatenated messages, so every Ready field is present and set values win), followed here by
+field 2 (``next_page_token``). Nothing is built or parsed per session in Python. The server
+registers ListSessions with a pass-through serializer for these bytes (``rpc.preserialized``);
+``list_sessions`` is the same stream as messages, for the servicer's generated signature. A
+page whose sessions exceed 1 MiB goes out as several batches (a larger session alone), so that
+a response stays far below clients' default 4 MiB receive limit.
+
+Resume tokens hold the keyset position after the batch's last session (``domain.listing``) and
+are bound by ``pagination.fingerprint`` to the org, the filter and the effective order (including
+the sort field's ID, so a token does not outlive a field that was deleted and recreated).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import datetime as dt
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+from grpc import aio
+
+from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
-from flightlog_server.domain.types import Caller
+from flightlog_server.domain import rules
+from flightlog_server.domain.errors import InvalidArgument, InvalidPageToken
+from flightlog_server.domain.listing import (
+    Comparison,
+    FieldCondition,
+    ListPosition,
+    SessionFilterSpec,
+    SessionOrder,
+    SortKey,
+    SortValue,
+    comparison_allowed,
+)
+from flightlog_server.domain.rules import Violations
+from flightlog_server.domain.types import (
+    Caller,
+    CustomFieldDef,
+    CustomFieldStatus,
+    CustomFieldType,
+    FieldValue,
+)
+from flightlog_server.rpc import convert, pagination
+from flightlog_server.rpc.calls import current_caller
+from flightlog_server.storage.custom_fields import CustomFieldRepository
 from flightlog_server.storage.database import Database
+from flightlog_server.storage.session_listing import Framing, Page, SessionListingQuery
+
+__all__ = ["READ_AHEAD_PAGES", "list_session_batches", "list_sessions", "serve_list_sessions"]
+
+# Pages read ahead of the one being sent: the database reads while gRPC sends and the client
+# parses, and a stream holds at most this many pages plus the one in flight.
+READ_AHEAD_PAGES = 2
+
+_SORT_KEYS = {
+    pb.SESSION_SORT_FIELD_UNSPECIFIED: SortKey.CREATED,
+    pb.SESSION_SORT_FIELD_CREATED: SortKey.CREATED,
+    pb.SESSION_SORT_FIELD_NAME: SortKey.NAME,
+    pb.SESSION_SORT_FIELD_START_TIME: SortKey.START_TIME,
+    pb.SESSION_SORT_FIELD_DURATION: SortKey.DURATION,
+    pb.SESSION_SORT_FIELD_CUSTOM_FIELD: SortKey.CUSTOM_FIELD,
+}
+_COMPARISONS = {
+    pb.COMPARISON_OPERATOR_EQUAL: Comparison.EQUAL,
+    pb.COMPARISON_OPERATOR_NOT_EQUAL: Comparison.NOT_EQUAL,
+    pb.COMPARISON_OPERATOR_LESS: Comparison.LESS,
+    pb.COMPARISON_OPERATOR_LESS_OR_EQUAL: Comparison.LESS_OR_EQUAL,
+    pb.COMPARISON_OPERATOR_GREATER: Comparison.GREATER,
+    pb.COMPARISON_OPERATOR_GREATER_OR_EQUAL: Comparison.GREATER_OR_EQUAL,
+    pb.COMPARISON_OPERATOR_IN: Comparison.IN,
+    pb.COMPARISON_OPERATOR_IS_NULL: Comparison.IS_NULL,
+    pb.COMPARISON_OPERATOR_IS_NOT_NULL: Comparison.IS_NOT_NULL,
+}
+
+
+# --- entry points ----------------------------------------------------------------------------
 
 
 async def list_sessions(
     database: Database, caller: Caller, request: pb.ListSessionsRequest
 ) -> AsyncIterator[pb.ListSessionsResponse]:
-    raise NotImplementedError
-    yield pb.ListSessionsResponse()
+    """The listing as messages (parsed from the batches; the server streams the bytes)."""
+    async for batch in list_session_batches(database, caller, request):
+        yield pb.ListSessionsResponse.FromString(batch)
+
+
+def serve_list_sessions(
+    database: Database,
+) -> Callable[[pb.ListSessionsRequest, aio.ServicerContext[Any, Any]], AsyncIterator[bytes]]:
+    """The ListSessions handler the server registers with a pass-through serializer."""
+
+    async def handler(
+        request: pb.ListSessionsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        async for batch in list_session_batches(database, current_caller(), request):
+            yield batch
+
+    return handler
+
+
+async def list_session_batches(
+    database: Database, caller: Caller, request: pb.ListSessionsRequest
+) -> AsyncIterator[bytes]:
+    """Serialized ``ListSessionsResponse`` batches of the listing (see module doc)."""
+    v = Violations()
+    page_size = rules.check_page(v, request.page_size)
+    _check_filter(v, request.filter)
+    key, descending = _check_sort(v, request.sort)
+    v.raise_if_any()
+
+    async def resolve(db: Any) -> tuple[list[str], dict[str, CustomFieldDef]]:
+        repo = CustomFieldRepository(db, caller.org_id)
+        names = [c.field for c in request.filter.custom_fields]
+        if request.sort.custom_field:
+            names.append(request.sort.custom_field)
+        return await repo.ready_names(), await repo.by_names(names)
+
+    ready, definitions = await database.run(resolve)
+    spec, order = _resolve(request, key, descending, definitions)
+    scope = pagination.fingerprint(
+        "ListSessions",
+        caller.org_id,
+        request.filter.SerializeToString(deterministic=True),
+        order.key.value,
+        "desc" if order.descending else "asc",
+        order.field.custom_field_id if order.field else "",
+        order.field.type.value if order.field else "",
+    )
+    position = _decode_position(request.page_token, scope, order)
+    # Field 1 (sessions) of ListSessionsResponse, each session as prefix + stored record.
+    framing = Framing(tag=0x0A, prefix=convert.null_custom_fields(ready))
+    query = SessionListingQuery(caller.org_id, spec, order, framing)
+
+    async def read_ahead(pages: asyncio.Queue[Page | BaseException]) -> None:
+        """Reads page after page into ``pages`` (bounded: it waits while the queue is full)."""
+        after = position
+        try:
+            while True:
+                page = await database.read(
+                    functools.partial(query.page, after=after, limit=page_size)
+                )
+                await pages.put(page)
+                if page.count < page_size:
+                    return
+                after = page.last
+        except Exception as error:  # noqa: BLE001 - handed to the stream, which raises it
+            await pages.put(error)
+
+    pages: asyncio.Queue[Page | BaseException] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
+    reader = asyncio.create_task(read_ahead(pages))
+    try:
+        while True:
+            page = await pages.get()
+            if isinstance(page, BaseException):
+                raise page
+            for batch in page.batches:
+                yield _batch(batch.records, _encode_position(scope, batch.last))
+            if page.count < page_size:
+                return
+    finally:
+        reader.cancel()
+
+
+# --- the wire format -------------------------------------------------------------------------
+
+
+def _batch(sessions: bytes, token: str) -> bytes:
+    """A serialized ListSessionsResponse: the sessions (already framed as field 1 by the
+    query, see ``storage.session_listing.Framing``), then the token as field 2."""
+    encoded = token.encode()
+    size = len(encoded)
+    header = bytearray([0x12])
+    while size >= 0x80:
+        header.append((size & 0x7F) | 0x80)
+        size >>= 7
+    header.append(size)
+    return b"".join([sessions, bytes(header), encoded])
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _check_filter(v: Violations, f: pb.SessionFilter) -> None:
+    """The checks that need no database; custom fields are checked in ``_resolve``."""
+    rules.check_tags(v, "filter.tags_all", f.tags_all)
+    rules.check_tags(v, "filter.tags_any", f.tags_any)
+    if f.device_id:
+        rules.check_device_id(v, "filter.device_id", f.device_id)
+    rules.check_id(v, "filter.dataset_id", f.dataset_id, "dataset", required=False)
+    if f.HasField("overlaps") and f.overlaps.min_timestamp_ns > f.overlaps.max_timestamp_ns:
+        v.add("filter.overlaps.max_timestamp_ns", "must not be less than min_timestamp_ns")
+    rules.check_name(v, "filter.name_contains", f.name_contains)
+    if len(f.custom_fields) > rules.MAX_CUSTOM_FIELD_CONDITIONS:
+        v.add(
+            "filter.custom_fields",
+            f"must hold at most {rules.MAX_CUSTOM_FIELD_CONDITIONS} conditions",
+        )
+
+
+def _check_sort(v: Violations, sort: pb.SessionSort) -> tuple[SortKey, bool]:
+    key = _SORT_KEYS.get(sort.field)
+    if key is None:
+        v.add("sort.field", "is not a known sort field")
+        key = SortKey.CREATED
+    if sort.direction == pb.SORT_DIRECTION_UNSPECIFIED:
+        descending = key is SortKey.CREATED
+    elif sort.direction in (pb.SORT_DIRECTION_ASCENDING, pb.SORT_DIRECTION_DESCENDING):
+        descending = sort.direction == pb.SORT_DIRECTION_DESCENDING
+    else:
+        v.add("sort.direction", "is not a known sort direction")
+        descending = False
+    if key is SortKey.CUSTOM_FIELD and not sort.custom_field:
+        v.add("sort.custom_field", "is required to sort by SESSION_SORT_FIELD_CUSTOM_FIELD")
+    elif key is not SortKey.CUSTOM_FIELD and sort.custom_field:
+        v.add(
+            "sort.custom_field", "must be empty unless sorting by SESSION_SORT_FIELD_CUSTOM_FIELD"
+        )
+    return key, descending
+
+
+def _ready(v: Violations, field: str, name: str, found: CustomFieldDef | None) -> bool:
+    if not name:
+        return v.check(False, field, "is required")
+    if found is None:
+        return v.check(False, field, f"{name!r} is not a custom field defined for sessions")
+    return v.check(
+        found.status is CustomFieldStatus.READY,
+        field,
+        f"custom field {name!r} is {found.status.value}, not ready",
+    )
+
+
+def _resolve(
+    request: pb.ListSessionsRequest,
+    key: SortKey,
+    descending: bool,
+    definitions: dict[str, CustomFieldDef],
+) -> tuple[SessionFilterSpec, SessionOrder]:
+    """The filter and order with custom fields resolved; INVALID_ARGUMENT naming every bad one."""
+    v = Violations()
+    f = request.filter
+    conditions = []
+    for i, sent in enumerate(f.custom_fields):
+        condition = _condition(v, f"filter.custom_fields[{i}]", sent, definitions)
+        if condition is not None:
+            conditions.append(condition)
+    sort_field = None
+    if key is SortKey.CUSTOM_FIELD and request.sort.custom_field:
+        name = request.sort.custom_field
+        if _ready(v, "sort.custom_field", name, definitions.get(name)):
+            sort_field = definitions[name]
+    v.raise_if_any()
+    spec = SessionFilterSpec(
+        tags_all=tuple(rules.dedupe(f.tags_all)),
+        tags_any=tuple(rules.dedupe(f.tags_any)),
+        device_id=f.device_id or None,
+        dataset_id=f.dataset_id or None,
+        overlaps=(
+            rules.clamp_to_epoch(f.overlaps.min_timestamp_ns),
+            rules.clamp_to_epoch(f.overlaps.max_timestamp_ns),
+        )
+        if f.HasField("overlaps")
+        else None,
+        conditions=tuple(conditions),
+        name_contains=f.name_contains or None,
+    )
+    return spec, SessionOrder(key, descending, sort_field)
+
+
+def _condition(
+    v: Violations,
+    path: str,
+    sent: pb.CustomFieldCondition,
+    definitions: dict[str, CustomFieldDef],
+) -> FieldCondition | None:
+    definition = definitions.get(sent.field)
+    ok = _ready(v, f"{path}.field", sent.field, definition)
+    comparison = _COMPARISONS.get(sent.operator)
+    if comparison is None:
+        what = "is required" if sent.operator == 0 else "is not a known operator"
+        v.add(f"{path}.operator", what)
+        return None
+    if not ok or definition is None:
+        return None
+    if not comparison_allowed(comparison, definition.type):
+        name = pb.ComparisonOperator.Name(sent.operator)
+        v.add(f"{path}.operator", f"{name} does not apply to {definition.type.value} fields")
+        return None
+    operands: list[FieldValue] = []
+    if comparison is Comparison.IN:
+        if sent.HasField("value"):
+            v.add(f"{path}.value", "must be empty with IN; put the operands in values")
+        if not 1 <= len(sent.values) <= rules.MAX_IN_VALUES:
+            v.add(f"{path}.values", f"must hold 1 to {rules.MAX_IN_VALUES} values")
+        for j, value in enumerate(sent.values):
+            operand = _operand(v, f"{path}.values[{j}]", definition, value)
+            if operand is not None:
+                operands.append(operand)
+    elif comparison in (Comparison.IS_NULL, Comparison.IS_NOT_NULL):
+        if sent.HasField("value"):
+            v.add(f"{path}.value", "must be empty with IS_NULL and IS_NOT_NULL")
+        if sent.values:
+            v.add(f"{path}.values", "must be empty with IS_NULL and IS_NOT_NULL")
+    else:
+        if sent.values:
+            v.add(f"{path}.values", "must be empty unless the operator is IN")
+        if not sent.HasField("value"):
+            v.add(f"{path}.value", "is required with this operator")
+        else:
+            operand = _operand(v, f"{path}.value", definition, sent.value)
+            if operand is not None:
+                operands.append(operand)
+    return FieldCondition(definition, comparison, tuple(operands))
+
+
+def _operand(
+    v: Violations, path: str, definition: CustomFieldDef, value: common_pb2.CustomFieldValue
+) -> FieldValue | None:
+    """A typed operand; a null or wrongly typed one is a violation."""
+    if value.WhichOneof("kind") == "null_value":
+        v.add(path, "must be a value; match unset fields with IS_NULL")
+        return None
+    before = len(v.items)
+    try:
+        wire = convert.wire_value(path, value)
+    except InvalidArgument as e:
+        v.items.extend(e.violations)
+        return None
+    ok, operand = rules.coerce_field_value(v, path, definition, wire)
+    return operand if ok and len(v.items) == before else None
+
+
+# --- resume tokens ---------------------------------------------------------------------------
+
+
+def _encode_position(scope: str, position: ListPosition) -> str:
+    value: Any = position.value
+    if isinstance(value, dt.datetime):
+        value = value.isoformat()
+    return pagination.encode(scope, [1 if position.absent else 0, value, position.session_id])
+
+
+def _decode_position(token: str, scope: str, order: SessionOrder) -> ListPosition | None:
+    raw = pagination.decode(token, scope)
+    if raw is None:
+        return None
+    if len(raw) != 3 or raw[0] not in (0, 1) or not isinstance(raw[2], str):
+        raise InvalidPageToken("is not a token this server issued")
+    absent = raw[0] == 1
+    if absent:
+        if raw[1] is not None or not order.has_absent_values:
+            raise InvalidPageToken("is not a token this server issued")
+        return ListPosition(True, None, raw[2])
+    return ListPosition(False, _sort_value(raw[1], order), raw[2])
+
+
+def _sort_value(value: Any, order: SessionOrder) -> SortValue:
+    """The position's sort value with its Python type checked against the order's."""
+    kind: CustomFieldType | SortKey = order.field.type if order.field else order.key
+    try:
+        if kind in (SortKey.CREATED, CustomFieldType.TIMESTAMP) and isinstance(value, str):
+            parsed = dt.datetime.fromisoformat(value)
+            if parsed.tzinfo is not None:
+                return parsed
+        elif kind in (SortKey.NAME, CustomFieldType.STRING, CustomFieldType.ENUM):
+            if isinstance(value, str):
+                return value
+        elif kind in (SortKey.START_TIME, SortKey.DURATION):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif kind is CustomFieldType.NUMBER:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+        elif kind is CustomFieldType.BOOLEAN and isinstance(value, bool):
+            return value
+    except ValueError:
+        pass
+    raise InvalidPageToken("is not a token this server issued")

@@ -183,9 +183,7 @@ async def watch_sessions(
             await wakeup.wait()
         # The notifier closes when the server shuts down: a retryable error, so that clients
         # resume (with another server) as after any disconnect.
-        raise ShuttingDown(
-            f"the server is shutting down; resume the watch after revision {last}"
-        )
+        raise ShuttingDown(f"the server is shutting down; resume the watch after revision {last}")
 
 
 def _fill_change(message: pb.SessionChange, change: StoredChange, prefix: bytes) -> None:

@@ -279,7 +279,8 @@ class Session(Base):
             " AND (min_timestamp_ns IS NULL OR min_timestamp_ns <= max_timestamp_ns)",
             name="bounds",
         ),
-        # One index per sort order of ListSessions, each ending in session_id (the tiebreaker).
+        # One index per sort order of ListSessions, each ending in session_id (the tiebreaker),
+        # walked forwards or backwards (see storage.session_listing).
         Index("ix_sessions_created", "org_id", "created", "session_id"),
         Index("ix_sessions_name", "org_id", "name", "session_id"),
         Index("ix_sessions_start", "org_id", "min_timestamp_ns", "session_id"),
@@ -290,6 +291,14 @@ class Session(Base):
             "session_id",
         ),
         Index("ix_sessions_tags", "tags", postgresql_using="gin"),
+        # The time-window filter of ListSessions (overlap of closed intervals). Sessions without
+        # bounds never match, so they are left out of the index.
+        Index(
+            "ix_sessions_window",
+            text("int8range(min_timestamp_ns, max_timestamp_ns, '[]')"),
+            postgresql_using="gist",
+            postgresql_where=text("min_timestamp_ns IS NOT NULL"),
+        ),
     )
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))

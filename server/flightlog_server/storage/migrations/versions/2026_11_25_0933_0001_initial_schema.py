@@ -226,6 +226,14 @@ def upgrade() -> None:
         "ix_sessions_start", "sessions", ["org_id", "min_timestamp_ns", "session_id"], unique=False
     )
     op.create_index("ix_sessions_tags", "sessions", ["tags"], unique=False, postgresql_using="gin")
+    op.create_index(
+        "ix_sessions_window",
+        "sessions",
+        [sa.literal_column("int8range(min_timestamp_ns, max_timestamp_ns, '[]')")],
+        unique=False,
+        postgresql_using="gist",
+        postgresql_where=sa.text("min_timestamp_ns IS NOT NULL"),
+    )
     op.create_table(
         "topics",
         sa.Column("org_id", sa.String(length=64), nullable=False),
@@ -563,6 +571,12 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_datasets_org_id"), table_name="datasets")
     op.drop_table("datasets")
     op.drop_table("topics")
+    op.drop_index(
+        "ix_sessions_window",
+        table_name="sessions",
+        postgresql_using="gist",
+        postgresql_where=sa.text("min_timestamp_ns IS NOT NULL"),
+    )
     op.drop_index("ix_sessions_tags", table_name="sessions", postgresql_using="gin")
     op.drop_index("ix_sessions_start", table_name="sessions")
     op.drop_index("ix_sessions_name", table_name="sessions")

@@ -1,0 +1,592 @@
+"""``make bench``: Flightlog's figures and, next to each, a baseline measured in the same run.
+
+The bench builds its own data in its own database (``BENCH_DATABASE_URL``'s server, else an
+embedded PostgreSQL in a temporary folder; the database is dropped at the end), starts the real
+server and a bare grpc.aio baseline server as subprocesses (``tests.bench.processes``) and drives
+them through the generated stubs, like any client. It prints a table and writes it as JSON
+(``.data/bench.json`` unless ``--json PATH``).
+
+Figures (see issue 5):
+
+* ListSessions of the whole big org (1,000,000 sessions; ``--quick``: 50,000) through the
+  generated stub, 1,000 a batch, against a psycopg server-side binary cursor reading the same
+  columns of the same rows in the same order, 1,000 rows a fetch (best of two runs each).
+* The real server's RSS growth while a reader consumes that stream at a tenth of that speed.
+* GetSession and CreateSession with 8 calls in flight, against the bare server.
+* AddSessionFiles of 10,000 files against one executemany INSERT (and COPY) of the same rows.
+* ListSessionTopics over 1,000 files x 50 topics x 4 extents per topic partition, time to the
+  first batch and to the end, against the raw SQL of the same result.
+* A filtered listing at the big org's size (tag "outdoor" on ~30% of sessions, custom field
+  battery_pct >= 20 on ~76%, sorted by custom field max_speed descending): time to first batch.
+
+``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
+the report next to the JSON; that run's figures are slower for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from flightlog.v1 import common_pb2, session_service_pb2_grpc
+from flightlog.v1 import session_service_pb2 as pb
+from tests.bench import data
+from tests.bench.processes import ServerProcess
+from tests.support import Identity, create_identity
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its baseline and their ratio against the target."""
+
+    figure: str
+    value: float | None
+    unit: str
+    baseline: float | None = None
+    baseline_unit: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+def metadata(identity: Identity) -> tuple[tuple[str, str | bytes], ...]:
+    return (("authorization", f"Bearer {identity.api_key}"), ("x-org-id", identity.org_id))
+
+
+# --- ListSessions ----------------------------------------------------------------------------
+
+
+def read_listing(
+    target: str,
+    identity: Identity,
+    request: pb.ListSessionsRequest,
+    on_batch: Callable[[int], bool] | None = None,
+) -> tuple[int, float]:
+    """Reads a listing through the generated stub: (sessions, seconds). ``on_batch(count)``
+    returning False stops the read."""
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        started = time.perf_counter()
+        call = stub.ListSessions(request, metadata=metadata(identity))
+        count = 0
+        for response in call:
+            count += len(response.sessions)
+            if on_batch is not None and not on_batch(count):
+                call.cancel()  # type: ignore[no-untyped-call]
+                break
+        return count, time.perf_counter() - started
+
+
+def read_psycopg(url: str, org_id: str) -> tuple[int, float]:
+    """The baseline: the same columns of the same rows, in the same order, straight from
+    PostgreSQL with a server-side binary cursor, 1,000 rows a fetch."""
+    import psycopg
+
+    from flightlog_server.storage.urls import libpq_conninfo
+
+    with psycopg.connect(libpq_conninfo(url)) as conn:
+        started = time.perf_counter()
+        with conn.cursor(name="bench", binary=True) as cursor:
+            cursor.itersize = 1000
+            cursor.execute(
+                "SELECT wire_record, created, session_id FROM sessions WHERE org_id = %s"
+                " ORDER BY created DESC, session_id DESC",
+                (org_id,),
+            )
+            count = 0
+            while rows := cursor.fetchmany(1000):
+                count += len(rows)
+        return count, time.perf_counter() - started
+
+
+def bench_list(
+    server: ServerProcess, url: str, big: data.BigOrg, repeats: int, profile: bool
+) -> tuple[list[Row], float]:
+    request = pb.ListSessionsRequest(page_size=1000)
+    # Warm up: the table in the OS cache, connections and prepared statements in the server.
+    read_psycopg(url, big.identity.org_id)
+    read_listing(server.target, big.identity, request, lambda n: n < 50_000)
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(repeats):
+        if profile:
+            server.signal(signal.SIGUSR1)
+        count, seconds = read_listing(server.target, big.identity, request)
+        if profile:
+            server.signal(signal.SIGUSR2)
+        assert count == big.count, f"listed {count} of {big.count} sessions"
+        ours.append(count / seconds)
+        rows, seconds = read_psycopg(url, big.identity.org_id)
+        assert rows == big.count
+        theirs.append(rows / seconds)
+        log(f"  ListSessions {ours[-1]:,.0f} sessions/s, psycopg {theirs[-1]:,.0f} rows/s")
+    best, baseline = max(ours), max(theirs)
+    ratio = best / baseline
+    row = Row(
+        f"ListSessions, {big.count:,} sessions, generated stub",
+        best,
+        "sessions/s",
+        baseline,
+        "rows/s (psycopg server-side binary cursor)",
+        ratio,
+        ">= 0.5 (aim 1.0)",
+        ratio >= 0.5,
+        f"best of {repeats}; all runs: "
+        + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(ours, theirs, strict=True)),
+    )
+    return [row], best
+
+
+def bench_slow_reader(server: ServerProcess, big: data.BigOrg, rate: float, limit: float) -> Row:
+    """RSS growth of the server while a reader takes a tenth of ``rate``, for ``limit`` s."""
+    page = 1000
+    interval = page / (rate / 10)
+    before = server.rss_bytes()
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, server.rss_bytes())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stop_at = time.perf_counter() + limit
+
+    def slowly(count: int) -> bool:
+        time.sleep(interval)
+        return time.perf_counter() < stop_at
+
+    try:
+        count, seconds = read_listing(
+            server.target, big.identity, pb.ListSessionsRequest(page_size=page), slowly
+        )
+    finally:
+        done.set()
+        sampler.join()
+    growth = (peak - before) / 2**20
+    return Row(
+        "server RSS growth, reader at 1/10 speed",
+        growth,
+        "MB",
+        target="<= 50 MB",
+        met=growth <= 50,
+        note=f"{count:,} sessions read in {seconds:.0f} s ({count / seconds:,.0f}/s);"
+        f" RSS {before / 2**20:.0f} MB before",
+    )
+
+
+def bench_filtered(server: ServerProcess, big: data.BigOrg, repeats: int) -> Row:
+    request = pb.ListSessionsRequest(
+        filter=pb.SessionFilter(
+            tags_all=["outdoor"],
+            custom_fields=[
+                pb.CustomFieldCondition(
+                    field="battery_pct",
+                    operator=pb.COMPARISON_OPERATOR_GREATER_OR_EQUAL,
+                    value=common_pb2.CustomFieldValue(number_value=20),
+                )
+            ],
+        ),
+        sort=pb.SessionSort(
+            field=pb.SESSION_SORT_FIELD_CUSTOM_FIELD,
+            custom_field="max_speed",
+            direction=pb.SORT_DIRECTION_DESCENDING,
+        ),
+    )
+    times: list[float] = []
+    sizes: list[int] = []
+    with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call = stub.ListSessions(request, metadata=metadata(big.identity))
+            first = next(iter(call))
+            times.append(time.perf_counter() - started)
+            sizes.append(len(first.sessions))
+            call.cancel()  # type: ignore[no-untyped-call]
+    median = statistics.median(times) * 1000
+    return Row(
+        f"filtered listing at {big.count:,} sessions, time to first batch",
+        median,
+        "ms",
+        target="<= 100 ms",
+        met=median <= 100,
+        note=f"median of {repeats} (first, cold: {times[0] * 1000:.0f} ms); batch of"
+        f" {sizes[0]}; tag 'outdoor' + battery_pct >= 20, sorted by max_speed desc",
+    )
+
+
+# --- unary calls, 8 in flight ----------------------------------------------------------------
+
+
+async def calls_per_second(
+    target: str, call: Callable[[Any], Awaitable[Any]], seconds: float, in_flight: int = 8
+) -> float:
+    async with aio.insecure_channel(target) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        for _ in range(20):  # warm up
+            await call(stub)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            while loop.time() < deadline:
+                await call(stub)
+                count += 1
+
+        started = loop.time()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return count / (loop.time() - started)
+
+
+def bench_unary(
+    real: ServerProcess, bare: ServerProcess, big: data.BigOrg, writer: Identity, seconds: float
+) -> list[Row]:
+    rng = random.Random(1)
+    ids = big.sample_ids
+
+    def get(identity: Identity) -> Callable[[Any], Awaitable[Any]]:
+        md = metadata(identity)
+
+        async def call(stub: Any) -> Any:
+            request = pb.GetSessionRequest(session_id=rng.choice(ids))
+            return await stub.GetSession(request, metadata=md)
+
+        return call
+
+    def create(identity: Identity) -> Callable[[Any], Awaitable[Any]]:
+        md = metadata(identity)
+        body = pb.CreateSessionRequest(name="bench flight", tags=["bench", "outdoor"])
+        body.metadata.update({"pilot": "bench", "wind": {"knots": 12}})
+
+        async def call(stub: Any) -> Any:
+            return await stub.CreateSession(body, metadata=md)
+
+        return call
+
+    rows = []
+    for name, factory, identity in (
+        ("GetSession", get, big.identity),
+        ("CreateSession", create, writer),
+    ):
+        ours = asyncio.run(calls_per_second(real.target, factory(identity), seconds))
+        theirs = asyncio.run(calls_per_second(bare.target, factory(identity), seconds))
+        log(f"  {name}: {ours:,.0f} calls/s, bare {theirs:,.0f} calls/s")
+        rows.append(
+            Row(
+                f"{name}, 8 in flight",
+                ours,
+                "calls/s",
+                theirs,
+                "calls/s (bare grpc.aio + one SQL statement)",
+                ours / theirs,
+                ">= 0.5",
+                ours / theirs >= 0.5,
+            )
+        )
+    return rows
+
+
+# --- AddSessionFiles and ListSessionTopics ----------------------------------------------------
+
+
+def bench_add_files(
+    real: ServerProcess, url: str, writer: Identity, catalog: data.Catalog, repeats: int
+) -> list[Row]:
+    files = catalog.loose
+    with grpc.insecure_channel(real.target, options=CHANNEL_OPTIONS) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        md = metadata(writer)
+
+        def new_session() -> str:
+            response = stub.CreateSession(pb.CreateSessionRequest(), metadata=md)
+            return str(response.session.session_id)
+
+        ours = []
+        for _ in range(repeats):
+            session_id = new_session()
+            request = pb.AddSessionFilesRequest(
+                session_id=session_id, files=[pb.SessionFileSpec(file_id=f) for f in files]
+            )
+            started = time.perf_counter()
+            stub.AddSessionFiles(request, metadata=md)
+            ours.append(time.perf_counter() - started)
+        many, copied = [], []
+        for _ in range(repeats):
+            session_id = new_session()
+            rows = [(writer.org_id, session_id, f, "bench", "bench") for f in files]
+            with data.connect(url) as conn:
+                started = time.perf_counter()
+                with conn.transaction():
+                    conn.cursor().executemany(
+                        "INSERT INTO session_files (org_id, session_id, file_id, created_by,"
+                        " modified_by) VALUES (%s, %s, %s, %s, %s)",
+                        rows,
+                    )
+                many.append(time.perf_counter() - started)
+            session_id = new_session()
+            rows = [(writer.org_id, session_id, f, "bench", "bench") for f in files]
+            with data.connect(url) as conn:
+                started = time.perf_counter()
+                with (
+                    conn.transaction(),
+                    conn.cursor().copy(
+                        "COPY session_files (org_id, session_id, file_id, created_by,"
+                        " modified_by) FROM STDIN"
+                    ) as copy,
+                ):
+                    for row in rows:
+                        copy.write_row(row)
+                copied.append(time.perf_counter() - started)
+    ours_s, many_s, copy_s = min(ours), min(many), min(copied)
+    return [
+        Row(
+            f"AddSessionFiles, {len(files):,} files",
+            ours_s,
+            "s",
+            many_s,
+            "s (one executemany INSERT)",
+            ours_s / many_s,
+            "<= 3x",
+            ours_s / many_s <= 3,
+            f"best of {repeats}; COPY of the same rows: {copy_s:.3f} s ({ours_s / copy_s:.1f}x)",
+        )
+    ]
+
+
+TOPICS_SQL = """
+SELECT t.topic_id, t.name, t.schema_name, t.message_encoding
+FROM topics t
+WHERE t.org_id = %(org)s AND EXISTS (
+    SELECT 1
+    FROM sessions s
+    JOIN session_files c ON c.org_id = s.org_id AND c.session_id = s.session_id
+    JOIN files f ON f.org_id = c.org_id AND f.file_id = c.file_id
+    JOIN timeline_extents e ON e.org_id = c.org_id AND e.file_id = c.file_id
+    WHERE s.org_id = t.org_id AND s.session_id = %(session)s AND e.topic_id = t.topic_id
+      AND e.min_ns + f.unix_epoch_offset_ns <= s.max_timestamp_ns
+      AND e.max_ns + f.unix_epoch_offset_ns >= s.min_timestamp_ns
+)
+ORDER BY t.name, t.topic_id
+"""
+
+
+def bench_topics(
+    real: ServerProcess, url: str, writer: Identity, catalog: data.Catalog, repeats: int
+) -> list[Row]:
+    shape = (
+        f"{len(catalog.recorded):,} files x {catalog.topics} topics x"
+        f" {catalog.extents_per_partition} extents"
+    )
+    with grpc.insecure_channel(real.target, options=CHANNEL_OPTIONS) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        md = metadata(writer)
+        session_id = stub.CreateSession(pb.CreateSessionRequest(), metadata=md).session.session_id
+        stub.AddSessionFiles(
+            pb.AddSessionFilesRequest(
+                session_id=session_id,
+                files=[pb.SessionFileSpec(file_id=f) for f in catalog.recorded],
+            ),
+            metadata=md,
+        )
+        firsts, ends = [], []
+        topics = 0
+        try:
+            for _ in range(repeats):
+                started = time.perf_counter()
+                call = stub.ListSessionTopics(
+                    pb.ListSessionTopicsRequest(session_id=session_id), metadata=md
+                )
+                topics = 0
+                for i, response in enumerate(call):
+                    if i == 0:
+                        firsts.append(time.perf_counter() - started)
+                    topics += len(response.topics)
+                ends.append(time.perf_counter() - started)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            return [
+                Row(
+                    f"ListSessionTopics, {shape}",
+                    None,
+                    "ms",
+                    target="<= 2x",
+                    note="not measured: ListSessionTopics is not implemented in this tree yet",
+                )
+            ]
+    raw_first, raw_end = [], []
+    rows: list[Any] = []
+    with data.connect(url) as conn:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            cursor = conn.execute(TOPICS_SQL, {"org": writer.org_id, "session": session_id})
+            cursor.fetchone()
+            raw_first.append(time.perf_counter() - started)
+            rows = cursor.fetchall()
+            raw_end.append(time.perf_counter() - started)
+    assert topics == catalog.topics == len(rows) + 1, (topics, len(rows))
+    result = []
+    for what, ours, theirs in (
+        ("time to first batch", min(firsts), min(raw_first)),
+        ("time to end", min(ends), min(raw_end)),
+    ):
+        result.append(
+            Row(
+                f"ListSessionTopics, {shape}: {what}",
+                ours * 1000,
+                "ms",
+                theirs * 1000,
+                "ms (raw SQL)",
+                ours / theirs,
+                "<= 2x",
+                ours / theirs <= 2,
+                f"best of {repeats}; {topics} topics",
+            )
+        )
+    return result
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    def fmt(value: float | None) -> str:
+        if value is None:
+            return "-"
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+
+    header = ("figure", "value", "baseline", "ratio", "target", "met")
+    lines = [
+        (
+            r.figure,
+            f"{fmt(r.value)} {r.unit}",
+            f"{fmt(r.baseline)} {r.baseline_unit}" if r.baseline is not None else "-",
+            f"{r.ratio:.2f}" if r.ratio is not None else "-",
+            r.target,
+            {True: "yes", False: "NO", None: "-"}[r.met],
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
+    out = []
+    for i, line in enumerate([header, *lines]):
+        out.append(" | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
+        if i == 0:
+            out.append("-+-".join("-" * w for w in widths))
+    notes = [f"  {r.figure}: {r.note}" for r in rows if r.note]
+    return "\n".join([*out, "", "notes:", *notes])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="50,000 sessions, shorter runs")
+    parser.add_argument("--sessions", type=int, help="sessions in the big org (overrides)")
+    parser.add_argument("--json", default=".data/bench.json", help="where to write the JSON")
+    parser.add_argument("--profile", action="store_true", help="profile the ListSessions run")
+    args = parser.parse_args(argv)
+    sessions = args.sessions or (50_000 if args.quick else 1_000_000)
+    seconds = 3.0 if args.quick else 5.0
+    repeats = 1 if args.quick else 2
+    json_path = Path(args.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    profile_path = json_path.with_name("bench-profile.txt") if args.profile else None
+
+    started = time.perf_counter()
+    rows: list[Row] = []
+    timings: dict[str, float] = {}
+    with data.bench_database(log) as url:
+        log(f"loading {sessions:,} sessions")
+        t = time.perf_counter()
+        big = data.load_big_org(url, sessions, log)
+        timings["load_sessions_s"] = time.perf_counter() - t
+        writer = create_identity(url, "bench-writer")
+        t = time.perf_counter()
+        catalog = data.load_catalog(url, writer.org_id, 10_000, 1_000, 50, 4, log)
+        timings["load_catalog_s"] = time.perf_counter() - t
+        log("starting the servers")
+        with (
+            ServerProcess("real", url, str(profile_path) if profile_path else None) as real,
+            ServerProcess("bare", url) as bare,
+        ):
+            log("ListSessions")
+            list_rows, rate = bench_list(real, url, big, repeats, args.profile)
+            rows += list_rows
+            log("slow reader")
+            rows.append(bench_slow_reader(real, big, rate, 20 if args.quick else 60))
+            log("filtered listing")
+            rows.append(bench_filtered(real, big, 5))
+            log("GetSession and CreateSession")
+            rows += bench_unary(real, bare, big, writer, seconds)
+            log("AddSessionFiles")
+            rows += bench_add_files(real, url, writer, catalog, 2 if args.quick else 3)
+            log("ListSessionTopics")
+            rows += bench_topics(real, url, writer, catalog, 3)
+            with data.connect(url) as conn:
+                server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    timings["total_s"] = time.perf_counter() - started
+
+    print()
+    print(table(rows))
+    print()
+    print(
+        f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python"
+        f" {platform.python_version()}, grpcio {version('grpcio')}, PostgreSQL {server_version};"
+        f" {dt.date.today().isoformat()}; whole run {timings['total_s']:.0f} s"
+        f" (loading {timings['load_sessions_s']:.0f} s)"
+    )
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "grpcio": version("grpcio"),
+            "postgresql": server_version,
+            "database": "BENCH_DATABASE_URL"
+            if os.environ.get("BENCH_DATABASE_URL")
+            else "embedded",
+        },
+        "config": {"sessions": sessions, "quick": args.quick, "profiled": args.profile},
+        "timings": timings,
+        "rows": [asdict(r) for r in rows],
+    }
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {json_path}" + (f" and {profile_path}" if profile_path else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

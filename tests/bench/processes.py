@@ -1,0 +1,205 @@
+"""Servers under measurement, each in a subprocess of its own (so its RSS can be read in /proc).
+
+``python -m tests.bench.processes real URL`` runs the real Flightlog server (``FlightlogServer``,
+exactly as ``flightlog-server serve`` builds it); ``... bare URL`` runs the baseline: a bare
+grpc.aio server whose GetSession and CreateSession run one SQL statement each on a psycopg pool,
+with no authentication, interceptor, ORM or transaction helper. Both print ``PORT <n>`` once
+they serve, and stop on SIGTERM.
+
+With ``--profile PATH``, the real server profiles itself with pyinstrument between SIGUSR1 and
+SIGUSR2 and writes the text report to PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import grpc
+from grpc import aio
+from psycopg_pool import AsyncConnectionPool
+
+from flightlog.v1 import session_service_pb2 as pb
+from flightlog.v1 import session_service_pb2_grpc
+from flightlog_server.domain.rules import new_id
+from flightlog_server.storage.urls import libpq_conninfo
+
+
+class ServerProcess:
+    """A server subprocess; ``target`` is its loopback address."""
+
+    def __init__(self, kind: str, url: str, profile: str | None = None) -> None:
+        command = [sys.executable, "-m", "tests.bench.processes", kind, url]
+        if profile:
+            command += ["--profile", profile]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("PORT "):
+            self.process.kill()
+            raise RuntimeError(f"the {kind} server did not start: {line!r}")
+        self.target = f"127.0.0.1:{int(line.split()[1])}"
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- the real server -------------------------------------------------------------------------
+
+
+async def _serve_real(url: str, profile: str | None) -> None:
+    from flightlog_server.app import FlightlogServer, ServerSettings
+    from flightlog_server.storage.database import DatabaseSettings
+
+    server = FlightlogServer(
+        ServerSettings(
+            database=DatabaseSettings(url=url, pool_size=10),
+            bind="127.0.0.1:0",
+            grace_seconds=1,
+        )
+    )
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005, async_mode="disabled")
+
+        def finish() -> None:
+            profiler.stop()
+            with open(profile, "w") as out:
+                out.write(profiler.output_text(unicode=True, color=False, show_all=True))
+
+        loop.add_signal_handler(signal.SIGUSR1, profiler.start)
+        loop.add_signal_handler(signal.SIGUSR2, finish)
+    print(f"PORT {server.port}", flush=True)
+    await stop.wait()
+    await server.stop(grace=1)
+
+
+# --- the bare baseline -----------------------------------------------------------------------
+
+
+class BareSessions(session_service_pb2_grpc.SessionServiceServicer):
+    """One SQL statement per call, the org taken from ``x-org-id`` as is."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    @staticmethod
+    def _org(context: aio.ServicerContext[Any, Any]) -> str:
+        return str(dict(context.invocation_metadata() or ()).get("x-org-id", ""))
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetSessionResponse:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT wire_record FROM sessions WHERE org_id = %s AND session_id = %s",
+                (self._org(context), request.session_id),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "session not found")
+        return pb.GetSessionResponse(session=pb.Session.FromString(row[0]))
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.CreateSessionResponse:
+        org_id = self._org(context)
+        now = dt.datetime.now(dt.UTC)
+        session = pb.Session(
+            session_id=new_id("session"),
+            org_id=org_id,
+            tags=list(dict.fromkeys(request.tags)),
+            metadata=request.metadata,
+            created_by="bare",
+            modified_by="bare",
+        )
+        session.created.FromDatetime(now)
+        session.modified.FromDatetime(now)
+        if request.name:
+            session.name = request.name
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO sessions (org_id, session_id, name, tags, created, created_by,"
+                " modified, modified_by, wire_record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    org_id,
+                    session.session_id,
+                    request.name or None,
+                    list(session.tags),
+                    now,
+                    "bare",
+                    now,
+                    "bare",
+                    session.SerializeToString(),
+                ),
+            )
+        return pb.CreateSessionResponse(session=session)
+
+
+async def _serve_bare(url: str) -> None:
+    async with AsyncConnectionPool(
+        libpq_conninfo(url), min_size=10, max_size=10, kwargs={"autocommit": True}, open=False
+    ) as pool:
+        server = aio.server()
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+            BareSessions(pool),  # type: ignore[abstract]  # only Get and Create are served
+            server,
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"PORT {port}", flush=True)
+        await stop.wait()
+        await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=("real", "bare"))
+    parser.add_argument("url")
+    parser.add_argument("--profile")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.kind == "real":
+        asyncio.run(_serve_real(args.url, args.profile))
+    else:
+        asyncio.run(_serve_bare(args.url))
+
+
+if __name__ == "__main__":
+    main()
