@@ -24,7 +24,7 @@ from flightlog.v1 import (
     session_service_pb2_grpc,
 )
 from flightlog_server.metrics import Metrics
-from flightlog_server.rpc import preserialized, session_listing
+from flightlog_server.rpc import preserialized
 from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
@@ -91,11 +91,12 @@ class FlightlogServer:
             ],
         )
         # ListSessions streams pre-serialized batches (rpc.preserialized, rpc.session_listing).
+        sessions = SessionServicer(self.database)
         preserialized.add_servicer(
             session_service_pb2_grpc.add_SessionServiceServicer_to_server,
-            SessionServicer(self.database),
+            sessions,
             self.server,
-            streams={"ListSessions": session_listing.serve_list_sessions(self.database)},
+            streams={"ListSessions": sessions.ListSessions},
         )
         _add_optional_servicers(self.server, self.database)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)

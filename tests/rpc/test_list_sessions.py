@@ -664,26 +664,6 @@ def test_records_are_framed_with_the_right_varint_at_every_size(
         assert bytes(row[0]) == b"\x0a" + bytes(varint) + prefix + record, size
 
 
-async def test_the_message_form_of_the_listing_equals_what_the_server_streams(
-    database_url: str, org: Org
-) -> None:
-    """``list_sessions`` (the servicer's generated signature) parses the very batches that the
-    server streams pre-serialized."""
-    from flightlog_server.domain.types import Caller
-    from flightlog_server.rpc.session_listing import list_sessions
-    from flightlog_server.storage.database import Database, DatabaseSettings
-
-    request = pb.ListSessionsRequest(sort=pb.SessionSort(field=pb.SESSION_SORT_FIELD_NAME))
-    request.page_size = 8
-    database = Database(DatabaseSettings(url=database_url, pool_size=1))
-    try:
-        caller = Caller(org.identity.principal_id, org.identity.org_id, "test")
-        ours = [response async for response in list_sessions(database, caller, request)]
-    finally:
-        await database.close()
-    assert ours == responses(org.stubs, **{f.name: v for f, v in request.ListFields()})
-
-
 # --- tenancy ---------------------------------------------------------------------------------
 
 

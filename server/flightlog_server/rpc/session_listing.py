@@ -14,8 +14,7 @@ stored wire records: field 1 (``sessions``) once per session, as ``0x0A varint(l
 record`` where ``prefix`` is ``convert.null_custom_fields(ready names)`` (protobuf merges
 concatenated messages, so every Ready field is present and set values win), followed here by
 field 2 (``next_page_token``). Nothing is built or parsed per session in Python. The server
-registers ListSessions with a pass-through serializer for these bytes (``rpc.preserialized``);
-``list_sessions`` is the same stream as messages, for the servicer's generated signature. A
+registers ListSessions with a pass-through serializer for these bytes (``rpc.preserialized``). A
 page whose sessions exceed 1 MiB goes out as several batches (a larger session alone), so that
 a response stays far below clients' default 4 MiB receive limit.
 
@@ -29,10 +28,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
-
-from grpc import aio
 
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
@@ -57,12 +54,11 @@ from flightlog_server.domain.types import (
     FieldValue,
 )
 from flightlog_server.rpc import convert, pagination
-from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.custom_fields import CustomFieldRepository
 from flightlog_server.storage.database import Database
 from flightlog_server.storage.session_listing import Framing, Page, SessionListingQuery
 
-__all__ = ["READ_AHEAD_PAGES", "list_session_batches", "list_sessions", "serve_list_sessions"]
+__all__ = ["READ_AHEAD_PAGES", "list_session_batches"]
 
 # Pages read ahead of the one being sent: the database reads while gRPC sends and the client
 # parses, and a stream holds at most this many pages plus the one in flight.
@@ -90,28 +86,6 @@ _COMPARISONS = {
 
 
 # --- entry points ----------------------------------------------------------------------------
-
-
-async def list_sessions(
-    database: Database, caller: Caller, request: pb.ListSessionsRequest
-) -> AsyncIterator[pb.ListSessionsResponse]:
-    """The listing as messages (parsed from the batches; the server streams the bytes)."""
-    async for batch in list_session_batches(database, caller, request):
-        yield pb.ListSessionsResponse.FromString(batch)
-
-
-def serve_list_sessions(
-    database: Database,
-) -> Callable[[pb.ListSessionsRequest, aio.ServicerContext[Any, Any]], AsyncIterator[bytes]]:
-    """The ListSessions handler the server registers with a pass-through serializer."""
-
-    async def handler(
-        request: pb.ListSessionsRequest, context: aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
-        async for batch in list_session_batches(database, current_caller(), request):
-            yield batch
-
-    return handler
 
 
 async def list_session_batches(

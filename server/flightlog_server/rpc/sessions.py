@@ -556,13 +556,16 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
 
     # --- listing and the change feed live in their own modules ----------------------------------
 
-    async def ListSessions(
+    async def ListSessions(  # type: ignore[override]
         self, request: pb.ListSessionsRequest, context: Context
-    ) -> AsyncIterator[pb.ListSessionsResponse]:
-        async for response in session_listing.list_sessions(
+    ) -> AsyncIterator[bytes]:
+        # Yields serialized ListSessionsResponse batches, built by PostgreSQL from the stored
+        # wire records (rpc.session_listing); app.py registers this method with a serializer
+        # that passes bytes through (rpc.preserialized), so the wire is the same as for messages.
+        async for batch in session_listing.list_session_batches(
             self.database, current_caller(), request
         ):
-            yield response
+            yield batch
 
     async def WatchSessions(
         self, request: pb.WatchSessionsRequest, context: Context
