@@ -59,6 +59,7 @@ from flightlog.session import (
     SessionRecord,
     create_session,
     create_session_for_dataset,
+    watch,
 )
 
 TopicIdentityRecord = Topic
@@ -109,4 +110,5 @@ __all__ = [
     "errors",
     "get_default_client",
     "set_default_client",
+    "watch",
 ]

@@ -702,13 +702,14 @@ class Session:
     ) -> Generator[SessionChange, None, None]:
         """Follow the org's session changes, then live ones as they commit.
 
-        When the stream breaks (UNAVAILABLE, or RESOURCE_EXHAUSTED for a watcher that fell
-        behind), it is reopened after the last revision seen, so no change is missed or
-        repeated. The generator runs until the caller stops iterating.
+        When the stream breaks (UNAVAILABLE, including a server shutting down), it is reopened
+        after the last revision seen, so no change is missed or repeated. The generator runs
+        until the caller stops iterating. Also available as ``flightlog.watch``.
 
         Args:
-            after_revision: Replay changes after this revision; 0 replays the retained history,
-                -1 (the default) starts with live changes only.
+            after_revision: Replay changes after this revision; 0 replays the org's history
+                from its first change (OUT_OF_RANGE once part of it was pruned), -1 (the
+                default) starts with live changes only.
             session_ids: Only changes of these sessions.
             tags_any: Only changes of sessions carrying one of these tags.
             device_id: Only changes of sessions to which this device is attached.
@@ -1316,3 +1317,7 @@ def create_session_for_dataset(
         caller_org_id=caller_org_id,
         client=client,
     )
+
+
+watch = Session.watch
+"""Follow the org's session changes: the same as :meth:`Session.watch`."""

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+import flightlog
 from flightlog import (
     ConflictError,
     CustomFieldChangeset,
@@ -318,6 +319,16 @@ def test_watch_replays_a_sessions_changes_in_order(flightlog_client: FlightlogCl
             break
 
     assert kinds == ["created", "updated", "deleted"]
+
+
+def test_flightlog_watch_is_session_watch(flightlog_client: FlightlogClient) -> None:
+    session = _new(flightlog_client)
+    changes = flightlog.watch(
+        session.revision - 1, session_ids=[session.session_id], client=flightlog_client
+    )
+    first = next(changes)
+    changes.close()
+    assert (first.kind, first.session_id) == ("created", session.session_id)
 
 
 # Custom fields --------------------------------------------------------------------------------
