@@ -24,8 +24,6 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.domain.listing import (
-    Comparison,
-    FieldCondition,
     ListPosition,
     SessionFilterSpec,
     SessionOrder,
@@ -1000,16 +998,3 @@ def test_a_narrow_time_window_is_read_through_the_window_index(
         text = plan(database_url, query, False, None, batch=batch)
         assert "Seq Scan on sessions" not in text, text
         assert "ix_sessions_window" in text, text
-
-
-def test_a_filtered_custom_field_listing_does_not_scan_the_sessions_table(
-    database_url: str, big_org: tuple[str, dict[str, CustomFieldDef]]
-) -> None:
-    org_id, fields = big_org
-    spec = SessionFilterSpec(
-        tags_all=("tenth",),
-        conditions=(FieldCondition(fields["speed"], Comparison.GREATER_OR_EQUAL, (100.0,)),),
-    )
-    order = SessionOrder(SortKey.CUSTOM_FIELD, True, fields["speed"])
-    query = SessionListingQuery(org_id, spec, order, FRAMING)
-    assert "Seq Scan on sessions" not in plan(database_url, query, False, None)
