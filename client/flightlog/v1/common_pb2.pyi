@@ -98,7 +98,9 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     description at most 4,096 characters; at most 256 tags of at most 128 characters each;
     metadata at most 64 KiB as JSON and 16 levels deep; at most 10,000 files in one AddSessionFiles
     call; at most 1,000 metrics in one PublishSessionMetrics call; a list batch (`page_size`) at
-    most 1,000 items.
+    most 1,000 items. Every time placed on the Unix epoch (a contribution's window, a file's
+    extents plus its offset) lies strictly within ±2^62 ns of it (about the years 1824 to 2116), so
+    that a session's duration always fits in int64.
 
     The reasons carried by `google.rpc.ErrorInfo.reason`, documented here so that every client
     language can branch on them. The wire value is the name without the `ERROR_REASON_` prefix.
