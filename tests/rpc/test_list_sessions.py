@@ -961,8 +961,12 @@ def test_every_order_walks_an_index_without_sorting(
         for batch in (True, False):
             text = plan(database_url, query, absent, after, batch=batch)
             assert "Seq Scan on sessions" not in text, text
-            assert "Sort" not in text, text
             assert "Index" in text, text
+            # The page is read by walking an index up to the LIMIT, never by sorting the org's
+            # sessions. (Above the LIMIT, PostgreSQL 16 may sort the page itself, at most
+            # page_size rows, for the aggregate that frames it; 15 does that inside it.)
+            below_limit = text[text.index("Limit") :]
+            assert "Sort" not in below_limit, text
 
 
 @pytest.mark.parametrize(
