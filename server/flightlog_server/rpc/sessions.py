@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 from grpc import aio
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from flightlog.v1 import common_pb2, session_service_pb2, session_service_pb2_grpc
 from flightlog_server.domain import metrics, rules
@@ -28,7 +28,11 @@ from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.custom_fields import CustomFieldRepository
 from flightlog_server.storage.database import Database
 from flightlog_server.storage.metrics import MetricRepository
-from flightlog_server.storage.sessions import SessionRepository, request_digest
+from flightlog_server.storage.sessions import (
+    SessionRepository,
+    record_and_ready_fields,
+    request_digest,
+)
 from flightlog_server.storage.topics import TopicRepository
 
 pb = session_service_pb2
@@ -176,8 +180,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         caller = current_caller()
         rules.require_id("session_id", request.session_id, "session")
 
-        async def work(db: AsyncSession) -> pb.Session:
-            record, ready = await self._repo(db, caller).record_and_ready_fields(request.session_id)
+        async def work(db: AsyncConnection) -> pb.Session:
+            record, ready = await record_and_ready_fields(db, caller.org_id, request.session_id)
             return convert.session_from_record(convert.null_custom_fields(ready), record)
 
         return pb.GetSessionResponse(session=await self.database.read(work))

@@ -24,7 +24,12 @@ from typing import TypeVar
 import psycopg.errors
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from flightlog_server import request_context
 from flightlog_server.domain.errors import DatabaseUnavailable, DeadlineExceeded, LimitExceeded
@@ -33,6 +38,7 @@ from flightlog_server.storage.urls import sqlalchemy_url
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+C = TypeVar("C", AsyncSession, AsyncConnection)
 
 # SQLSTATEs that mean "run the transaction again".
 _RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
@@ -78,6 +84,8 @@ class Database:
             },
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # The same pool, its connections in autocommit mode while checked out (``reading``).
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -98,24 +106,23 @@ class Database:
                     raise
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads that take one statement: autocommit, so no BEGIN/COMMIT round
-        trips. Falls back to a transaction when the call's deadline needs a statement timeout."""
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that take one statement: autocommit, so no BEGIN/COMMIT round
+        trips, and no ORM session. Falls back to a transaction when the call's deadline needs a
+        statement timeout."""
         left = request_context.seconds_left()
-        if left is not None and left * 1000 < self.settings.statement_timeout_ms:
-            async with self.transaction() as session:
-                yield session
-            return
+        short_deadline = left is not None and left * 1000 < self.settings.statement_timeout_ms
         with translate_errors():
-            async with self.engine.connect() as connection:
-                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                async with AsyncSession(bind=autocommit) as session:
-                    try:
-                        yield session
-                    except sa_exc.DBAPIError as e:
-                        if e.connection_invalidated:
-                            raise _StaleConnection(str(e.orig)) from e
-                        raise
+            scope = self.engine.begin() if short_deadline else self._autocommit.connect()
+            async with scope as connection:
+                try:
+                    if short_deadline:
+                        await self._bound_by_deadline(connection)
+                    yield connection
+                except sa_exc.DBAPIError as e:
+                    if e.connection_invalidated:
+                        raise _StaleConnection(str(e.orig)) from e
+                    raise
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Runs ``work`` in a transaction, re-running it on serialization failures, deadlocks,
@@ -123,14 +130,14 @@ class Database:
         to repeat (it only touches the database)."""
         return await self._attempt(self.transaction, work)
 
-    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Runs one-statement read ``work`` without a transaction (see ``reading``)."""
         return await self._attempt(self.reading, work)
 
     async def _attempt(
         self,
-        scope: Callable[[], AbstractAsyncContextManager[AsyncSession]],
-        work: Callable[[AsyncSession], Awaitable[T]],
+        scope: Callable[[], AbstractAsyncContextManager[C]],
+        work: Callable[[C], Awaitable[T]],
     ) -> T:
         attempt = 0
         while True:
@@ -160,7 +167,7 @@ class Database:
         except Exception:  # noqa: BLE001 - any failure means "not serving"
             return False
 
-    async def _bound_by_deadline(self, session: AsyncSession) -> None:
+    async def _bound_by_deadline(self, session: AsyncSession | AsyncConnection) -> None:
         left = request_context.seconds_left()
         if left is None:
             return

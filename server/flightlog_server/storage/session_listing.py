@@ -62,7 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import Grouping
 from sqlalchemy.types import TypeEngine
 
@@ -186,7 +186,7 @@ class SessionListingQuery:
 
     # --- running ---------------------------------------------------------------------------------
 
-    async def page(self, db: AsyncSession, after: ListPosition | None, limit: int) -> Page:
+    async def page(self, db: AsyncConnection, after: ListPosition | None, limit: int) -> Page:
         """Up to ``limit`` sessions after ``after`` (from the start when None), crossing from the
         sessions with a sort value into those without one when the first segment runs out.
 
@@ -218,7 +218,9 @@ class SessionListingQuery:
             return Page([])
         return Page([Batch(b"".join(records), count, last)])
 
-    async def _page_by_rows(self, db: AsyncSession, after: ListPosition | None, limit: int) -> Page:
+    async def _page_by_rows(
+        self, db: AsyncConnection, after: ListPosition | None, limit: int
+    ) -> Page:
         batches: list[Batch] = []
         records: list[bytes] = []
         size = 0
@@ -256,7 +258,7 @@ class SessionListingQuery:
 
     async def _run(
         self,
-        db: AsyncSession,
+        db: AsyncConnection,
         batch: bool,
         absent: bool,
         after: ListPosition | None,
@@ -602,10 +604,9 @@ _COMPILED: dict[Hashable, _Compiled] = {}
 _COMPILED_MAX = 512
 
 
-async def _fetch(db: AsyncSession, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    """Runs ``sql`` (``$n`` placeholders) on the session's psycopg connection, in binary."""
-    connection = await db.connection()
-    raw = await connection.get_raw_connection()
+async def _fetch(db: AsyncConnection, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """Runs ``sql`` (``$n`` placeholders) on the connection's psycopg connection, in binary."""
+    raw = await db.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
     async with AsyncRawCursor(driver) as cursor:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from flightlog_server.domain.errors import (
     NotFound,
@@ -61,6 +61,19 @@ CF = m.table(m.CustomField)
 def request_digest(body: bytes) -> bytes:
     """Fingerprint of a create request's body, to tell a replay from a reused ``request_id``."""
     return hashlib.sha256(body).digest()
+
+
+async def record_and_ready_fields(
+    db: AsyncConnection, org_id: str, session_id: str
+) -> tuple[bytes, list[str]]:
+    """A session's stored wire record and the org's Ready session field names, in one
+    statement (GetSession's whole read)."""
+    row = (
+        await db.execute(_RECORD_AND_READY_FIELDS_SQL, {"org_id": org_id, "session_id": session_id})
+    ).one_or_none()
+    if row is None:
+        raise NotFound("session", [session_id])
+    return bytes(row[0]), list(row[1])
 
 
 class SessionRepository:
@@ -107,17 +120,6 @@ class SessionRepository:
         if record is None:
             raise NotFound("session", [session_id])
         return bytes(record)
-
-    async def record_and_ready_fields(self, session_id: str) -> tuple[bytes, list[str]]:
-        """The stored wire record and the org's Ready session field names, in one statement."""
-        row = (
-            await self.db.execute(
-                _RECORD_AND_READY_FIELDS_SQL, {"org_id": self.org_id, "session_id": session_id}
-            )
-        ).one_or_none()
-        if row is None:
-            raise NotFound("session", [session_id])
-        return bytes(row[0]), list(row[1])
 
     async def _custom_values(
         self, session_id: str
