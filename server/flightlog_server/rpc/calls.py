@@ -128,6 +128,8 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator, observer: CallObserver | None = None) -> None:
         self.authenticator = authenticator
         self.observer = observer or CallObserver()
+        # method -> (the registered handler, its wrapped version)
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -138,6 +140,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = (handler, self._wrap(method, handler))
+            self._wrapped[method] = wrapped  # built once per method, not once per call
+        return wrapped[1]
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         # The request is parsed inside the wrapper (``_parse``), not by gRPC: a request gRPC
         # cannot parse (nested too deep, invalid UTF-8, truncated) would otherwise be answered
         # UNKNOWN with the parser's exception text, before any of the rules below apply.
