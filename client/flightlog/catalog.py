@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Iterator, Sequence
 
 from flightlog._client import FlightlogClient, resolve_client
@@ -350,7 +351,10 @@ def create_dataset(
         NotFoundError: The device does not exist in the org.
     """
     c = resolve_client(client)
-    request = pb.CreateDatasetRequest(name=name or "", device_id=device_id or "")
+    # The idempotency key makes the channel's automatic retry of a lost call safe.
+    request = pb.CreateDatasetRequest(
+        name=name or "", device_id=device_id or "", request_id=uuid.uuid4().hex
+    )
     return Dataset.from_proto(c.call(c.catalog.CreateDataset, request, org_id=org_id).dataset)
 
 
@@ -416,6 +420,7 @@ def register_file(
         device_id=device_id or "",
         unix_epoch_offset_ns=unix_epoch_offset_ns,
         partitions=[partition.to_proto() for partition in partitions],
+        request_id=uuid.uuid4().hex,  # makes the automatic retry of a lost call safe
     )
     return File.from_proto(c.call(c.catalog.RegisterFile, request, org_id=org_id).file)
 

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import itertools
 import struct
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -46,7 +44,7 @@ from mcap.stream_reader import StreamReader
 
 from flightlog._client import FlightlogClient, resolve_client
 from flightlog.catalog import File, TimelineExtent, TopicPartitionSpec, list_files, register_file
-from flightlog.errors import ConflictError, InvalidRequestError, UnavailableError
+from flightlog.errors import ConflictError, InvalidRequestError
 from flightlog.session import Session
 
 __all__ = [
@@ -470,7 +468,7 @@ def register_recording(
     """Register a read recording as a file of a dataset, one partition per topic.
 
     If the dataset already has a file at that path with the same size (an earlier ingest of
-    the same recording), that file is reused. UNAVAILABLE is retried with backoff.
+    the same recording), that file is reused. A lost call is retried by the client's channel.
 
     Args:
         summary: The recording, from :func:`read_recording`.
@@ -488,27 +486,19 @@ def register_recording(
     c = resolve_client(client)
     path = relative_path or summary.path.name
     try:
-        # RegisterFile carries no request_id, so the channel does not retry it. Retrying here
-        # is safe all the same: if a lost attempt did register the file, the retry answers
-        # ALREADY_EXISTS and the file is found and reused below.
-        for attempt in itertools.count():
-            try:
-                file = register_file(
-                    dataset_id,
-                    path,
-                    summary.size_bytes,
-                    device_id=device_id,
-                    unix_epoch_offset_ns=unix_epoch_offset_ns,
-                    partitions=summary.partition_specs(),
-                    org_id=org_id,
-                    client=c,
-                )
-                return IngestedFile(summary.path, summary, file)
-            except UnavailableError:
-                if attempt + 1 >= c.retry.max_attempts:
-                    raise
-                time.sleep(c.retry.backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        # The channel retries a lost RegisterFile (it carries a request_id). A file already at
+        # the path is an earlier ingest of the same recording when the size matches (below).
+        file = register_file(
+            dataset_id,
+            path,
+            summary.size_bytes,
+            device_id=device_id,
+            unix_epoch_offset_ns=unix_epoch_offset_ns,
+            partitions=summary.partition_specs(),
+            org_id=org_id,
+            client=c,
+        )
+        return IngestedFile(summary.path, summary, file)
     except ConflictError as error:
         for existing in list_files(dataset_id, org_id=org_id, client=c):
             if existing.relative_path == path:

@@ -874,3 +874,55 @@ def test_another_org_sees_none_of_this_orgs_catalog_in_lists(
     assert all(d.org_id != dataset.org_id for d in datasets)
     assert file.file_id not in {f.file_id for f in files}
     assert all(f.org_id != file.org_id for f in files)
+
+
+# --- idempotency keys ----------------------------------------------------------------------------
+
+
+def test_create_dataset_with_a_request_id_returns_the_first_dataset_on_replay(
+    stubs: Stubs,
+) -> None:
+    key = unique("create-dataset")
+    request = pb.CreateDatasetRequest(name="replayed", request_id=key)
+    first = stubs.catalog.CreateDataset(request).dataset
+    again = stubs.catalog.CreateDataset(request).dataset
+    assert again == first
+
+    other_body = pb.CreateDatasetRequest(name="another name", request_id=key)
+    failure = rpc_error(lambda: stubs.catalog.CreateDataset(other_body))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+
+
+def test_register_file_with_a_request_id_returns_the_first_file_on_replay(stubs: Stubs) -> None:
+    dataset = make_dataset(stubs)
+    request = register_file_request(dataset.dataset_id, [("/a", [(T0, T0 + 10)])])
+    request.request_id = unique("register")
+    first = stubs.catalog.RegisterFile(request).file
+    # The path is taken by now; the replay is still answered with the same file.
+    again = stubs.catalog.RegisterFile(request).file
+    assert again == first
+    files, _ = drain(
+        stubs.catalog.ListFiles(pb.ListFilesRequest(dataset_id=dataset.dataset_id)), "files"
+    )
+    assert [f.file_id for f in files] == [first.file_id]
+
+    request.size_bytes += 1
+    failure = rpc_error(lambda: stubs.catalog.RegisterFile(request))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+
+
+def test_concurrent_duplicate_registrations_make_one_file(stubs: Stubs) -> None:
+    dataset = make_dataset(stubs)
+    request = register_file_request(dataset.dataset_id, [("/a", [(T0, T0 + 10)])])
+    request.request_id = unique("register-race")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        files = list(pool.map(lambda _: stubs.catalog.RegisterFile(request).file, range(16)))
+    assert len({f.file_id for f in files}) == 1
+
+
+def test_a_request_id_over_128_characters_is_invalid(stubs: Stubs) -> None:
+    failure = rpc_error(
+        lambda: stubs.catalog.CreateDataset(pb.CreateDatasetRequest(request_id="k" * 129))
+    )
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in failure.fields

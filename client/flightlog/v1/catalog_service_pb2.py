@@ -26,7 +26,7 @@ from flightlog.v1 import common_pb2 as flightlog_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flightlog/v1/catalog_service.proto\x12\x0c\x66lightlog.v1\x1a\x19\x66lightlog/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\"\x8f\x01\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"\xc0\x02\n\x04\x46ile\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12\x15\n\rrelative_path\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x11\n\tdevice_id\x18\x06 \x01(\t\x12\x1c\n\x14unix_epoch_offset_ns\x18\x07 \x01(\x03\x12\x1d\n\x10min_timestamp_ns\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10max_timestamp_ns\x18\t \x01(\x03H\x01\x88\x01\x01\x12+\n\x07\x63reated\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x0b \x01(\tB\x13\n\x11_min_timestamp_nsB\x13\n\x11_max_timestamp_ns\"D\n\x0eTimelineExtent\x12\x18\n\x10min_timestamp_ns\x18\x01 \x01(\x03\x12\x18\n\x10max_timestamp_ns\x18\x02 \x01(\x03\"\x9d\x01\n\x12TopicPartitionSpec\x12\x12\n\ntopic_name\x18\x01 \x01(\t\x12\x13\n\x0bschema_name\x18\x02 \x01(\t\x12\x18\n\x10message_encoding\x18\x03 \x01(\t\x12\x15\n\rmessage_count\x18\x04 \x01(\x03\x12-\n\x07\x65xtents\x18\x05 \x03(\x0b\x32\x1c.flightlog.v1.TimelineExtent\"\x8b\x01\n\x0eTopicPartition\x12\"\n\x05topic\x18\x01 \x01(\x0b\x32\x13.flightlog.v1.Topic\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12-\n\x07\x65xtents\x18\x04 \x03(\x0b\x32\x1c.flightlog.v1.TimelineExtent\"6\n\x13\x43reateDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x14\x43reateDeviceResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.flightlog.v1.Device\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"9\n\x11GetDeviceResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.flightlog.v1.Device\";\n\x12ListDevicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.flightlog.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x44\x65leteDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteDeviceResponse\"7\n\x14\x43reateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"?\n\x15\x43reateDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.flightlog.v1.Dataset\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"<\n\x12GetDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.flightlog.v1.Dataset\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.flightlog.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbb\x01\n\x13RegisterFileRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x15\n\rrelative_path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x1c\n\x14unix_epoch_offset_ns\x18\x05 \x01(\x03\x12\x34\n\npartitions\x18\x06 \x03(\x0b\x32 .flightlog.v1.TopicPartitionSpec\"8\n\x14RegisterFileResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.flightlog.v1.File\"!\n\x0eGetFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"3\n\x0fGetFileResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.flightlog.v1.File\"M\n\x10ListFilesRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x11ListFilesResponse\x12!\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x12.flightlog.v1.File\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x15ListFileTopicsRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x16ListFileTopicsResponse\x12\x30\n\npartitions\x18\x01 \x03(\x0b\x32\x1c.flightlog.v1.TopicPartition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1fUpdateFileTimelineOffsetRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x1c\n\x14unix_epoch_offset_ns\x18\x02 \x01(\x03\"D\n UpdateFileTimelineOffsetResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.flightlog.v1.File\"$\n\x11\x44\x65leteFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteFileResponse2\x80\t\n\x0e\x43\x61talogService\x12U\n\x0c\x43reateDevice\x12!.flightlog.v1.CreateDeviceRequest\x1a\".flightlog.v1.CreateDeviceResponse\x12L\n\tGetDevice\x12\x1e.flightlog.v1.GetDeviceRequest\x1a\x1f.flightlog.v1.GetDeviceResponse\x12T\n\x0bListDevices\x12 .flightlog.v1.ListDevicesRequest\x1a!.flightlog.v1.ListDevicesResponse0\x01\x12U\n\x0c\x44\x65leteDevice\x12!.flightlog.v1.DeleteDeviceRequest\x1a\".flightlog.v1.DeleteDeviceResponse\x12X\n\rCreateDataset\x12\".flightlog.v1.CreateDatasetRequest\x1a#.flightlog.v1.CreateDatasetResponse\x12O\n\nGetDataset\x12\x1f.flightlog.v1.GetDatasetRequest\x1a .flightlog.v1.GetDatasetResponse\x12W\n\x0cListDatasets\x12!.flightlog.v1.ListDatasetsRequest\x1a\".flightlog.v1.ListDatasetsResponse0\x01\x12U\n\x0cRegisterFile\x12!.flightlog.v1.RegisterFileRequest\x1a\".flightlog.v1.RegisterFileResponse\x12\x46\n\x07GetFile\x12\x1c.flightlog.v1.GetFileRequest\x1a\x1d.flightlog.v1.GetFileResponse\x12N\n\tListFiles\x12\x1e.flightlog.v1.ListFilesRequest\x1a\x1f.flightlog.v1.ListFilesResponse0\x01\x12]\n\x0eListFileTopics\x12#.flightlog.v1.ListFileTopicsRequest\x1a$.flightlog.v1.ListFileTopicsResponse0\x01\x12y\n\x18UpdateFileTimelineOffset\x12-.flightlog.v1.UpdateFileTimelineOffsetRequest\x1a..flightlog.v1.UpdateFileTimelineOffsetResponse\x12O\n\nDeleteFile\x12\x1f.flightlog.v1.DeleteFileRequest\x1a .flightlog.v1.DeleteFileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"flightlog/v1/catalog_service.proto\x12\x0c\x66lightlog.v1\x1a\x19\x66lightlog/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\"\x8f\x01\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"\xc0\x02\n\x04\x46ile\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12\x15\n\rrelative_path\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x11\n\tdevice_id\x18\x06 \x01(\t\x12\x1c\n\x14unix_epoch_offset_ns\x18\x07 \x01(\x03\x12\x1d\n\x10min_timestamp_ns\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x10max_timestamp_ns\x18\t \x01(\x03H\x01\x88\x01\x01\x12+\n\x07\x63reated\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x0b \x01(\tB\x13\n\x11_min_timestamp_nsB\x13\n\x11_max_timestamp_ns\"D\n\x0eTimelineExtent\x12\x18\n\x10min_timestamp_ns\x18\x01 \x01(\x03\x12\x18\n\x10max_timestamp_ns\x18\x02 \x01(\x03\"\x9d\x01\n\x12TopicPartitionSpec\x12\x12\n\ntopic_name\x18\x01 \x01(\t\x12\x13\n\x0bschema_name\x18\x02 \x01(\t\x12\x18\n\x10message_encoding\x18\x03 \x01(\t\x12\x15\n\rmessage_count\x18\x04 \x01(\x03\x12-\n\x07\x65xtents\x18\x05 \x03(\x0b\x32\x1c.flightlog.v1.TimelineExtent\"\x8b\x01\n\x0eTopicPartition\x12\"\n\x05topic\x18\x01 \x01(\x0b\x32\x13.flightlog.v1.Topic\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12-\n\x07\x65xtents\x18\x04 \x03(\x0b\x32\x1c.flightlog.v1.TimelineExtent\"6\n\x13\x43reateDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x14\x43reateDeviceResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.flightlog.v1.Device\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"9\n\x11GetDeviceResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.flightlog.v1.Device\";\n\x12ListDevicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.flightlog.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x44\x65leteDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteDeviceResponse\"K\n\x14\x43reateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"?\n\x15\x43reateDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.flightlog.v1.Dataset\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"<\n\x12GetDatasetResponse\x12&\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x15.flightlog.v1.Dataset\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.flightlog.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcf\x01\n\x13RegisterFileRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x15\n\rrelative_path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\x1c\n\x14unix_epoch_offset_ns\x18\x05 \x01(\x03\x12\x34\n\npartitions\x18\x06 \x03(\x0b\x32 .flightlog.v1.TopicPartitionSpec\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"8\n\x14RegisterFileResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.flightlog.v1.File\"!\n\x0eGetFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"3\n\x0fGetFileResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.flightlog.v1.File\"M\n\x10ListFilesRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x11ListFilesResponse\x12!\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x12.flightlog.v1.File\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x15ListFileTopicsRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x16ListFileTopicsResponse\x12\x30\n\npartitions\x18\x01 \x03(\x0b\x32\x1c.flightlog.v1.TopicPartition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1fUpdateFileTimelineOffsetRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x1c\n\x14unix_epoch_offset_ns\x18\x02 \x01(\x03\"D\n UpdateFileTimelineOffsetResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.flightlog.v1.File\"$\n\x11\x44\x65leteFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteFileResponse2\x80\t\n\x0e\x43\x61talogService\x12U\n\x0c\x43reateDevice\x12!.flightlog.v1.CreateDeviceRequest\x1a\".flightlog.v1.CreateDeviceResponse\x12L\n\tGetDevice\x12\x1e.flightlog.v1.GetDeviceRequest\x1a\x1f.flightlog.v1.GetDeviceResponse\x12T\n\x0bListDevices\x12 .flightlog.v1.ListDevicesRequest\x1a!.flightlog.v1.ListDevicesResponse0\x01\x12U\n\x0c\x44\x65leteDevice\x12!.flightlog.v1.DeleteDeviceRequest\x1a\".flightlog.v1.DeleteDeviceResponse\x12X\n\rCreateDataset\x12\".flightlog.v1.CreateDatasetRequest\x1a#.flightlog.v1.CreateDatasetResponse\x12O\n\nGetDataset\x12\x1f.flightlog.v1.GetDatasetRequest\x1a .flightlog.v1.GetDatasetResponse\x12W\n\x0cListDatasets\x12!.flightlog.v1.ListDatasetsRequest\x1a\".flightlog.v1.ListDatasetsResponse0\x01\x12U\n\x0cRegisterFile\x12!.flightlog.v1.RegisterFileRequest\x1a\".flightlog.v1.RegisterFileResponse\x12\x46\n\x07GetFile\x12\x1c.flightlog.v1.GetFileRequest\x1a\x1d.flightlog.v1.GetFileResponse\x12N\n\tListFiles\x12\x1e.flightlog.v1.ListFilesRequest\x1a\x1f.flightlog.v1.ListFilesResponse0\x01\x12]\n\x0eListFileTopics\x12#.flightlog.v1.ListFileTopicsRequest\x1a$.flightlog.v1.ListFileTopicsResponse0\x01\x12y\n\x18UpdateFileTimelineOffset\x12-.flightlog.v1.UpdateFileTimelineOffsetRequest\x1a..flightlog.v1.UpdateFileTimelineOffsetResponse\x12O\n\nDeleteFile\x12\x1f.flightlog.v1.DeleteFileRequest\x1a .flightlog.v1.DeleteFileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,41 +62,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEDEVICERESPONSE']._serialized_start=1483
   _globals['_DELETEDEVICERESPONSE']._serialized_end=1505
   _globals['_CREATEDATASETREQUEST']._serialized_start=1507
-  _globals['_CREATEDATASETREQUEST']._serialized_end=1562
-  _globals['_CREATEDATASETRESPONSE']._serialized_start=1564
-  _globals['_CREATEDATASETRESPONSE']._serialized_end=1627
-  _globals['_GETDATASETREQUEST']._serialized_start=1629
-  _globals['_GETDATASETREQUEST']._serialized_end=1668
-  _globals['_GETDATASETRESPONSE']._serialized_start=1670
-  _globals['_GETDATASETRESPONSE']._serialized_end=1730
-  _globals['_LISTDATASETSREQUEST']._serialized_start=1732
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1792
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1794
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1882
-  _globals['_REGISTERFILEREQUEST']._serialized_start=1885
-  _globals['_REGISTERFILEREQUEST']._serialized_end=2072
-  _globals['_REGISTERFILERESPONSE']._serialized_start=2074
-  _globals['_REGISTERFILERESPONSE']._serialized_end=2130
-  _globals['_GETFILEREQUEST']._serialized_start=2132
-  _globals['_GETFILEREQUEST']._serialized_end=2165
-  _globals['_GETFILERESPONSE']._serialized_start=2167
-  _globals['_GETFILERESPONSE']._serialized_end=2218
-  _globals['_LISTFILESREQUEST']._serialized_start=2220
-  _globals['_LISTFILESREQUEST']._serialized_end=2297
-  _globals['_LISTFILESRESPONSE']._serialized_start=2299
-  _globals['_LISTFILESRESPONSE']._serialized_end=2378
-  _globals['_LISTFILETOPICSREQUEST']._serialized_start=2380
-  _globals['_LISTFILETOPICSREQUEST']._serialized_end=2459
-  _globals['_LISTFILETOPICSRESPONSE']._serialized_start=2461
-  _globals['_LISTFILETOPICSRESPONSE']._serialized_end=2560
-  _globals['_UPDATEFILETIMELINEOFFSETREQUEST']._serialized_start=2562
-  _globals['_UPDATEFILETIMELINEOFFSETREQUEST']._serialized_end=2642
-  _globals['_UPDATEFILETIMELINEOFFSETRESPONSE']._serialized_start=2644
-  _globals['_UPDATEFILETIMELINEOFFSETRESPONSE']._serialized_end=2712
-  _globals['_DELETEFILEREQUEST']._serialized_start=2714
-  _globals['_DELETEFILEREQUEST']._serialized_end=2750
-  _globals['_DELETEFILERESPONSE']._serialized_start=2752
-  _globals['_DELETEFILERESPONSE']._serialized_end=2772
-  _globals['_CATALOGSERVICE']._serialized_start=2775
-  _globals['_CATALOGSERVICE']._serialized_end=3927
+  _globals['_CREATEDATASETREQUEST']._serialized_end=1582
+  _globals['_CREATEDATASETRESPONSE']._serialized_start=1584
+  _globals['_CREATEDATASETRESPONSE']._serialized_end=1647
+  _globals['_GETDATASETREQUEST']._serialized_start=1649
+  _globals['_GETDATASETREQUEST']._serialized_end=1688
+  _globals['_GETDATASETRESPONSE']._serialized_start=1690
+  _globals['_GETDATASETRESPONSE']._serialized_end=1750
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1752
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1812
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1814
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1902
+  _globals['_REGISTERFILEREQUEST']._serialized_start=1905
+  _globals['_REGISTERFILEREQUEST']._serialized_end=2112
+  _globals['_REGISTERFILERESPONSE']._serialized_start=2114
+  _globals['_REGISTERFILERESPONSE']._serialized_end=2170
+  _globals['_GETFILEREQUEST']._serialized_start=2172
+  _globals['_GETFILEREQUEST']._serialized_end=2205
+  _globals['_GETFILERESPONSE']._serialized_start=2207
+  _globals['_GETFILERESPONSE']._serialized_end=2258
+  _globals['_LISTFILESREQUEST']._serialized_start=2260
+  _globals['_LISTFILESREQUEST']._serialized_end=2337
+  _globals['_LISTFILESRESPONSE']._serialized_start=2339
+  _globals['_LISTFILESRESPONSE']._serialized_end=2418
+  _globals['_LISTFILETOPICSREQUEST']._serialized_start=2420
+  _globals['_LISTFILETOPICSREQUEST']._serialized_end=2499
+  _globals['_LISTFILETOPICSRESPONSE']._serialized_start=2501
+  _globals['_LISTFILETOPICSRESPONSE']._serialized_end=2600
+  _globals['_UPDATEFILETIMELINEOFFSETREQUEST']._serialized_start=2602
+  _globals['_UPDATEFILETIMELINEOFFSETREQUEST']._serialized_end=2682
+  _globals['_UPDATEFILETIMELINEOFFSETRESPONSE']._serialized_start=2684
+  _globals['_UPDATEFILETIMELINEOFFSETRESPONSE']._serialized_end=2752
+  _globals['_DELETEFILEREQUEST']._serialized_start=2754
+  _globals['_DELETEFILEREQUEST']._serialized_end=2790
+  _globals['_DELETEFILERESPONSE']._serialized_start=2792
+  _globals['_DELETEFILERESPONSE']._serialized_end=2812
+  _globals['_CATALOGSERVICE']._serialized_start=2815
+  _globals['_CATALOGSERVICE']._serialized_end=3967
 # @@protoc_insertion_point(module_scope)

@@ -482,19 +482,26 @@ class CreateDatasetRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Optional display name, at most 120 characters."""
     device_id: _builtins.str
     """Optional device that recorded the dataset; it must exist in the org."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters). A second call with the same key and the same
+    body returns the dataset created by the first; with a different body it is ALREADY_EXISTS
+    (REQUEST_ID_REUSED). Keys are scoped to the org and to this method.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         device_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,6 +643,7 @@ class RegisterFileRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     UNIX_EPOCH_OFFSET_NS_FIELD_NUMBER: _builtins.int
     PARTITIONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Required. The dataset the file belongs to."""
     relative_path: _builtins.str
@@ -646,6 +654,10 @@ class RegisterFileRequest(_message.Message):
     """Optional device that recorded the file; it must exist in the org. Empty: the dataset's."""
     unix_epoch_offset_ns: _builtins.int
     """Offset added to the extents' timestamps to place them on the Unix epoch, nanoseconds."""
+    request_id: _builtins.str
+    """Optional idempotency key, as in CreateDatasetRequest: a replay returns the file registered
+    the first time.
+    """
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicPartitionSpec]:
         """The file's topic partitions, one per topic (at most 10,000)."""
@@ -659,10 +671,11 @@ class RegisterFileRequest(_message.Message):
         device_id: _builtins.str = ...,
         unix_epoch_offset_ns: _builtins.int = ...,
         partitions: _abc.Iterable[Global___TopicPartitionSpec] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "device_id", b"device_id", "partitions", b"partitions", "relative_path", b"relative_path", "size_bytes", b"size_bytes", "unix_epoch_offset_ns", b"unix_epoch_offset_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "device_id", b"device_id", "partitions", b"partitions", "relative_path", b"relative_path", "request_id", b"request_id", "size_bytes", b"size_bytes", "unix_epoch_offset_ns", b"unix_epoch_offset_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

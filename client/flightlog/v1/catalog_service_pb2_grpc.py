@@ -158,9 +158,11 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateDataset(self, request, context):
-        """Creates a dataset, optionally recorded by one device.
+        """Creates a dataset, optionally recorded by one device. With a `request_id`, a replay returns
+        the dataset created the first time.
 
-        Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND).
+        Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND); ALREADY_EXISTS
+        (REQUEST_ID_REUSED) when the `request_id` was used with a different body.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,7 +194,8 @@ class CatalogServiceServicer:
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
         a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
-        that path.
+        that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
+        a `request_id`, a replay returns the file registered the first time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -63,9 +63,11 @@ class CatalogServiceStub:
     Errors: NOT_FOUND (DEVICE_NOT_FOUND).
     """
     CreateDataset: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.CreateDatasetRequest, _catalog_service_pb2.CreateDatasetResponse]
-    """Creates a dataset, optionally recorded by one device.
+    """Creates a dataset, optionally recorded by one device. With a `request_id`, a replay returns
+    the dataset created the first time.
 
-    Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND).
+    Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND); ALREADY_EXISTS
+    (REQUEST_ID_REUSED) when the `request_id` was used with a different body.
     """
     GetDataset: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.GetDatasetRequest, _catalog_service_pb2.GetDatasetResponse]
     """Returns one dataset.
@@ -85,7 +87,8 @@ class CatalogServiceStub:
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
     a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
-    that path.
+    that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
+    a `request_id`, a replay returns the file registered the first time.
     """
     GetFile: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.GetFileRequest, _catalog_service_pb2.GetFileResponse]
     """Returns one file.
@@ -151,9 +154,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     Errors: NOT_FOUND (DEVICE_NOT_FOUND).
     """
     CreateDataset: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.CreateDatasetRequest, _catalog_service_pb2.CreateDatasetResponse]  # type: ignore[assignment]
-    """Creates a dataset, optionally recorded by one device.
+    """Creates a dataset, optionally recorded by one device. With a `request_id`, a replay returns
+    the dataset created the first time.
 
-    Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND).
+    Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND); ALREADY_EXISTS
+    (REQUEST_ID_REUSED) when the `request_id` was used with a different body.
     """
     GetDataset: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.GetDatasetRequest, _catalog_service_pb2.GetDatasetResponse]  # type: ignore[assignment]
     """Returns one dataset.
@@ -173,7 +178,8 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
     a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
-    that path.
+    that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
+    a `request_id`, a replay returns the file registered the first time.
     """
     GetFile: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.GetFileRequest, _catalog_service_pb2.GetFileResponse]  # type: ignore[assignment]
     """Returns one file.
@@ -266,9 +272,11 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.CreateDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.CreateDatasetResponse, _abc.Awaitable[_catalog_service_pb2.CreateDatasetResponse]]:
-        """Creates a dataset, optionally recorded by one device.
+        """Creates a dataset, optionally recorded by one device. With a `request_id`, a replay returns
+        the dataset created the first time.
 
-        Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND).
+        Errors: INVALID_ARGUMENT for a bad field; NOT_FOUND (DEVICE_NOT_FOUND); ALREADY_EXISTS
+        (REQUEST_ID_REUSED) when the `request_id` was used with a different body.
         """
 
     @_abc_1.abstractmethod
@@ -306,7 +314,8 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
         a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
-        that path.
+        that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
+        a `request_id`, a replay returns the file registered the first time.
         """
 
     @_abc_1.abstractmethod

@@ -102,3 +102,12 @@ class SessionState:
 class MetricEntry:
     name: str
     value: float
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A create call's ``request_id`` and a digest of the rest of its body: a replay (same
+    digest) returns what the first call made; another body under the same key is refused."""
+
+    request_id: str
+    digest: bytes

@@ -19,7 +19,7 @@ from flightlog_server.domain.catalog import (
 )
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.domain.rules import Violations
-from flightlog_server.domain.types import Caller
+from flightlog_server.domain.types import Caller, IdempotencyKey
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.catalog import CatalogRepository
@@ -126,11 +126,13 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         rules.check_name(v, "name", request.name)
         if request.device_id:
             rules.check_device_id(v, "device_id", request.device_id)
+        rules.check_request_id(v, request.request_id)
         v.raise_if_any()
+        key = _idempotency_key("CreateDataset", request)
 
         async def work(db: AsyncSession) -> DatasetRecord:
             return await CatalogRepository(db, caller).create_dataset(
-                request.name, request.device_id or None
+                request.name, request.device_id or None, key
             )
 
         dataset = await self.database.run(work)
@@ -188,10 +190,12 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         spec = convert.file_spec(request)
         v = Violations()
         catalog.check_file_spec(v, spec)
+        rules.check_request_id(v, request.request_id)
         v.raise_if_any()
+        key = _idempotency_key("RegisterFile", request)
 
         async def work(db: AsyncSession) -> FileRecord:
-            return await CatalogRepository(db, caller).register_file(spec)
+            return await CatalogRepository(db, caller).register_file(spec, key)
 
         file = await self.database.run(work)
         return pb.RegisterFileResponse(file=convert.file_message(file))
@@ -348,3 +352,11 @@ def _parse_time(value: str) -> dt.datetime:
     if parsed.tzinfo is None:
         raise InvalidPageToken("is not a token this server issued")
     return parsed
+
+
+def _idempotency_key(
+    method: str, request: pb.CreateDatasetRequest | pb.RegisterFileRequest
+) -> IdempotencyKey | None:
+    if not request.request_id:
+        return None
+    return IdempotencyKey(request.request_id, convert.request_fingerprint(method, request))

@@ -9,11 +9,13 @@ Ready field appears, unset ones as ``null_value``, without rebuilding the messag
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from flightlog.v1 import (
     catalog_service_pb2,
@@ -296,3 +298,13 @@ def custom_field_message(definition: CustomFieldDef) -> custom_field_service_pb2
         created=timestamp(definition.created),
         created_by=definition.created_by,
     )
+
+
+def request_fingerprint(method: str, request: Message) -> bytes:
+    """A digest of a create request without its ``request_id``, to tell a replay (same body)
+    from a reused key (another body). The method name is part of it: requests of different
+    methods can serialize to the same bytes."""
+    body = type(request).FromString(request.SerializeToString())
+    body.ClearField("request_id")
+    data = method.encode() + b"\x00" + body.SerializeToString(deterministic=True)
+    return hashlib.sha256(data).digest()

@@ -31,7 +31,6 @@ from flightlog_server.storage.metrics import MetricRepository
 from flightlog_server.storage.sessions import (
     SessionRepository,
     record_and_ready_fields,
-    request_digest,
 )
 from flightlog_server.storage.topics import TopicRepository
 
@@ -144,7 +143,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         sent = self._sent_values(v, request.custom_fields, "custom_fields")
         v.raise_if_any()
         request_id = request.request_id or None
-        digest = _body_digest(request) if request_id else None
+        digest = (
+            convert.request_fingerprint(type(request).__name__, request) if request_id else None
+        )
 
         async def work(db: AsyncSession) -> pb.Session:
             ready = await self._ready_fields(db, caller)
@@ -627,15 +628,3 @@ def _metric_message(record: MetricRecord) -> pb.Metric:
     if record.max_timestamp_ns is not None:
         message.max_timestamp_ns = record.max_timestamp_ns
     return message
-
-
-def _body_digest(request: NewSessionRequest) -> bytes:
-    """The fingerprint of a create request without its ``request_id``. Both creates share the
-    ``request_id`` namespace, so a dataset create is told apart by a prefix: its bytes could
-    otherwise equal those of a CreateSession (``dataset_id`` and ``name`` are both field 1)."""
-    body = type(request).FromString(request.SerializeToString())
-    body.ClearField("request_id")
-    data = body.SerializeToString(deterministic=True)
-    if isinstance(request, pb.CreateSessionFromDatasetRequest):
-        data = b"CreateSessionFromDataset\x00" + data
-    return request_digest(data)

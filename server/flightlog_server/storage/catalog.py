@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Table, Text, and_, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,9 +27,9 @@ from flightlog_server.domain.catalog import (
     TopicRecord,
     extents_range,
 )
-from flightlog_server.domain.errors import AlreadyExists, NotFound
+from flightlog_server.domain.errors import AlreadyExists, NotFound, RequestIdReused
 from flightlog_server.domain.rules import new_id
-from flightlog_server.domain.types import Caller
+from flightlog_server.domain.types import Caller, IdempotencyKey
 from flightlog_server.storage import models as m
 from flightlog_server.storage.database import RetryTransaction
 
@@ -173,23 +173,53 @@ class CatalogRepository:
 
     # --- datasets ------------------------------------------------------------------------------
 
-    async def create_dataset(self, name: str, device_id: str | None) -> DatasetRecord:
+    async def create_dataset(
+        self, name: str, device_id: str | None, request: IdempotencyKey | None = None
+    ) -> DatasetRecord:
+        """Inserts a dataset; with ``request``, a replay returns the dataset made first."""
+        if request is not None:
+            replayed = await self._replayed(DS, request)
+            if replayed is not None:
+                return _dataset(replayed)
         if device_id is not None and not await self._key_share_device(device_id):
             raise NotFound("device", [device_id])
         row = (
             await self.db.execute(
-                DS.insert()
+                pg_insert(DS)
                 .values(
                     org_id=self.org_id,
                     dataset_id=new_id("dataset"),
                     name=name,
                     device_id=device_id,
                     created_by=self.caller.principal_id,
+                    request_id=request.request_id if request else None,
+                    request_digest=request.digest if request else None,
                 )
+                .on_conflict_do_nothing()
                 .returning(DS)
             )
-        ).one()
+        ).one_or_none()
+        if row is None:  # only the request_id can conflict: a concurrent replay committed first
+            assert request is not None
+            row = await self._replayed(DS, request)
+            assert row is not None
         return _dataset(row)
+
+    async def _replayed(self, table: Table, request: IdempotencyKey) -> Any:
+        """The row an earlier call with this ``request_id`` made (None when there is none);
+        REQUEST_ID_REUSED when that call had another body."""
+        row = (
+            await self.db.execute(
+                select(table).where(
+                    table.c.org_id == self.org_id, table.c.request_id == request.request_id
+                )
+            )
+        ).one_or_none()
+        if row is not None and row.request_digest != request.digest:
+            raise RequestIdReused(
+                f"request_id {request.request_id!r} was already used with a different request"
+            )
+        return row
 
     async def get_dataset(self, dataset_id: str, *, key_share: bool = False) -> DatasetRecord:
         query = select(DS).where(DS.c.org_id == self.org_id, DS.c.dataset_id == dataset_id)
@@ -216,10 +246,16 @@ class CatalogRepository:
 
     # --- files ---------------------------------------------------------------------------------
 
-    async def register_file(self, spec: FileSpec) -> FileRecord:
+    async def register_file(
+        self, spec: FileSpec, request: IdempotencyKey | None = None
+    ) -> FileRecord:
         """Inserts a file with its partitions and extents; topics are matched by (name, schema
         name) or created. NOT_FOUND for an unknown dataset or device, ALREADY_EXISTS for a
-        taken path."""
+        taken path. With ``request``, a replay returns the file registered first."""
+        if request is not None:
+            replayed = await self._replayed(F, request)
+            if replayed is not None:
+                return _file(replayed)
         dataset = await self.get_dataset(spec.dataset_id, key_share=True)
         device_id = spec.device_id
         if device_id is not None:
@@ -243,13 +279,17 @@ class CatalogRepository:
                     extents_min_ns=extents[0] if extents else None,
                     extents_max_ns=extents[1] if extents else None,
                     created_by=self.caller.principal_id,
+                    request_id=request.request_id if request else None,
+                    request_digest=request.digest if request else None,
                 )
-                .on_conflict_do_nothing(
-                    index_elements=[F.c.org_id, F.c.dataset_id, F.c.relative_path]
-                )
+                .on_conflict_do_nothing()  # the path, or the request_id, is taken
                 .returning(F)
             )
         ).one_or_none()
+        if row is None and request is not None:
+            replayed = await self._replayed(F, request)  # a concurrent replay committed first
+            if replayed is not None:
+                return _file(replayed)
         if row is None:
             raise AlreadyExists(
                 f"dataset {spec.dataset_id} already has a file at {spec.relative_path!r}"

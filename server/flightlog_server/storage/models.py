@@ -159,6 +159,7 @@ class Dataset(Base):
             ondelete="SET NULL (device_id)",
         ),
         Index(None, "org_id", text("created DESC"), text("dataset_id DESC")),
+        UniqueConstraint("org_id", "request_id"),
     )
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
@@ -167,6 +168,9 @@ class Dataset(Base):
     device_id: Mapped[str | None] = mapped_column(String(128))
     created: Mapped[dt.datetime] = _created()
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Idempotency key of the create call, and a digest of its body to detect reuse.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    request_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
 
 class File(Base):
@@ -184,6 +188,7 @@ class File(Base):
             ondelete="SET NULL (device_id)",
         ),
         UniqueConstraint("org_id", "dataset_id", "relative_path"),
+        UniqueConstraint("org_id", "request_id"),
         Index(None, "org_id", "device_id"),
     )
 
@@ -203,6 +208,9 @@ class File(Base):
     extents_max_ns: Mapped[int | None] = mapped_column(BigInteger)
     created: Mapped[dt.datetime] = _created()
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Idempotency key of the registration, and a digest of its body to detect reuse.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    request_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
 
 class Topic(Base):

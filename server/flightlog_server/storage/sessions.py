@@ -10,7 +10,6 @@ only for the final statements of the transaction.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -56,11 +55,6 @@ V = m.table(m.SessionCustomFieldValue)
 F = m.table(m.File)
 DS = m.table(m.Dataset)
 CF = m.table(m.CustomField)
-
-
-def request_digest(body: bytes) -> bytes:
-    """Fingerprint of a create request's body, to tell a replay from a reused ``request_id``."""
-    return hashlib.sha256(body).digest()
 
 
 async def record_and_ready_fields(
@@ -680,5 +674,4 @@ __all__ = [
     "VALUE_COLUMNS",
     "SessionEncoder",
     "SessionRepository",
-    "request_digest",
 ]

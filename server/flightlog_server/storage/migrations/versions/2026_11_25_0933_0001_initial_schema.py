@@ -259,6 +259,8 @@ def upgrade() -> None:
             "created", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
         sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("request_id", sa.String(length=128), nullable=True),
+        sa.Column("request_digest", sa.LargeBinary(length=32), nullable=True),
         sa.ForeignKeyConstraint(
             ["org_id", "device_id"],
             ["devices.org_id", "devices.device_id"],
@@ -269,6 +271,7 @@ def upgrade() -> None:
             ["org_id"], ["orgs.org_id"], name=op.f("fk_datasets_org_id_orgs"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("org_id", "dataset_id", name=op.f("pk_datasets")),
+        sa.UniqueConstraint("org_id", "request_id", name=op.f("uq_datasets_org_id_request_id")),
     )
     op.create_index(
         op.f("ix_datasets_org_id"),
@@ -416,6 +419,8 @@ def upgrade() -> None:
             "created", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
         sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("request_id", sa.String(length=128), nullable=True),
+        sa.Column("request_digest", sa.LargeBinary(length=32), nullable=True),
         sa.ForeignKeyConstraint(
             ["org_id", "dataset_id"],
             ["datasets.org_id", "datasets.dataset_id"],
@@ -438,6 +443,7 @@ def upgrade() -> None:
             "relative_path",
             name=op.f("uq_files_org_id_dataset_id_relative_path"),
         ),
+        sa.UniqueConstraint("org_id", "request_id", name=op.f("uq_files_org_id_request_id")),
     )
     op.create_index(
         op.f("ix_files_org_id_device_id"), "files", ["org_id", "device_id"], unique=False
