@@ -148,7 +148,10 @@ async def list_session_batches(
             if page.count < page_size:
                 return
     finally:
+        # Wait for the reader to wind down, so that its connection is back in the pool before
+        # the stream ends (a cancelled task left alone returns it whenever it next runs).
         reader.cancel()
+        await asyncio.wait([reader])
 
 
 # --- the wire format -------------------------------------------------------------------------
