@@ -22,8 +22,6 @@ from flightlog_server.storage.database import Database, DatabaseSettings
 log = logging.getLogger("flightlog.main")
 T = TypeVar("T")
 
-DEV_ORG = "dev"
-DEV_PRINCIPAL = "dev"
 DATA_DIR = Path(".data")
 
 
@@ -167,7 +165,7 @@ def _settings(args: argparse.Namespace, url: str) -> ServerSettings:
             client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
         )
     return ServerSettings(
-        database=DatabaseSettings(url=url, pool_size=args.pool_size),
+        database=DatabaseSettings(url=url, pool_size=args.pool_size, max_overflow=args.pool_size),
         bind=args.bind,
         auth_cache_seconds=args.auth_cache_seconds,
         grace_seconds=args.grace_seconds,

@@ -26,6 +26,8 @@ from flightlog.v1 import (
 from flightlog_server.metrics import Metrics
 from flightlog_server.rpc import preserialized
 from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
+from flightlog_server.rpc.catalog import CatalogServicer
+from flightlog_server.rpc.custom_fields import CustomFieldServicer
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
 from flightlog_server.storage.database import Database, DatabaseSettings
@@ -98,7 +100,12 @@ class FlightlogServer:
             self.server,
             streams={"ListSessions": sessions.ListSessions},
         )
-        _add_optional_servicers(self.server, self.database)
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
+            CatalogServicer(self.database), self.server
+        )
+        custom_field_service_pb2_grpc.add_CustomFieldServiceServicer_to_server(
+            CustomFieldServicer(self.database), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -178,14 +185,3 @@ class FlightlogServer:
     ) -> None:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, status)
-
-
-def _add_optional_servicers(server: aio.Server, database: Database) -> None:
-    """Catalog and custom-field services."""
-    from flightlog_server.rpc.catalog import CatalogServicer
-    from flightlog_server.rpc.custom_fields import CustomFieldServicer
-
-    catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(database), server)
-    custom_field_service_pb2_grpc.add_CustomFieldServiceServicer_to_server(
-        CustomFieldServicer(database), server
-    )

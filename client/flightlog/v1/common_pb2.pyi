@@ -68,7 +68,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 18
     """INTERNAL: an unexpected failure; `RequestInfo.request_id` identifies it in the server logs."""
     ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 19
-    """FAILED_PRECONDITION: the resource is not in a state that allows the call."""
+    """FAILED_PRECONDITION: reserved for calls that a resource's state does not allow; no RPC
+    sends it today.
+    """
     ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 20
     """DEADLINE_EXCEEDED: the call's deadline passed while the database was working on it."""
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 21
@@ -149,7 +151,9 @@ ERROR_REASON_LIMIT_EXCEEDED: ErrorReason.ValueType  # 17
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 18
 """INTERNAL: an unexpected failure; `RequestInfo.request_id` identifies it in the server logs."""
 ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 19
-"""FAILED_PRECONDITION: the resource is not in a state that allows the call."""
+"""FAILED_PRECONDITION: reserved for calls that a resource's state does not allow; no RPC
+sends it today.
+"""
 ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 20
 """DEADLINE_EXCEEDED: the call's deadline passed while the database was working on it."""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 21

@@ -116,10 +116,6 @@ class RevisionExpired(DomainError):
         )
 
 
-class FailedPrecondition(DomainError):
-    reason = "FAILED_PRECONDITION"
-
-
 class LimitExceeded(DomainError):
     reason = "LIMIT_EXCEEDED"
 

@@ -47,8 +47,6 @@ ORDERED_COMPARISONS = frozenset(
         Comparison.GREATER_OR_EQUAL,
     }
 )
-# Comparisons that take no operand / a list of operands; the others take exactly one.
-NULLARY_COMPARISONS = frozenset({Comparison.IS_NULL, Comparison.IS_NOT_NULL})
 _ORDERED_TYPES = frozenset(
     {CustomFieldType.NUMBER, CustomFieldType.STRING, CustomFieldType.TIMESTAMP}
 )

@@ -27,7 +27,6 @@ _CODES: list[tuple[type[e.DomainError], grpc.StatusCode]] = [
     (e.RequestIdReused, grpc.StatusCode.ALREADY_EXISTS),
     (e.RevisionMismatch, grpc.StatusCode.ABORTED),
     (e.RevisionExpired, grpc.StatusCode.OUT_OF_RANGE),
-    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (e.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
     (e.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
