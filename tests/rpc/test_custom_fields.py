@@ -9,7 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flightlog.v1 import common_pb2
 from flightlog.v1 import custom_field_service_pb2 as pb
@@ -506,3 +508,102 @@ def test_another_org_sees_none_of_this_orgs_fields_in_lists_or_sessions(
     assert field.name not in make_session(other_stubs).custom_fields
     failure = rpc_error(lambda: make_session(other_stubs, custom_fields={field.name: text("x")}))
     assert_invalid(failure, f"custom_fields[{field.name}]")
+
+
+# --- values kept exactly --------------------------------------------------------------------------
+
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMPS = st.builds(
+    lambda seconds, nanos: timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
+    st.integers(-62_135_596_800, 253_402_300_799),
+    st.integers(0, 999_999_999),
+)
+
+
+def at(ts: timestamp_pb2.Timestamp) -> common_pb2.CustomFieldValue:
+    return common_pb2.CustomFieldValue(timestamp_value=ts)
+
+
+def test_timestamp_values_keep_their_nanoseconds(stubs: Stubs) -> None:
+    field = make_custom_field(stubs, type=pb.CUSTOM_FIELD_TYPE_TIMESTAMP)
+    sent = timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=32_978_600)
+    created = make_session(stubs, custom_fields={field.name: at(sent)})
+    assert created.custom_fields[field.name] == at(sent)
+    assert get_session(stubs, created.session_id).custom_fields[field.name] == at(sent)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(TIMESTAMPS, min_size=2, max_size=6, unique_by=lambda t: (t.seconds, t.nanos))
+)
+def test_timestamp_values_sort_and_compare_to_the_nanosecond(
+    database_url: str, grpc_target: str, values: list[timestamp_pb2.Timestamp]
+) -> None:
+    org = new_org_stubs(database_url, grpc_target)
+    try:
+        field = make_custom_field(org, type=pb.CUSTOM_FIELD_TYPE_TIMESTAMP)
+        by_id = {}
+        for value in values:
+            session = make_session(org, custom_fields={field.name: at(value)})
+            by_id[session.session_id] = (value.seconds, value.nanos)
+        listed, _ = drain(
+            org.sessions.ListSessions(
+                sessions_pb.ListSessionsRequest(
+                    page_size=2,
+                    sort=sessions_pb.SessionSort(
+                        field=sessions_pb.SESSION_SORT_FIELD_CUSTOM_FIELD,
+                        custom_field=field.name,
+                        direction=sessions_pb.SORT_DIRECTION_ASCENDING,
+                    ),
+                )
+            ),
+            "sessions",
+        )
+        assert [s.session_id for s in listed] == sorted(by_id, key=by_id.__getitem__)
+        assert [s.custom_fields[field.name] for s in listed] == sorted(
+            (at(v) for v in values),
+            key=lambda c: (c.timestamp_value.seconds, c.timestamp_value.nanos),
+        )
+        pivot = values[0]
+        later, _ = drain(
+            org.sessions.ListSessions(
+                sessions_pb.ListSessionsRequest(
+                    filter=sessions_pb.SessionFilter(
+                        custom_fields=[
+                            sessions_pb.CustomFieldCondition(
+                                field=field.name,
+                                operator=sessions_pb.COMPARISON_OPERATOR_GREATER,
+                                value=at(pivot),
+                            )
+                        ]
+                    )
+                )
+            ),
+            "sessions",
+        )
+        assert {s.session_id for s in later} == {
+            session_id for session_id, v in by_id.items() if v > (pivot.seconds, pivot.nanos)
+        }
+    finally:
+        org.close()
+
+
+def test_clearing_an_undefined_field_names_the_clear_fields_entry(stubs: Stubs) -> None:
+    session = make_session(stubs)
+    failure = rpc_error(
+        lambda: stubs.sessions.UpdateSession(
+            sessions_pb.UpdateSessionRequest(
+                session_id=session.session_id,
+                custom_fields_changeset=sessions_pb.CustomFieldChangeset(
+                    clear_fields=["nosuchfield", "nosuchfield2"]
+                ),
+            )
+        )
+    )
+    assert_invalid(
+        failure,
+        "custom_fields_changeset.clear_fields[0]",
+        "custom_fields_changeset.clear_fields[1]",
+    )

@@ -14,6 +14,7 @@ from flightlog_server.domain.types import (
     CustomFieldDef,
     CustomFieldStatus,
     CustomFieldType,
+    Instant,
     WireValue,
 )
 
@@ -106,7 +107,11 @@ def _field(
         (CustomFieldType.ENUM, WireValue("enum", "blue"), False),
         (CustomFieldType.BOOLEAN, WireValue("bool", False), True),
         (CustomFieldType.STRING, WireValue("string", "x" * 1025), False),
-        (CustomFieldType.TIMESTAMP, WireValue("timestamp", dt.datetime.now(dt.UTC)), True),
+        (
+            CustomFieldType.TIMESTAMP,
+            WireValue("timestamp", Instant(1_700_000_000_032_978_601)),
+            True,
+        ),
         (CustomFieldType.TIMESTAMP, WireValue("null", None), True),
     ],
 )

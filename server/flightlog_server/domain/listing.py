@@ -98,7 +98,8 @@ class SessionOrder:
         return self.key is not SortKey.CREATED
 
 
-# The Python type of a sort key's values, as read from the database.
+# The Python type of a sort key's values, as read from the database (a custom-field timestamp is
+# its ``Instant.ns``: exact, and JSON-safe in resume tokens).
 SortValue = str | int | float | bool | dt.datetime
 
 

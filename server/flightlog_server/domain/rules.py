@@ -7,7 +7,6 @@ offending fields at once (one ``BadRequest`` violation per field).
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import math
 import re
@@ -22,6 +21,7 @@ from flightlog_server.domain.types import (
     CustomFieldStatus,
     CustomFieldType,
     FieldValue,
+    Instant,
     WireValue,
 )
 
@@ -361,7 +361,7 @@ def coerce_field_value(
             return False, None
         return True, value.value
     if expected is CustomFieldType.TIMESTAMP and value.kind == "timestamp":
-        assert isinstance(value.value, dt.datetime)
+        assert isinstance(value.value, Instant)
         return True, value.value
     v.add(field, f"must be a {expected.value} value, got {value.kind}")
     return False, None

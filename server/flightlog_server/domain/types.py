@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -32,8 +32,35 @@ class CustomFieldStatus(StrEnum):
     FAILED = "failed"
 
 
+@dataclass(frozen=True, order=True)
+class Instant:
+    """A point in time, exact to the nanosecond: nanoseconds since the Unix epoch (UTC).
+
+    Custom-field timestamps are kept this way because the contract's type,
+    ``google.protobuf.Timestamp``, carries nanoseconds, which ``datetime`` and PostgreSQL's
+    ``timestamptz`` (microseconds) would drop. Its range is Timestamp's: years 1 to 9999.
+    """
+
+    ns: int
+
+    NS_PER_SECOND = 1_000_000_000
+
+    @classmethod
+    def of(cls, seconds: int, nanos: int) -> Instant:
+        return cls(seconds * cls.NS_PER_SECOND + nanos)
+
+    @property
+    def seconds(self) -> int:
+        """Whole seconds since the epoch, rounded down (so ``nanos`` is never negative)."""
+        return self.ns // self.NS_PER_SECOND
+
+    @property
+    def nanos(self) -> int:
+        return self.ns % self.NS_PER_SECOND
+
+
 # A custom-field value as Python sees it; ``None`` means unset.
-FieldValue = bool | str | float | dt.datetime
+FieldValue = bool | str | float | Instant
 
 
 @dataclass(frozen=True)
@@ -68,14 +95,6 @@ class ContributionSpec:
     file_id: str
     range_min_ns: int | None
     range_max_ns: int | None
-
-
-@dataclass(frozen=True)
-class MetadataChangeset:
-    put_tags: tuple[str, ...] = ()
-    remove_tags: tuple[str, ...] = ()
-    put_fields: dict[str, Any] = field(default_factory=dict)
-    remove_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

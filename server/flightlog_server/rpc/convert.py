@@ -38,6 +38,7 @@ from flightlog_server.domain.types import (
     CustomFieldStatus,
     CustomFieldType,
     FieldValue,
+    Instant,
     SessionState,
     WireValue,
 )
@@ -66,8 +67,10 @@ def custom_value(type_: CustomFieldType, value: FieldValue | None) -> common_pb2
         return common_pb2.CustomFieldValue(number_value=float(value))
     if type_ is CustomFieldType.STRING:
         return common_pb2.CustomFieldValue(string_value=str(value))
-    assert isinstance(value, dt.datetime)
-    return common_pb2.CustomFieldValue(timestamp_value=timestamp(value))
+    assert isinstance(value, Instant)
+    return common_pb2.CustomFieldValue(
+        timestamp_value=timestamp_pb2.Timestamp(seconds=value.seconds, nanos=value.nanos)
+    )
 
 
 def wire_value(field: str, message: common_pb2.CustomFieldValue) -> WireValue:
@@ -88,8 +91,7 @@ def wire_value(field: str, message: common_pb2.CustomFieldValue) -> WireValue:
     ts = message.timestamp_value
     if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not (0 <= ts.nanos < 1_000_000_000):
         raise InvalidArgument.one(field, "must be a timestamp between years 1 and 9999")
-    # Microseconds are what PostgreSQL keeps; nanoseconds are truncated.
-    return WireValue("timestamp", ts.ToDatetime(tzinfo=UTC))
+    return WireValue("timestamp", Instant.of(ts.seconds, ts.nanos))
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:

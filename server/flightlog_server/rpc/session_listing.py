@@ -351,14 +351,15 @@ def _sort_value(value: Any, order: SessionOrder) -> SortValue:
     """The position's sort value with its Python type checked against the order's."""
     kind: CustomFieldType | SortKey = order.field.type if order.field else order.key
     try:
-        if kind in (SortKey.CREATED, CustomFieldType.TIMESTAMP) and isinstance(value, str):
+        if kind is SortKey.CREATED and isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value)
             if parsed.tzinfo is not None:
                 return parsed
         elif kind in (SortKey.NAME, CustomFieldType.STRING, CustomFieldType.ENUM):
             if isinstance(value, str):
                 return value
-        elif kind in (SortKey.START_TIME, SortKey.DURATION):
+        elif kind in (SortKey.START_TIME, SortKey.DURATION, CustomFieldType.TIMESTAMP):
+            # Custom-field timestamps are nanoseconds since the epoch (domain.types.Instant).
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
         elif kind is CustomFieldType.NUMBER:

@@ -75,16 +75,17 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self,
         db: AsyncSession,
         caller: Caller,
-        sent: Mapping[str, WireValue],
-        field_path: str,
+        sent: Mapping[str, tuple[str, WireValue]],
     ) -> FieldWrites:
-        """Checks values against their Ready definitions; every bad one is a violation."""
+        """Checks values (by name: the request field that sent it, and the value) against their
+        Ready definitions; every bad one is a violation of its request field."""
         definitions = await CustomFieldRepository(db, caller.org_id).by_names(sent, lock=True)
         v = Violations()
         writes: FieldWrites = {}
         for name in sorted(sent):
             definition = definitions.get(name)
-            ok, value = rules.coerce_field_value(v, f"{field_path}[{name}]", definition, sent[name])
+            path, wire = sent[name]
+            ok, value = rules.coerce_field_value(v, path, definition, wire)
             if ok and definition is not None:
                 writes[definition.custom_field_id] = (definition.type, value)
         v.raise_if_any()
@@ -93,11 +94,13 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     @staticmethod
     def _sent_values(
         v: Violations, values: Mapping[str, common_pb2.CustomFieldValue], field_path: str
-    ) -> dict[str, WireValue]:
-        sent: dict[str, WireValue] = {}
+    ) -> dict[str, tuple[str, WireValue]]:
+        """The sent values by field name, each with the path of the request field holding it."""
+        sent: dict[str, tuple[str, WireValue]] = {}
         for name, value in values.items():
+            path = f"{field_path}[{name}]"
             try:
-                sent[name] = convert.wire_value(f"{field_path}[{name}]", value)
+                sent[name] = (path, convert.wire_value(path, value))
             except InvalidArgument as e:
                 v.items.extend(e.violations)
         return sent
@@ -152,7 +155,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             repo = self._repo(db, caller)
             state = await repo.find_by_request_id(request_id, digest or b"") if request_id else None
             if state is None:
-                writes = await self._field_writes(db, caller, sent, "custom_fields")
+                writes = await self._field_writes(db, caller, sent)
                 devices = device_ids
                 if dataset_id is not None:
                     devices = await repo.dataset_devices(dataset_id)
@@ -225,7 +228,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                     f"custom_fields_changeset.clear_fields[{i}]",
                     f"field {name!r} is both set and cleared",
                 )
-            sent.setdefault(name, WireValue("null", None))
+            sent.setdefault(
+                name, (f"custom_fields_changeset.clear_fields[{i}]", WireValue("null", None))
+            )
         v.raise_if_any()
 
         async def work(db: AsyncSession) -> pb.Session:
@@ -242,9 +247,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 rules.check_metadata(after, "metadata_changeset.put_fields", metadata)
                 after.raise_if_any()
                 columns.update(tags=tags, metadata=metadata)
-            writes = await self._field_writes(
-                db, caller, sent, "custom_fields_changeset.set_fields"
-            )
+            writes = await self._field_writes(db, caller, sent)
             await repo.update_fields(request.session_id, **columns)
             await repo.set_custom_values(request.session_id, writes)
             state = await repo.commit_change(request.session_id, "updated")

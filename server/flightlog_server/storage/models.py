@@ -7,6 +7,9 @@ Conventions:
   orgs by accident, and the schema can be distributed by ``org_id`` (Citus) when one PostgreSQL
   is not enough. Identity tables (orgs, principals, memberships, API keys) are small and global.
 * Nanosecond timestamps are ``BIGINT``; wall-clock audit times are ``timestamptz``.
+* Text that listings order by (names, device IDs, paths, string values) is ``COLLATE "C"``:
+  code-point order, the same on every server whatever its default collation, and the order a
+  client (or a test) gets by sorting the strings itself. Their indexes are built with it.
 * Enumerations are ``text`` with a CHECK constraint, so adding a value is a one-line migration.
 * ``sessions.wire_record`` caches the session's serialized API form (see ``SessionRepository``):
   it is rewritten in the same transaction as every write that changes the session, which lets
@@ -32,6 +35,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -41,7 +45,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from flightlog_server.domain.types import Instant
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -61,6 +69,24 @@ class Base(DeclarativeBase):
 def table(model: type[Base]) -> Table:
     """The Core table of a model, for SQLAlchemy Core statements (typed as a Table)."""
     return cast(Table, model.__table__)
+
+
+class InstantNs(TypeDecorator[Instant]):
+    """An ``Instant`` stored exactly as ``numeric(21, 0)`` nanoseconds since the Unix epoch.
+
+    ``timestamptz`` keeps microseconds and ``bigint`` nanoseconds only reach the years 1677 to
+    2262, while a ``google.protobuf.Timestamp`` spans the years 1 to 9999 in nanoseconds; 21
+    digits hold that range, and numeric compares and indexes like any number.
+    """
+
+    impl = Numeric(21, 0)
+    cache_ok = True
+
+    def process_bind_param(self, value: Instant | None, dialect: Dialect) -> int | None:
+        return None if value is None else value.ns
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Instant | None:
+        return None if value is None else Instant(int(value))
 
 
 def _created() -> Mapped[dt.datetime]:
@@ -143,7 +169,7 @@ class Device(Base):
     __table_args__ = (PrimaryKeyConstraint("org_id", "device_id"),)
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
-    device_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str] = mapped_column(String(128, collation="C"))
     name: Mapped[str] = mapped_column(String(120), nullable=False, server_default="")
     created: Mapped[dt.datetime] = _created()
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -165,7 +191,7 @@ class Dataset(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
     dataset_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(120), nullable=False, server_default="")
-    device_id: Mapped[str | None] = mapped_column(String(128))
+    device_id: Mapped[str | None] = mapped_column(String(128, collation="C"))
     created: Mapped[dt.datetime] = _created()
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
     # Idempotency key of the create call, and a digest of its body to detect reuse.
@@ -195,8 +221,8 @@ class File(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
     file_id: Mapped[str] = mapped_column(String(64))
     dataset_id: Mapped[str] = mapped_column(String(64), nullable=False)
-    device_id: Mapped[str | None] = mapped_column(String(128))
-    relative_path: Mapped[str] = mapped_column(Text, nullable=False)
+    device_id: Mapped[str | None] = mapped_column(String(128, collation="C"))
+    relative_path: Mapped[str] = mapped_column(Text(collation="C"), nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     unix_epoch_offset_ns: Mapped[int] = mapped_column(
         BigInteger, nullable=False, server_default=text("0")
@@ -224,7 +250,7 @@ class Topic(Base):
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
     topic_id: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str] = mapped_column(Text(collation="C"), nullable=False)
     schema_name: Mapped[str] = mapped_column(Text, nullable=False)
     message_encoding: Mapped[str] = mapped_column(String(64), nullable=False)
 
@@ -311,7 +337,7 @@ class Session(Base):
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
     session_id: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str | None] = mapped_column(String(120))
+    name: Mapped[str | None] = mapped_column(String(120, collation="C"))
     description: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default=text("'{}'")
@@ -393,7 +419,7 @@ class SessionDevice(Base):
 
     org_id: Mapped[str] = mapped_column(String(64))
     session_id: Mapped[str] = mapped_column(String(64))
-    device_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str] = mapped_column(String(128, collation="C"))
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
     attached: Mapped[dt.datetime] = _created()
     attached_by: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -412,7 +438,7 @@ class CustomField(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
     custom_field_id: Mapped[str] = mapped_column(String(64))
     entity_type: Mapped[str] = mapped_column(String(32), nullable=False)
-    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    name: Mapped[str] = mapped_column(String(63, collation="C"), nullable=False)
     type: Mapped[str] = mapped_column(String(16), nullable=False)
     enum_values: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default=text("'{}'")
@@ -440,14 +466,14 @@ class SessionCustomFieldValue(Base):
             ondelete="CASCADE",
         ),
         CheckConstraint(
-            "num_nonnulls(bool_value, text_value, number_value, timestamp_value) = 1",
+            "num_nonnulls(bool_value, text_value, number_value, timestamp_ns) = 1",
             name="one_value",
         ),
         # Filtering and sorting by a custom field walk these, one per value type.
         Index(None, "org_id", "custom_field_id", "bool_value", "session_id"),
         Index(None, "org_id", "custom_field_id", "text_value", "session_id"),
         Index(None, "org_id", "custom_field_id", "number_value", "session_id"),
-        Index(None, "org_id", "custom_field_id", "timestamp_value", "session_id"),
+        Index(None, "org_id", "custom_field_id", "timestamp_ns", "session_id"),
     )
 
     org_id: Mapped[str] = mapped_column(String(64))
@@ -455,9 +481,10 @@ class SessionCustomFieldValue(Base):
     custom_field_id: Mapped[str] = mapped_column(String(64))
     bool_value: Mapped[bool | None] = mapped_column(Boolean)
     # ENUM and STRING values.
-    text_value: Mapped[str | None] = mapped_column(Text)
+    text_value: Mapped[str | None] = mapped_column(Text(collation="C"))
     number_value: Mapped[float | None] = mapped_column(Double)
-    timestamp_value: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # TIMESTAMP values, exact to the nanosecond (see InstantNs).
+    timestamp_ns: Mapped[Instant | None] = mapped_column(InstantNs())
 
 
 class Metric(Base):
@@ -471,7 +498,7 @@ class Metric(Base):
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
     metric_id: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(128, collation="C"), nullable=False)
     created: Mapped[dt.datetime] = _created()
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
 
@@ -499,7 +526,7 @@ class SessionMetricValue(Base):
     session_id: Mapped[str] = mapped_column(String(64))
     metric_id: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Double, nullable=False)
-    device_id: Mapped[str | None] = mapped_column(String(128))
+    device_id: Mapped[str | None] = mapped_column(String(128, collation="C"))
     published: Mapped[dt.datetime] = _created()
     published_by: Mapped[str] = mapped_column(String(64), nullable=False)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 from psycopg import AsyncRawCursor
@@ -74,8 +75,9 @@ from flightlog_server.domain.listing import (
     SessionOrder,
     SortKey,
 )
-from flightlog_server.domain.types import CustomFieldType
+from flightlog_server.domain.types import CustomFieldType, Instant
 from flightlog_server.storage import models as m
+from flightlog_server.storage.models import InstantNs
 
 __all__ = ["Framing", "Page", "SessionListingQuery", "escape_like"]
 
@@ -95,7 +97,7 @@ _VALUE_COLUMNS: dict[CustomFieldType, tuple[str, TypeEngine[Any]]] = {
     CustomFieldType.ENUM: ("text_value", Text()),
     CustomFieldType.NUMBER: ("number_value", Double()),
     CustomFieldType.STRING: ("text_value", Text()),
-    CustomFieldType.TIMESTAMP: ("timestamp_value", DateTime(timezone=True)),
+    CustomFieldType.TIMESTAMP: ("timestamp_ns", InstantNs()),
 }
 
 
@@ -211,7 +213,7 @@ class SessionListingQuery:
                 records.append(blob)
                 size += len(blob)
                 count += found
-                last = ListPosition(absent, value, session_id)
+                last = ListPosition(absent, _sort_value_of(value), session_id)
             if count >= limit:
                 break
         if last is None or count == 0:
@@ -239,7 +241,7 @@ class SessionListingQuery:
                 last = (
                     ListPosition(True, None, row[1])
                     if absent
-                    else ListPosition(False, row[1], row[2])
+                    else ListPosition(False, _sort_value_of(row[1]), row[2])
                 )
             if count >= limit:
                 break
@@ -453,6 +455,12 @@ def _framed(record: ColumnElement[bytes], tag: int) -> ColumnElement[bytes]:
     return varint.op("||")(prefix).op("||")(record)
 
 
+def _sort_value_of(value: Any) -> Any:
+    """A sort value as read in binary: timestamps of custom fields arrive as ``numeric``
+    nanoseconds (``Decimal``) and are kept as ``int`` (see ``models.InstantNs``)."""
+    return int(value) if isinstance(value, Decimal) else value
+
+
 def _sort_value(s: Any, key: SortKey) -> tuple[ColumnElement[Any], TypeEngine[Any]]:
     if key is SortKey.CREATED:
         return s.c.created, DateTime(timezone=True)
@@ -531,7 +539,7 @@ def _filter_params(spec: SessionFilterSpec) -> dict[str, Any]:
     for i, condition in enumerate(spec.conditions):
         params[f"c{i}_field"] = condition.field.custom_field_id
         for j, operand in enumerate(condition.operands):
-            params[f"c{i}_operand{j}"] = operand
+            params[f"c{i}_operand{j}"] = operand.ns if isinstance(operand, Instant) else operand
     return params
 
 

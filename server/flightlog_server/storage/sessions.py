@@ -45,7 +45,7 @@ VALUE_COLUMNS: dict[CustomFieldType, str] = {
     CustomFieldType.ENUM: "text_value",
     CustomFieldType.NUMBER: "number_value",
     CustomFieldType.STRING: "text_value",
-    CustomFieldType.TIMESTAMP: "timestamp_value",
+    CustomFieldType.TIMESTAMP: "timestamp_ns",
 }
 
 S = m.table(m.Session)
@@ -125,7 +125,7 @@ class SessionRepository:
                 V.c.bool_value,
                 V.c.text_value,
                 V.c.number_value,
-                V.c.timestamp_value,
+                V.c.timestamp_ns,
             )
             .join(CF, and_(CF.c.org_id == V.c.org_id, CF.c.custom_field_id == V.c.custom_field_id))
             .where(V.c.org_id == self.org_id, V.c.session_id == session_id, CF.c.status == "ready")
@@ -133,7 +133,7 @@ class SessionRepository:
         values: dict[str, tuple[CustomFieldType, FieldValue]] = {}
         for name, type_, b, t, n, ts in rows:
             field_type = CustomFieldType(type_)
-            value = {"bool_value": b, "text_value": t, "number_value": n, "timestamp_value": ts}[
+            value = {"bool_value": b, "text_value": t, "number_value": n, "timestamp_ns": ts}[
                 VALUE_COLUMNS[field_type]
             ]
             values[name] = (field_type, value)
@@ -283,7 +283,7 @@ class SessionRepository:
                 "bool_value": None,
                 "text_value": None,
                 "number_value": None,
-                "timestamp_value": None,
+                "timestamp_ns": None,
             }
             row[VALUE_COLUMNS[type_]] = value
             rows.append(row)
@@ -294,7 +294,7 @@ class SessionRepository:
                     index_elements=[V.c.org_id, V.c.session_id, V.c.custom_field_id],
                     set_={
                         c: stmt.excluded[c]
-                        for c in ("bool_value", "text_value", "number_value", "timestamp_value")
+                        for c in ("bool_value", "text_value", "number_value", "timestamp_ns")
                     },
                 ),
                 rows,
