@@ -26,12 +26,13 @@ from flightlog.v1 import (
 from flightlog_server.domain.errors import DomainError
 from flightlog_server.metrics import Metrics
 from flightlog_server.rpc import convert, preserialized
-from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
+from flightlog_server.rpc.calls import CallInterceptor, CallObserver
 from flightlog_server.rpc.catalog import CatalogServicer
 from flightlog_server.rpc.custom_fields import CustomFieldServicer
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.services.catalog import Catalog
 from flightlog_server.services.custom_fields import CustomFields
+from flightlog_server.services.identity import Authenticator
 from flightlog_server.services.records import count_stale
 from flightlog_server.services.session_parts import SessionParts
 from flightlog_server.services.sessions import Sessions

@@ -122,8 +122,12 @@ _LOCKED_COLUMNS = """
     s.wire_record, s.record_version
 """
 
-_LOCK_SESSIONS = f"""
-    SELECT {_LOCKED_COLUMNS}
+# Locking and reading are two statements, sent together. A row locked ``FOR UPDATE`` after
+# waiting for another writer is read again as that writer left it, but the subqueries of the
+# same statement (devices, custom-field values) would still see the snapshot taken before the
+# wait; the read that follows the lock takes a snapshot of its own, after it.
+_LOCK_SESSIONS = """
+    SELECT s.session_id
     FROM sessions s
     WHERE s.org_id = $1 AND s.session_id = ANY($2::text[])
     ORDER BY s.session_id
@@ -139,8 +143,11 @@ _READ_SESSIONS = f"""
 
 
 async def lock_sessions(tx: Tx, org_id: str, session_ids: Sequence[str]) -> list[LockedSession]:
-    """Locks the sessions that exist in the org, in session ID order, and reads them."""
-    rows = await tx.rows(_LOCK_SESSIONS, [org_id, list(session_ids)])
+    """Locks the sessions that exist in the org, in session ID order, and reads them (in that
+    order); one round trip."""
+    params = [org_id, list(session_ids)]
+    await tx.run(_LOCK_SESSIONS, params)
+    rows = await tx.rows(_READ_SESSIONS + " ORDER BY s.session_id", params)
     return [_locked(row) for row in rows]
 
 
@@ -252,23 +259,32 @@ async def lock_dependents(
     Sessions are locked before the row because every write of a session locks the session first
     and may then touch the row (adding a file holds it with ``FOR KEY SHARE``): the same order
     everywhere, so that writers wait for each other instead of deadlocking."""
+    params = [org_id, parent_id]
+    locked_ids = await tx.send(
+        f"""SELECT s.session_id FROM sessions s
+            WHERE s.org_id = $1 AND s.session_id IN ({parent.dependents})
+            ORDER BY s.session_id FOR UPDATE OF s""",
+        params,
+    )
+    parent_row = await tx.send(
+        f"""SELECT EXISTS ({parent.lock}),
+                   ARRAY(SELECT session_id FROM ({parent.dependents}) d ORDER BY session_id)""",
+        params,
+    )
+    # Read after both locks (see _LOCK_SESSIONS), all three in one round trip.
     sessions = await tx.rows(
         f"""SELECT {_LOCKED_COLUMNS} FROM sessions s
             WHERE s.org_id = $1 AND s.session_id IN ({parent.dependents})
-            ORDER BY s.session_id FOR UPDATE OF s""",
-        [org_id, parent_id],
+            ORDER BY s.session_id""",
+        params,
     )
-    row = await tx.one(
-        f"""SELECT EXISTS ({parent.lock}),
-                   ARRAY(SELECT session_id FROM ({parent.dependents}) d ORDER BY session_id)""",
-        [org_id, parent_id],
-    )
-    if not row[0]:
+    exists, dependents = await parent_row.one()
+    if not exists:
         raise NotFound(parent.kind, [parent_id])
-    locked = [_locked(r) for r in sessions]
-    if list(row[1]) != [s.session_id for s in locked]:
+    ids = [row[0] for row in await locked_ids.rows()]
+    if list(dependents) != ids or [row[0] for row in sessions] != ids:
         raise RetryTransaction(f"the sessions depending on {parent_id} changed while locking")
-    return locked
+    return [_locked(row) for row in sessions]
 
 
 # --- 2. what SQL computes -------------------------------------------------------------------------
