@@ -22,16 +22,21 @@ from flightlog.v1 import (
     custom_field_service_pb2_grpc,
     session_service_pb2_grpc,
 )
-from flightlog_server.app import FlightlogServer, ServerSettings
+from flightlog_server.app import SESSION_RECORDS, FlightlogServer, ServerSettings
+from flightlog_server.services.unit_of_work import RecordFormat
 from flightlog_server.storage.database import Database, DatabaseSettings
 from flightlog_server.storage.identity import IdentityRepository
 
 
 class ServerThread:
-    """Runs a FlightlogServer in a thread; ``port`` is its bound loopback port."""
+    """Runs a FlightlogServer in a thread; ``port`` is its bound loopback port. ``record_format``
+    stands for another version of the server's encoding of sessions (default: this one's)."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self, settings: ServerSettings, record_format: RecordFormat = SESSION_RECORDS
+    ) -> None:
         self.settings = settings
+        self.record_format = record_format
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -39,7 +44,7 @@ class ServerThread:
         self.port = self.server.port
 
     async def _start(self) -> FlightlogServer:
-        server = FlightlogServer(self.settings)
+        server = FlightlogServer(self.settings, self.record_format)
         await server.start()
         return server
 

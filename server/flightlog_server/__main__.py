@@ -144,6 +144,17 @@ def _build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("principal_id")
     revoke_key = actions.add_parser("revoke-api-key", help="revoke an API key by its ID (ak_...)")
     revoke_key.add_argument("api_key_id")
+    reencode = actions.add_parser(
+        "reencode-sessions",
+        help="rewrite the session records an older version of the server encoded (online, in"
+        " small batches, while servers serve); until then they are re-encoded where read",
+    )
+    reencode.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="sessions rewritten per transaction (default 500)",
+    )
     return parser
 
 
@@ -190,6 +201,8 @@ def _admin(args: argparse.Namespace) -> int:
     from flightlog_server.storage.identity import IdentityRepository
 
     url = _require_url(args)
+    if args.action == "reencode-sessions":
+        return _reencode_sessions(url, args.batch_size)
 
     async def work(session: Any) -> str | None:
         repo = IdentityRepository(session)
@@ -214,6 +227,32 @@ def _admin(args: argparse.Namespace) -> int:
         return 1
     if result is not None:
         print(result)
+    return 0
+
+
+def _reencode_sessions(url: str, batch_size: int) -> int:
+    from rich.progress import Progress
+
+    from flightlog_server.app import SESSION_RECORDS as record_format
+    from flightlog_server.services.records import count_stale, reencode_sessions
+
+    async def run() -> int:
+        database = Database(DatabaseSettings(url=url, pool_size=2))
+        try:
+            stale = await count_stale(database, record_format)
+            with Progress(transient=True) as progress:
+                task = progress.add_task("re-encoding session records", total=stale)
+                return await reencode_sessions(
+                    database,
+                    record_format,
+                    batch_size=batch_size,
+                    progress=lambda done: progress.update(task, completed=done),
+                )
+        finally:
+            await database.close()
+
+    done = asyncio.run(run())
+    print(f"re-encoded {done} session records (encoding version {record_format.version})")
     return 0
 
 

@@ -23,18 +23,28 @@ from flightlog.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from flightlog_server.domain.errors import DomainError
 from flightlog_server.metrics import Metrics
-from flightlog_server.rpc import preserialized
-from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
+from flightlog_server.rpc import convert, preserialized
+from flightlog_server.rpc.calls import CallInterceptor, CallObserver
 from flightlog_server.rpc.catalog import CatalogServicer
 from flightlog_server.rpc.custom_fields import CustomFieldServicer
 from flightlog_server.rpc.sessions import SessionServicer
+from flightlog_server.services.catalog import Catalog
+from flightlog_server.services.custom_fields import CustomFields
+from flightlog_server.services.identity import Authenticator
+from flightlog_server.services.records import count_stale
+from flightlog_server.services.session_parts import SessionParts
+from flightlog_server.services.sessions import Sessions
+from flightlog_server.services.unit_of_work import RecordFormat
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
 from flightlog_server.storage.database import Database, DatabaseSettings
 
 log = logging.getLogger("flightlog.server")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# How this server encodes sessions' stored records (the API's serialized Session).
+SESSION_RECORDS = RecordFormat(convert.RECORD_VERSION, convert.encode_session)
 SERVICE_NAMES = (
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
@@ -69,9 +79,14 @@ class ServerSettings:
 
 
 class FlightlogServer:
-    """A started server: ``port`` is the bound port (useful with ``:0``)."""
+    """A started server: ``port`` is the bound port (useful with ``:0``). ``record_format`` is
+    how sessions' records are encoded (tests pass another to stand for an older server)."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        record_format: RecordFormat = SESSION_RECORDS,
+    ) -> None:
         self.settings = settings
         self.database = Database(settings.database)
         self.metrics = Metrics() if settings.metrics_port is not None else None
@@ -92,19 +107,20 @@ class FlightlogServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        # ListSessions streams pre-serialized batches (rpc.preserialized, rpc.session_listing).
-        sessions = SessionServicer(self.database)
+        # The use cases, each given the database and the format of sessions' stored records.
+        self.record_format = record_format
+        sessions = Sessions(self.database, record_format)
+        # Sessions are returned as stored: their handlers return pre-serialized responses.
         preserialized.add_servicer(
             session_service_pb2_grpc.add_SessionServiceServicer_to_server,
-            sessions,
+            SessionServicer(sessions, SessionParts(self.database), self.database),
             self.server,
-            streams={"ListSessions": sessions.ListSessions},
         )
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(self.database), self.server
+            CatalogServicer(Catalog(self.database, record_format)), self.server
         )
         custom_field_service_pb2_grpc.add_CustomFieldServiceServicer_to_server(
-            CustomFieldServicer(self.database), self.server
+            CustomFieldServicer(CustomFields(self.database, record_format)), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(
@@ -132,6 +148,7 @@ class FlightlogServer:
                 self.settings.metrics_port, self.settings.metrics_address
             )
         await self._update_health()
+        await self._report_stale_records()
         self._watch = asyncio.create_task(self._watch_database())
         if self.settings.change_retention_days > 0:
             self._prune = asyncio.create_task(self._prune_changes())
@@ -159,6 +176,24 @@ class FlightlogServer:
         while True:
             await asyncio.sleep(self.settings.health_interval_seconds)
             await self._update_health()
+
+    async def _report_stale_records(self) -> None:
+        """Says, once at start, when records written by an older encoding remain (they are
+        re-encoded where they are read until they are rewritten)."""
+        try:
+            stale = await count_stale(self.database, self.record_format, cap=1_000_000)
+        except DomainError:  # the database is not there yet: nothing to report
+            return
+        if stale:
+            more = "+" if stale >= 1_000_000 else ""
+            log.warning(
+                "%d%s session records were written by an older encoding than this server's"
+                " (version %d): they are re-encoded on every read until"
+                " 'flightlog-server admin reencode-sessions' rewrites them",
+                stale,
+                more,
+                self.record_format.version,
+            )
 
     async def _prune_changes(self) -> None:
         # Each server prunes; concurrent prunes of the same rows are harmless.

@@ -18,8 +18,10 @@ import datetime as dt
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -33,9 +35,26 @@ from flightlog_server.storage.urls import libpq_conninfo
 
 
 class ServerProcess:
-    """A server subprocess; ``target`` is its loopback address."""
+    """A server subprocess; ``target`` is its loopback address.
 
-    def __init__(self, kind: str, url: str, profile: str | None = None) -> None:
+    ``kind`` is ``real`` or ``bare`` (served by this module), or ``serve``: the real
+    ``python -m flightlog_server serve`` with ``workers`` processes on a free port.
+    """
+
+    def __init__(self, kind: str, url: str, profile: str | None = None, workers: int = 1) -> None:
+        if kind == "serve":
+            port = _free_port()
+            command = [
+                sys.executable, "-m", "flightlog_server", "serve", "--database-url", url,
+                "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--no-migrate",
+                "--log-level", "WARNING",
+            ]  # fmt: skip
+            self.process: subprocess.Popen[str] = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, text=True
+            )
+            self.target = f"127.0.0.1:{port}"
+            _wait_serving(self.target, self.process)
+            return
         command = [sys.executable, "-m", "tests.bench.processes", kind, url]
         if profile:
             command += ["--profile", profile]
@@ -71,6 +90,32 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_serving(target: str, process: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """Returns once the health service of every worker answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"no SERVING health check from {target} within {timeout} s")
 
 
 # --- the real server -------------------------------------------------------------------------
@@ -169,6 +214,27 @@ class BareSessions(session_service_pb2_grpc.SessionServiceServicer):
             )
         return pb.CreateSessionResponse(session=session)
 
+    async def UpdateSession(
+        self, request: pb.UpdateSessionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateSessionResponse:
+        """The tags put, as one UPDATE returning the record (custom fields and metrics, which
+        a real update also writes, are not stored: this is the floor of an update)."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE sessions SET tags = array_append(array_remove(tags, %s), %s),"
+                " modified = now() WHERE org_id = %s AND session_id = %s RETURNING wire_record",
+                (
+                    request.metadata_changeset.put_tags[0],
+                    request.metadata_changeset.put_tags[0],
+                    self._org(context),
+                    request.session_id,
+                ),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "session not found")
+        return pb.UpdateSessionResponse(session=pb.Session.FromString(row[0]))
+
 
 async def _serve_bare(url: str) -> None:
     async with AsyncConnectionPool(
@@ -176,7 +242,7 @@ async def _serve_bare(url: str) -> None:
     ) as pool:
         server = aio.server()
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            BareSessions(pool),  # type: ignore[abstract]  # only Get and Create are served
+            BareSessions(pool),  # type: ignore[abstract]  # only Get, Create and Update are served
             server,
         )
         port = server.add_insecure_port("127.0.0.1:0")

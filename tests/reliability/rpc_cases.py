@@ -150,6 +150,29 @@ SESSION_REQUESTS: dict[str, Builder] = {
         pb.CreateSessionFromDatasetRequest(dataset_id=t.dataset_id, name="n"),
     ],
     "GetSession": lambda t, m: [pb.GetSessionRequest(session_id=t.session_id)],
+    "BatchCreateSessions": lambda t, m: [
+        pb.BatchCreateSessionsRequest(
+            requests=[
+                pb.CreateSessionRequest(name="n", device_ids=[t.device_id]),
+                pb.CreateSessionRequest(
+                    name="m",
+                    custom_fields={
+                        t.custom_field_name: common_pb2.CustomFieldValue(string_value="v")
+                    },
+                ),
+            ]
+        ),
+        pb.BatchCreateSessionsRequest(
+            requests=[
+                pb.CreateSessionRequest(name="mine", device_ids=[m.device_id]),
+                pb.CreateSessionRequest(name="theirs", device_ids=[t.device_id]),
+            ]
+        ),
+    ],
+    "BatchGetSessions": lambda t, m: [
+        pb.BatchGetSessionsRequest(session_ids=[t.session_id, t.empty_session_id]),
+        pb.BatchGetSessionsRequest(session_ids=[m.session_id, t.session_id]),
+    ],
     "UpdateSession": lambda t, m: [
         pb.UpdateSessionRequest(
             session_id=t.session_id,
@@ -163,6 +186,9 @@ SESSION_REQUESTS: dict[str, Builder] = {
             ),
             custom_fields_changeset=pb.CustomFieldChangeset(
                 set_fields={t.custom_field_name: common_pb2.CustomFieldValue(string_value="other")}
+            ),
+            metrics=pb.MetricValues(
+                entries=[pb.MetricEntry(name="speed", value=1.5)], device_id=t.device_id
             ),
         )
     ],
@@ -220,6 +246,36 @@ SESSION_REQUESTS: dict[str, Builder] = {
             session_id=m.session_id,
             metrics=[pb.MetricEntry(name="speed", value=2.5)],
             device_id=t.device_id,
+        ),
+    ],
+    "PublishMetrics": lambda t, m: [
+        pb.PublishMetricsRequest(
+            requests=[
+                pb.PublishSessionMetricsRequest(
+                    session_id=t.session_id,
+                    metrics=[pb.MetricEntry(name="speed", value=2.5)],
+                    device_id=t.device_id,
+                ),
+                pb.PublishSessionMetricsRequest(
+                    session_id=t.empty_session_id,
+                    metrics=[pb.MetricEntry(name="speed", value=3.5)],
+                    no_device=True,
+                ),
+            ]
+        ),
+        pb.PublishMetricsRequest(
+            requests=[
+                pb.PublishSessionMetricsRequest(
+                    session_id=m.session_id,
+                    metrics=[pb.MetricEntry(name="speed", value=2.5)],
+                    no_device=True,
+                ),
+                pb.PublishSessionMetricsRequest(
+                    session_id=t.session_id,
+                    metrics=[pb.MetricEntry(name="speed", value=2.5)],
+                    no_device=True,
+                ),
+            ]
         ),
     ],
     "ListSessionMetrics": lambda t, m: [pb.ListSessionMetricsRequest(session_id=t.session_id)],

@@ -571,7 +571,7 @@ def test_a_later_revision_cannot_commit_before_an_earlier_one(
 
     with psycopg.connect(libpq_conninfo(database_url)) as held:
         (revision,) = held.execute(
-            "UPDATE orgs SET revision = revision + 1 WHERE org_id = %s RETURNING revision",
+            "UPDATE change_feeds SET revision = revision + 1 WHERE org_id = %s RETURNING revision",
             (org.org_id,),
         ).fetchone() or (None,)
         assert revision == 2

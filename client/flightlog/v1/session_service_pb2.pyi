@@ -145,7 +145,9 @@ class _SessionChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ses
     SESSION_CHANGE_KIND_CREATED: _SessionChangeKind.ValueType  # 1
     """The session was created."""
     SESSION_CHANGE_KIND_UPDATED: _SessionChangeKind.ValueType  # 2
-    """Name, description, tags, metadata or custom-field values changed."""
+    """Name, description, tags, metadata or custom-field values changed (metric values may have
+    been published by the same UpdateSession call).
+    """
     SESSION_CHANGE_KIND_DELETED: _SessionChangeKind.ValueType  # 3
     """The session was deleted; `session` is absent."""
     SESSION_CHANGE_KIND_FILES_CHANGED: _SessionChangeKind.ValueType  # 4
@@ -165,7 +167,9 @@ SESSION_CHANGE_KIND_UNSPECIFIED: SessionChangeKind.ValueType  # 0
 SESSION_CHANGE_KIND_CREATED: SessionChangeKind.ValueType  # 1
 """The session was created."""
 SESSION_CHANGE_KIND_UPDATED: SessionChangeKind.ValueType  # 2
-"""Name, description, tags, metadata or custom-field values changed."""
+"""Name, description, tags, metadata or custom-field values changed (metric values may have
+been published by the same UpdateSession call).
+"""
 SESSION_CHANGE_KIND_DELETED: SessionChangeKind.ValueType  # 3
 """The session was deleted; `session` is absent."""
 SESSION_CHANGE_KIND_FILES_CHANGED: SessionChangeKind.ValueType  # 4
@@ -831,6 +835,104 @@ class GetSessionResponse(_message.Message):
 Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
 
 @_typing.final
+class BatchCreateSessionsRequest(_message.Message):
+    """Request for SessionService.BatchCreateSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateSessionRequest]:
+        """Required. The sessions to create, 1 to 1,000, each with an optional `request_id` (distinct
+        within the call).
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreateSessionRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateSessionsRequest: _TypeAlias = BatchCreateSessionsRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateSessionsResponse(_message.Message):
+    """Response for SessionService.BatchCreateSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
+        """The sessions, in the order of the request's `requests`."""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___Session] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateSessionsResponse: _TypeAlias = BatchCreateSessionsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetSessionsRequest(_message.Message):
+    """Request for SessionService.BatchGetSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required. The session IDs, 1 to 1,000."""
+
+    def __init__(
+        self,
+        *,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetSessionsRequest: _TypeAlias = BatchGetSessionsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetSessionsResponse(_message.Message):
+    """Response for SessionService.BatchGetSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
+        """The sessions, in the order of the request's `session_ids`."""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___Session] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetSessionsResponse: _TypeAlias = BatchGetSessionsResponse  # noqa: Y015
+
+@_typing.final
 class MetadataChangeset(_message.Message):
     """Tag and metadata changes applied by UpdateSession, puts before removes."""
 
@@ -939,6 +1041,7 @@ class UpdateSessionRequest(_message.Message):
     METADATA_CHANGESET_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELDS_CHANGESET_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Required. The session ID."""
     expected_revision: _builtins.int
@@ -961,6 +1064,12 @@ class UpdateSessionRequest(_message.Message):
     def custom_fields_changeset(self) -> Global___CustomFieldChangeset:
         """Custom-field value changes; absent to leave them unchanged."""
 
+    @_builtins.property
+    def metrics(self) -> Global___MetricValues:
+        """Metric values to publish with the update; absent to publish none. Unlike
+        PublishSessionMetrics, a bad entry fails the whole call.
+        """
+
     def __init__(
         self,
         *,
@@ -970,16 +1079,51 @@ class UpdateSessionRequest(_message.Message):
         metadata_changeset: Global___MetadataChangeset | None = ...,
         custom_fields_changeset: Global___CustomFieldChangeset | None = ...,
         expected_revision: _builtins.int | None = ...,
+        metrics: Global___MetricValues | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "custom_fields_changeset", b"custom_fields_changeset", "description", b"description", "expected_revision", b"expected_revision", "metadata_changeset", b"metadata_changeset", "name", b"name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "custom_fields_changeset", b"custom_fields_changeset", "description", b"description", "expected_revision", b"expected_revision", "metadata_changeset", b"metadata_changeset", "metrics", b"metrics", "name", b"name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "custom_fields_changeset", b"custom_fields_changeset", "description", b"description", "expected_revision", b"expected_revision", "metadata_changeset", b"metadata_changeset", "name", b"name", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "custom_fields_changeset", b"custom_fields_changeset", "description", b"description", "expected_revision", b"expected_revision", "metadata_changeset", b"metadata_changeset", "metrics", b"metrics", "name", b"name", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_revision: _TypeAlias = _typing.Literal["expected_revision"]  # noqa: Y015
     _WhichOneofArgType__expected_revision: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_revision) -> _WhichOneofReturnType__expected_revision | None: ...
 
 Global___UpdateSessionRequest: _TypeAlias = UpdateSessionRequest  # noqa: Y015
+
+@_typing.final
+class MetricValues(_message.Message):
+    """Metric values to publish on one session, with the device to associate them with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    NO_DEVICE_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Associate the values with this device, which must exist in the org."""
+    no_device: _builtins.bool
+    """Associate the values with no device. The value is ignored."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricEntry]:
+        """Required. The values to record, 1 to 1,000. A name repeated in one call keeps its last value."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___MetricEntry] | None = ...,
+        device_id: _builtins.str = ...,
+        no_device: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_id", b"device_id", "no_device", b"no_device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_id", b"device_id", "entries", b"entries", "no_device", b"no_device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_device: _TypeAlias = _typing.Literal["device_id", "no_device"]  # noqa: Y015
+    _WhichOneofArgType_device: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_device) -> _WhichOneofReturnType_device | None: ...
+
+Global___MetricValues: _TypeAlias = MetricValues  # noqa: Y015
 
 @_typing.final
 class UpdateSessionResponse(_message.Message):
@@ -1761,6 +1905,56 @@ class PublishSessionMetricsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishSessionMetricsResponse: _TypeAlias = PublishSessionMetricsResponse  # noqa: Y015
+
+@_typing.final
+class PublishMetricsRequest(_message.Message):
+    """Request for SessionService.PublishMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishSessionMetricsRequest]:
+        """Required. One PublishSessionMetrics request per session, 1 to 1,000, each naming another
+        session; 10,000 entries at most in all.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___PublishSessionMetricsRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishMetricsRequest: _TypeAlias = PublishMetricsRequest  # noqa: Y015
+
+@_typing.final
+class PublishMetricsResponse(_message.Message):
+    """Response for SessionService.PublishMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishSessionMetricsResponse]:
+        """One response per item of the request's `requests`, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___PublishSessionMetricsResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishMetricsResponse: _TypeAlias = PublishMetricsResponse  # noqa: Y015
 
 @_typing.final
 class ListSessionMetricsRequest(_message.Message):

@@ -59,6 +59,16 @@ class SessionServiceStub:
                 request_serializer=flightlog_dot_v1_dot_session__service__pb2.GetSessionRequest.SerializeToString,
                 response_deserializer=flightlog_dot_v1_dot_session__service__pb2.GetSessionResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateSessions = channel.unary_unary(
+                '/flightlog.v1.SessionService/BatchCreateSessions',
+                request_serializer=flightlog_dot_v1_dot_session__service__pb2.BatchCreateSessionsRequest.SerializeToString,
+                response_deserializer=flightlog_dot_v1_dot_session__service__pb2.BatchCreateSessionsResponse.FromString,
+                _registered_method=True)
+        self.BatchGetSessions = channel.unary_unary(
+                '/flightlog.v1.SessionService/BatchGetSessions',
+                request_serializer=flightlog_dot_v1_dot_session__service__pb2.BatchGetSessionsRequest.SerializeToString,
+                response_deserializer=flightlog_dot_v1_dot_session__service__pb2.BatchGetSessionsResponse.FromString,
+                _registered_method=True)
         self.UpdateSession = channel.unary_unary(
                 '/flightlog.v1.SessionService/UpdateSession',
                 request_serializer=flightlog_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
@@ -119,6 +129,11 @@ class SessionServiceStub:
                 request_serializer=flightlog_dot_v1_dot_session__service__pb2.PublishSessionMetricsRequest.SerializeToString,
                 response_deserializer=flightlog_dot_v1_dot_session__service__pb2.PublishSessionMetricsResponse.FromString,
                 _registered_method=True)
+        self.PublishMetrics = channel.unary_unary(
+                '/flightlog.v1.SessionService/PublishMetrics',
+                request_serializer=flightlog_dot_v1_dot_session__service__pb2.PublishMetricsRequest.SerializeToString,
+                response_deserializer=flightlog_dot_v1_dot_session__service__pb2.PublishMetricsResponse.FromString,
+                _registered_method=True)
         self.ListSessionMetrics = channel.unary_stream(
                 '/flightlog.v1.SessionService/ListSessionMetrics',
                 request_serializer=flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsRequest.SerializeToString,
@@ -178,13 +193,48 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateSessions(self, request, context):
+        """Creates up to 1,000 sessions in one call, all or nothing (AIP-233), each as CreateSession
+        would. The call is idempotent per item: an item whose `request_id` was used before with the
+        same body is not created again, and the session its first call created is returned in its
+        place, so a client resumes an interrupted import by sending the same items again. Sessions
+        are returned in the order of `requests`; every created one is one `created` change in the
+        feed, in that order.
+
+        Errors: INVALID_ARGUMENT for a bad item (violations are named `requests[i].<field>`), for
+        more than 1,000 items or for a `request_id` repeated within the call; NOT_FOUND
+        (DEVICE_NOT_FOUND) when a device does not exist in the org; ALREADY_EXISTS
+        (REQUEST_ID_REUSED) when an item's `request_id` was used with a different body. On any error
+        nothing is created.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetSessions(self, request, context):
+        """Returns up to 1,000 sessions by ID, in the order asked (AIP-231); an ID asked twice is
+        returned twice.
+
+        Errors: NOT_FOUND (SESSION_NOT_FOUND naming every missing ID in `ErrorInfo.metadata["ids"]`)
+        when any of them does not exist in the org; INVALID_ARGUMENT for a malformed ID or more than
+        1,000 IDs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateSession(self, request, context):
         """Updates a session's name, description, tags, metadata and custom-field values.
 
         Fields left absent are preserved. Tag and metadata changes apply puts before removes.
 
-        Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT for a bad field; ABORTED
-        (REVISION_MISMATCH) when `expected_revision` is stale, in which case nothing changes.
+        With `metrics`, the same call also publishes metric values, as PublishSessionMetrics would
+        but all or nothing: one transaction, one change in the feed, one new revision.
+
+        Errors: NOT_FOUND (SESSION_NOT_FOUND, DEVICE_NOT_FOUND for the metrics' explicit device);
+        INVALID_ARGUMENT for a bad field (a bad metric entry included, named
+        `metrics.entries[i]`); ABORTED (REVISION_MISMATCH) when `expected_revision` is stale, in
+        which case nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -312,6 +362,21 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishMetrics(self, request, context):
+        """Records metric values for many sessions in one call: each item of `requests` is a
+        PublishSessionMetrics request, and the response holds one PublishSessionMetricsResponse per
+        item, in the same order. All sessions' values are recorded in one transaction; entries
+        that fail on their own (bad name, NaN) are reported in their item's `failed`, as in
+        PublishSessionMetrics. Each session with a recorded value is one `metrics_published` change.
+
+        Errors: as PublishSessionMetrics, for any item, with violations named
+        `requests[i].<field>` (and then nothing is recorded); INVALID_ARGUMENT for more than 1,000
+        items, more than 10,000 entries in all, or a session named by two items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSessionMetrics(self, request, context):
         """Streams the metric values published to a session, ordered by metric name.
 
@@ -369,6 +434,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetSession,
                     request_deserializer=flightlog_dot_v1_dot_session__service__pb2.GetSessionRequest.FromString,
                     response_serializer=flightlog_dot_v1_dot_session__service__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'BatchCreateSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateSessions,
+                    request_deserializer=flightlog_dot_v1_dot_session__service__pb2.BatchCreateSessionsRequest.FromString,
+                    response_serializer=flightlog_dot_v1_dot_session__service__pb2.BatchCreateSessionsResponse.SerializeToString,
+            ),
+            'BatchGetSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetSessions,
+                    request_deserializer=flightlog_dot_v1_dot_session__service__pb2.BatchGetSessionsRequest.FromString,
+                    response_serializer=flightlog_dot_v1_dot_session__service__pb2.BatchGetSessionsResponse.SerializeToString,
             ),
             'UpdateSession': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSession,
@@ -429,6 +504,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.PublishSessionMetrics,
                     request_deserializer=flightlog_dot_v1_dot_session__service__pb2.PublishSessionMetricsRequest.FromString,
                     response_serializer=flightlog_dot_v1_dot_session__service__pb2.PublishSessionMetricsResponse.SerializeToString,
+            ),
+            'PublishMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishMetrics,
+                    request_deserializer=flightlog_dot_v1_dot_session__service__pb2.PublishMetricsRequest.FromString,
+                    response_serializer=flightlog_dot_v1_dot_session__service__pb2.PublishMetricsResponse.SerializeToString,
             ),
             'ListSessionMetrics': grpc.unary_stream_rpc_method_handler(
                     servicer.ListSessionMetrics,
@@ -532,6 +612,60 @@ class SessionService:
             '/flightlog.v1.SessionService/GetSession',
             flightlog_dot_v1_dot_session__service__pb2.GetSessionRequest.SerializeToString,
             flightlog_dot_v1_dot_session__service__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightlog.v1.SessionService/BatchCreateSessions',
+            flightlog_dot_v1_dot_session__service__pb2.BatchCreateSessionsRequest.SerializeToString,
+            flightlog_dot_v1_dot_session__service__pb2.BatchCreateSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightlog.v1.SessionService/BatchGetSessions',
+            flightlog_dot_v1_dot_session__service__pb2.BatchGetSessionsRequest.SerializeToString,
+            flightlog_dot_v1_dot_session__service__pb2.BatchGetSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -856,6 +990,33 @@ class SessionService:
             '/flightlog.v1.SessionService/PublishSessionMetrics',
             flightlog_dot_v1_dot_session__service__pb2.PublishSessionMetricsRequest.SerializeToString,
             flightlog_dot_v1_dot_session__service__pb2.PublishSessionMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightlog.v1.SessionService/PublishMetrics',
+            flightlog_dot_v1_dot_session__service__pb2.PublishMetricsRequest.SerializeToString,
+            flightlog_dot_v1_dot_session__service__pb2.PublishMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

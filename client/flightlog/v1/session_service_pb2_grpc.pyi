@@ -65,13 +65,40 @@ class SessionServiceStub:
 
     Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT for a malformed ID.
     """
+    BatchCreateSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.BatchCreateSessionsRequest, _session_service_pb2.BatchCreateSessionsResponse]
+    """Creates up to 1,000 sessions in one call, all or nothing (AIP-233), each as CreateSession
+    would. The call is idempotent per item: an item whose `request_id` was used before with the
+    same body is not created again, and the session its first call created is returned in its
+    place, so a client resumes an interrupted import by sending the same items again. Sessions
+    are returned in the order of `requests`; every created one is one `created` change in the
+    feed, in that order.
+
+    Errors: INVALID_ARGUMENT for a bad item (violations are named `requests[i].<field>`), for
+    more than 1,000 items or for a `request_id` repeated within the call; NOT_FOUND
+    (DEVICE_NOT_FOUND) when a device does not exist in the org; ALREADY_EXISTS
+    (REQUEST_ID_REUSED) when an item's `request_id` was used with a different body. On any error
+    nothing is created.
+    """
+    BatchGetSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.BatchGetSessionsRequest, _session_service_pb2.BatchGetSessionsResponse]
+    """Returns up to 1,000 sessions by ID, in the order asked (AIP-231); an ID asked twice is
+    returned twice.
+
+    Errors: NOT_FOUND (SESSION_NOT_FOUND naming every missing ID in `ErrorInfo.metadata["ids"]`)
+    when any of them does not exist in the org; INVALID_ARGUMENT for a malformed ID or more than
+    1,000 IDs.
+    """
     UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]
     """Updates a session's name, description, tags, metadata and custom-field values.
 
     Fields left absent are preserved. Tag and metadata changes apply puts before removes.
 
-    Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT for a bad field; ABORTED
-    (REVISION_MISMATCH) when `expected_revision` is stale, in which case nothing changes.
+    With `metrics`, the same call also publishes metric values, as PublishSessionMetrics would
+    but all or nothing: one transaction, one change in the feed, one new revision.
+
+    Errors: NOT_FOUND (SESSION_NOT_FOUND, DEVICE_NOT_FOUND for the metrics' explicit device);
+    INVALID_ARGUMENT for a bad field (a bad metric entry included, named
+    `metrics.entries[i]`); ABORTED (REVISION_MISMATCH) when `expected_revision` is stale, in
+    which case nothing changes.
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _session_service_pb2.DeleteSessionResponse]
     """Deletes a session with its file contributions, device attachments and metric values.
@@ -151,6 +178,17 @@ class SessionServiceStub:
     INVALID_ARGUMENT when the device is to be inferred and the session has zero or several
     attached devices, or when the batch is empty or too large.
     """
+    PublishMetrics: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.PublishMetricsRequest, _session_service_pb2.PublishMetricsResponse]
+    """Records metric values for many sessions in one call: each item of `requests` is a
+    PublishSessionMetrics request, and the response holds one PublishSessionMetricsResponse per
+    item, in the same order. All sessions' values are recorded in one transaction; entries
+    that fail on their own (bad name, NaN) are reported in their item's `failed`, as in
+    PublishSessionMetrics. Each session with a recorded value is one `metrics_published` change.
+
+    Errors: as PublishSessionMetrics, for any item, with violations named
+    `requests[i].<field>` (and then nothing is recorded); INVALID_ARGUMENT for more than 1,000
+    items, more than 10,000 entries in all, or a session named by two items.
+    """
     ListSessionMetrics: _grpc.UnaryStreamMultiCallable[_session_service_pb2.ListSessionMetricsRequest, _session_service_pb2.ListSessionMetricsResponse]
     """Streams the metric values published to a session, ordered by metric name.
 
@@ -221,13 +259,40 @@ class SessionServiceAsyncStub(SessionServiceStub):
 
     Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT for a malformed ID.
     """
+    BatchCreateSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.BatchCreateSessionsRequest, _session_service_pb2.BatchCreateSessionsResponse]  # type: ignore[assignment]
+    """Creates up to 1,000 sessions in one call, all or nothing (AIP-233), each as CreateSession
+    would. The call is idempotent per item: an item whose `request_id` was used before with the
+    same body is not created again, and the session its first call created is returned in its
+    place, so a client resumes an interrupted import by sending the same items again. Sessions
+    are returned in the order of `requests`; every created one is one `created` change in the
+    feed, in that order.
+
+    Errors: INVALID_ARGUMENT for a bad item (violations are named `requests[i].<field>`), for
+    more than 1,000 items or for a `request_id` repeated within the call; NOT_FOUND
+    (DEVICE_NOT_FOUND) when a device does not exist in the org; ALREADY_EXISTS
+    (REQUEST_ID_REUSED) when an item's `request_id` was used with a different body. On any error
+    nothing is created.
+    """
+    BatchGetSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.BatchGetSessionsRequest, _session_service_pb2.BatchGetSessionsResponse]  # type: ignore[assignment]
+    """Returns up to 1,000 sessions by ID, in the order asked (AIP-231); an ID asked twice is
+    returned twice.
+
+    Errors: NOT_FOUND (SESSION_NOT_FOUND naming every missing ID in `ErrorInfo.metadata["ids"]`)
+    when any of them does not exist in the org; INVALID_ARGUMENT for a malformed ID or more than
+    1,000 IDs.
+    """
     UpdateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]  # type: ignore[assignment]
     """Updates a session's name, description, tags, metadata and custom-field values.
 
     Fields left absent are preserved. Tag and metadata changes apply puts before removes.
 
-    Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT for a bad field; ABORTED
-    (REVISION_MISMATCH) when `expected_revision` is stale, in which case nothing changes.
+    With `metrics`, the same call also publishes metric values, as PublishSessionMetrics would
+    but all or nothing: one transaction, one change in the feed, one new revision.
+
+    Errors: NOT_FOUND (SESSION_NOT_FOUND, DEVICE_NOT_FOUND for the metrics' explicit device);
+    INVALID_ARGUMENT for a bad field (a bad metric entry included, named
+    `metrics.entries[i]`); ABORTED (REVISION_MISMATCH) when `expected_revision` is stale, in
+    which case nothing changes.
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _session_service_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     """Deletes a session with its file contributions, device attachments and metric values.
@@ -306,6 +371,17 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Errors: NOT_FOUND (SESSION_NOT_FOUND, DEVICE_NOT_FOUND for an explicit device);
     INVALID_ARGUMENT when the device is to be inferred and the session has zero or several
     attached devices, or when the batch is empty or too large.
+    """
+    PublishMetrics: _aio.UnaryUnaryMultiCallable[_session_service_pb2.PublishMetricsRequest, _session_service_pb2.PublishMetricsResponse]  # type: ignore[assignment]
+    """Records metric values for many sessions in one call: each item of `requests` is a
+    PublishSessionMetrics request, and the response holds one PublishSessionMetricsResponse per
+    item, in the same order. All sessions' values are recorded in one transaction; entries
+    that fail on their own (bad name, NaN) are reported in their item's `failed`, as in
+    PublishSessionMetrics. Each session with a recorded value is one `metrics_published` change.
+
+    Errors: as PublishSessionMetrics, for any item, with violations named
+    `requests[i].<field>` (and then nothing is recorded); INVALID_ARGUMENT for more than 1,000
+    items, more than 10,000 entries in all, or a session named by two items.
     """
     ListSessionMetrics: _aio.UnaryStreamMultiCallable[_session_service_pb2.ListSessionMetricsRequest, _session_service_pb2.ListSessionMetricsResponse]  # type: ignore[assignment]
     """Streams the metric values published to a session, ordered by metric name.
@@ -394,6 +470,40 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def BatchCreateSessions(
+        self,
+        request: _session_service_pb2.BatchCreateSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.BatchCreateSessionsResponse, _abc.Awaitable[_session_service_pb2.BatchCreateSessionsResponse]]:
+        """Creates up to 1,000 sessions in one call, all or nothing (AIP-233), each as CreateSession
+        would. The call is idempotent per item: an item whose `request_id` was used before with the
+        same body is not created again, and the session its first call created is returned in its
+        place, so a client resumes an interrupted import by sending the same items again. Sessions
+        are returned in the order of `requests`; every created one is one `created` change in the
+        feed, in that order.
+
+        Errors: INVALID_ARGUMENT for a bad item (violations are named `requests[i].<field>`), for
+        more than 1,000 items or for a `request_id` repeated within the call; NOT_FOUND
+        (DEVICE_NOT_FOUND) when a device does not exist in the org; ALREADY_EXISTS
+        (REQUEST_ID_REUSED) when an item's `request_id` was used with a different body. On any error
+        nothing is created.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetSessions(
+        self,
+        request: _session_service_pb2.BatchGetSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.BatchGetSessionsResponse, _abc.Awaitable[_session_service_pb2.BatchGetSessionsResponse]]:
+        """Returns up to 1,000 sessions by ID, in the order asked (AIP-231); an ID asked twice is
+        returned twice.
+
+        Errors: NOT_FOUND (SESSION_NOT_FOUND naming every missing ID in `ErrorInfo.metadata["ids"]`)
+        when any of them does not exist in the org; INVALID_ARGUMENT for a malformed ID or more than
+        1,000 IDs.
+        """
+
+    @_abc_1.abstractmethod
     def UpdateSession(
         self,
         request: _session_service_pb2.UpdateSessionRequest,
@@ -403,8 +513,13 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Fields left absent are preserved. Tag and metadata changes apply puts before removes.
 
-        Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT for a bad field; ABORTED
-        (REVISION_MISMATCH) when `expected_revision` is stale, in which case nothing changes.
+        With `metrics`, the same call also publishes metric values, as PublishSessionMetrics would
+        but all or nothing: one transaction, one change in the feed, one new revision.
+
+        Errors: NOT_FOUND (SESSION_NOT_FOUND, DEVICE_NOT_FOUND for the metrics' explicit device);
+        INVALID_ARGUMENT for a bad field (a bad metric entry included, named
+        `metrics.entries[i]`); ABORTED (REVISION_MISMATCH) when `expected_revision` is stale, in
+        which case nothing changes.
         """
 
     @_abc_1.abstractmethod
@@ -549,6 +664,23 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND (SESSION_NOT_FOUND, DEVICE_NOT_FOUND for an explicit device);
         INVALID_ARGUMENT when the device is to be inferred and the session has zero or several
         attached devices, or when the batch is empty or too large.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishMetrics(
+        self,
+        request: _session_service_pb2.PublishMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.PublishMetricsResponse, _abc.Awaitable[_session_service_pb2.PublishMetricsResponse]]:
+        """Records metric values for many sessions in one call: each item of `requests` is a
+        PublishSessionMetrics request, and the response holds one PublishSessionMetricsResponse per
+        item, in the same order. All sessions' values are recorded in one transaction; entries
+        that fail on their own (bad name, NaN) are reported in their item's `failed`, as in
+        PublishSessionMetrics. Each session with a recorded value is one `metrics_published` change.
+
+        Errors: as PublishSessionMetrics, for any item, with violations named
+        `requests[i].<field>` (and then nothing is recorded); INVALID_ARGUMENT for more than 1,000
+        items, more than 10,000 entries in all, or a session named by two items.
         """
 
     @_abc_1.abstractmethod

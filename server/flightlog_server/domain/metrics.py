@@ -40,11 +40,11 @@ class MetricRecord:
     published_by: str
 
 
-def check_batch(v: Violations, count: int) -> None:
+def check_batch(v: Violations, count: int, field: str = "metrics") -> None:
     if count == 0:
-        v.add("metrics", "must hold at least one entry")
+        v.add(field, "must hold at least one entry")
     elif count > MAX_METRICS_PER_CALL:
-        v.add("metrics", f"must hold at most {MAX_METRICS_PER_CALL} entries")
+        v.add(field, f"must hold at most {MAX_METRICS_PER_CALL} entries")
 
 
 def entry_failure(entry: MetricEntry) -> str | None:
@@ -73,13 +73,14 @@ def split_entries(
     return list(accepted.values()), failures
 
 
-def inferred_device(attached: Sequence[str]) -> str:
-    """The device to infer when the caller names none: the session's only attached device."""
+def inferred_device(attached: Sequence[str], field: str = "device_id") -> str:
+    """The device to infer when the caller names none: the session's only attached device
+    (INVALID_ARGUMENT on the request's ``field`` otherwise)."""
     if len(attached) != 1:
         shown = ", ".join(attached[:5]) + (", ..." if len(attached) > 5 else "")
         which = f" ({shown})" if attached else ""
         raise InvalidArgument.one(
-            "device_id",
+            field,
             f"cannot be inferred: {len(attached)} devices are attached to the session{which};"
             " name a device with device_id, or publish with no_device",
         )

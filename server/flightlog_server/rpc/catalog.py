@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from grpc import aio
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
 from flightlog_server.domain import catalog, rules
@@ -19,24 +18,18 @@ from flightlog_server.domain.catalog import (
 )
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.domain.rules import Violations
-from flightlog_server.domain.types import Caller, IdempotencyKey
+from flightlog_server.domain.types import IdempotencyKey
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
-from flightlog_server.storage.catalog import CatalogRepository
-from flightlog_server.storage.database import Database
-from flightlog_server.storage.sessions import SessionRepository
+from flightlog_server.services.catalog import Catalog
 
 pb = catalog_service_pb2
 Context = aio.ServicerContext[Any, Any]
 
 
 class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    @staticmethod
-    def _sessions(db: AsyncSession, caller: Caller) -> SessionRepository:
-        return SessionRepository(db, caller, convert.encode_session)
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
     # --- devices -------------------------------------------------------------------------------
 
@@ -49,12 +42,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         rules.check_name(v, "name", request.name)
         v.raise_if_any()
 
-        async def work(db: AsyncSession) -> DeviceRecord:
-            return await CatalogRepository(db, caller).create_device(
-                request.device_id, request.name
-            )
-
-        device = await self.database.run(work)
+        device = await self.catalog.create_device(caller, request.device_id, request.name)
         return pb.CreateDeviceResponse(device=convert.device_message(device))
 
     async def GetDevice(
@@ -63,10 +51,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         caller = current_caller()
         _require_device_id(request.device_id)
 
-        async def work(db: AsyncSession) -> DeviceRecord:
-            return await CatalogRepository(db, caller).get_device(request.device_id)
-
-        device = await self.database.run(work)
+        device = await self.catalog.get_device(caller, request.device_id)
         return pb.GetDeviceResponse(device=convert.device_message(device))
 
     async def ListDevices(
@@ -77,11 +62,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         size = rules.check_page(v, request.page_size)
         v.raise_if_any()
 
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+        async def fetch(after: list[Any] | None, limit: int) -> list[DeviceRecord]:
             position = pagination.checked_position(after, str)
-            return await CatalogRepository(db, caller).list_devices(
-                position[0] if position else None, limit
-            )
+            return await self.catalog.devices(caller, position[0] if position else None, limit)
 
         def build(rows: Sequence[DeviceRecord], token: str) -> pb.ListDevicesResponse:
             return pb.ListDevicesResponse(
@@ -89,7 +72,6 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             )
 
         async for response in pagination.stream_pages(
-            self.database,
             scope=pagination.fingerprint("ListDevices", caller.org_id),
             page_token=request.page_token,
             page_size=size,
@@ -105,15 +87,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         caller = current_caller()
         _require_device_id(request.device_id)
 
-        async def work(db: AsyncSession) -> None:
-            repo = CatalogRepository(db, caller)
-            sessions = await repo.lock_sessions_of_device(request.device_id)
-            await repo.delete_device(request.device_id)
-            session_repo = self._sessions(db, caller)
-            for session_id in sessions:
-                await session_repo.commit_change(session_id, "devices_changed")
-
-        await self.database.run(work)
+        await self.catalog.delete_device(caller, request.device_id)
         return pb.DeleteDeviceResponse()
 
     # --- datasets ------------------------------------------------------------------------------
@@ -130,12 +104,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         v.raise_if_any()
         key = _idempotency_key("CreateDataset", request)
 
-        async def work(db: AsyncSession) -> DatasetRecord:
-            return await CatalogRepository(db, caller).create_dataset(
-                request.name, request.device_id or None, key
-            )
-
-        dataset = await self.database.run(work)
+        dataset = await self.catalog.create_dataset(
+            caller, request.name, request.device_id or None, key
+        )
         return pb.CreateDatasetResponse(dataset=convert.dataset_message(dataset))
 
     async def GetDataset(
@@ -144,10 +115,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         caller = current_caller()
         rules.require_id("dataset_id", request.dataset_id, "dataset")
 
-        async def work(db: AsyncSession) -> DatasetRecord:
-            return await CatalogRepository(db, caller).get_dataset(request.dataset_id)
-
-        dataset = await self.database.run(work)
+        dataset = await self.catalog.get_dataset(caller, request.dataset_id)
         return pb.GetDatasetResponse(dataset=convert.dataset_message(dataset))
 
     async def ListDatasets(
@@ -158,12 +126,12 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         size = rules.check_page(v, request.page_size)
         v.raise_if_any()
 
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
+        async def fetch(after: list[Any] | None, limit: int) -> list[DatasetRecord]:
             position = pagination.checked_position(after, str, str)
             keyset = None
             if position is not None:
                 keyset = (_parse_time(position[0]), position[1])
-            return await CatalogRepository(db, caller).list_datasets(keyset, limit)
+            return await self.catalog.datasets(caller, keyset, limit)
 
         def build(rows: Sequence[DatasetRecord], token: str) -> pb.ListDatasetsResponse:
             return pb.ListDatasetsResponse(
@@ -171,7 +139,6 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             )
 
         async for response in pagination.stream_pages(
-            self.database,
             scope=pagination.fingerprint("ListDatasets", caller.org_id),
             page_token=request.page_token,
             page_size=size,
@@ -194,20 +161,14 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         v.raise_if_any()
         key = _idempotency_key("RegisterFile", request)
 
-        async def work(db: AsyncSession) -> FileRecord:
-            return await CatalogRepository(db, caller).register_file(spec, key)
-
-        file = await self.database.run(work)
+        file = await self.catalog.register_file(caller, spec, key)
         return pb.RegisterFileResponse(file=convert.file_message(file))
 
     async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
         caller = current_caller()
         rules.require_id("file_id", request.file_id, "file")
 
-        async def work(db: AsyncSession) -> FileRecord:
-            return await CatalogRepository(db, caller).get_file(request.file_id)
-
-        file = await self.database.run(work)
+        file = await self.catalog.get_file(caller, request.file_id)
         return pb.GetFileResponse(file=convert.file_message(file))
 
     async def ListFiles(
@@ -219,16 +180,12 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         size = rules.check_page(v, request.page_size)
         v.raise_if_any()
         dataset_id = request.dataset_id or None
-        checked = False
 
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
-            nonlocal checked
+        async def fetch(after: list[Any] | None, limit: int) -> list[FileRecord]:
             position = pagination.checked_position(after, str)
-            repo = CatalogRepository(db, caller)
-            if dataset_id is not None and not checked:
-                await repo.get_dataset(dataset_id)  # NOT_FOUND for a dataset not in the org
-                checked = True
-            return await repo.list_files(dataset_id, position[0] if position else None, limit)
+            return await self.catalog.files(
+                caller, dataset_id, position[0] if position else None, limit
+            )
 
         def build(rows: Sequence[FileRecord], token: str) -> pb.ListFilesResponse:
             return pb.ListFilesResponse(
@@ -236,7 +193,6 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             )
 
         async for response in pagination.stream_pages(
-            self.database,
             scope=pagination.fingerprint("ListFiles", caller.org_id, request.dataset_id),
             page_token=request.page_token,
             page_size=size,
@@ -254,17 +210,11 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         rules.check_id(v, "file_id", request.file_id, "file")
         size = rules.check_page(v, request.page_size)
         v.raise_if_any()
-        checked = False
 
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
-            nonlocal checked
+        async def fetch(after: list[Any] | None, limit: int) -> list[PartitionRecord]:
             position = pagination.checked_position(after, str, str)
-            repo = CatalogRepository(db, caller)
-            if not checked:
-                await repo.get_file(request.file_id)  # NOT_FOUND for a file not in the org
-                checked = True
             keyset = (position[0], position[1]) if position else None
-            return await repo.list_partitions(request.file_id, keyset, limit)
+            return await self.catalog.file_topics(caller, request.file_id, keyset, limit)
 
         def build(rows: Sequence[PartitionRecord], token: str) -> pb.ListFileTopicsResponse:
             return pb.ListFileTopicsResponse(
@@ -273,7 +223,6 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             )
 
         async for response in pagination.stream_pages(
-            self.database,
             scope=pagination.fingerprint("ListFileTopics", caller.org_id, request.file_id),
             page_token=request.page_token,
             page_size=size,
@@ -288,32 +237,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     ) -> pb.UpdateFileTimelineOffsetResponse:
         caller = current_caller()
         rules.require_id("file_id", request.file_id, "file")
-        offset = request.unix_epoch_offset_ns
-
-        async def work(db: AsyncSession) -> FileRecord:
-            session_repo = self._sessions(db, caller)
-            repo = CatalogRepository(db, caller)
-            # Sessions first, then the file: the order every session write locks in.
-            sessions = await session_repo.lock_sessions_of_file(request.file_id)
-            file = await repo.get_file(request.file_id)
-            if file.unix_epoch_offset_ns == offset:
-                return file  # nothing changes, so nothing is recomputed or recorded
-            extents = (
-                None
-                if file.extents_min_ns is None or file.extents_max_ns is None
-                else (file.extents_min_ns, file.extents_max_ns)
-            )
-            v = Violations()
-            catalog.check_offset(v, "unix_epoch_offset_ns", extents, offset)
-            v.raise_if_any()
-            file = await repo.set_offset(request.file_id, offset)
-            if sessions:
-                await session_repo.recompute_bounds(sessions)
-            for session_id in sessions:
-                await session_repo.commit_change(session_id, "bounds_changed")
-            return file
-
-        file = await self.database.run(work)
+        file = await self.catalog.set_file_offset(
+            caller, request.file_id, request.unix_epoch_offset_ns
+        )
         return pb.UpdateFileTimelineOffsetResponse(file=convert.file_message(file))
 
     async def DeleteFile(
@@ -322,19 +248,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         caller = current_caller()
         rules.require_id("file_id", request.file_id, "file")
 
-        async def work(db: AsyncSession) -> None:
-            session_repo = self._sessions(db, caller)
-            repo = CatalogRepository(db, caller)
-            await session_repo.lock_sessions_of_file(request.file_id)
-            # The contributions go first, explicitly, so that their sessions are known.
-            sessions = await repo.delete_contributions_of_file(request.file_id)
-            await repo.delete_file(request.file_id)
-            if sessions:
-                await session_repo.recompute_bounds(sessions)
-            for session_id in sessions:
-                await session_repo.commit_change(session_id, "bounds_changed")
-
-        await self.database.run(work)
+        await self.catalog.delete_file(caller, request.file_id)
         return pb.DeleteFileResponse()
 
 

@@ -9,9 +9,9 @@ Ready field appears, unset ones as ``null_value``, without rebuilding the messag
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import math
-from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -154,9 +154,18 @@ def encode_session(state: SessionState) -> bytes:
     return session_message(state).SerializeToString(deterministic=True)
 
 
-def null_custom_fields(ready_field_names: Iterable[str]) -> bytes:
+# The version of ``encode_session``'s output, stored with every record. Raise it whenever the
+# encoding changes (a field added to Session and filled here, say); records written by an
+# older version are then re-encoded where they are read, and rewritten by
+# ``flightlog-server admin reencode-sessions``.
+RECORD_VERSION = 1
+
+
+@functools.lru_cache(maxsize=1024)
+def null_custom_fields(ready_field_names: tuple[str, ...]) -> bytes:
     """A serialized Session holding ``null_value`` for each named field; prefix it to a wire
-    record so that every Ready field is present."""
+    record so that every Ready field is present. (Cached: an org's Ready fields change
+    rarely, and every session it returns needs the prefix.)"""
     message = session_service_pb2.Session()
     for name in ready_field_names:
         message.custom_fields[name].null_value = struct_pb2.NULL_VALUE

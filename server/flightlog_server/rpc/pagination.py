@@ -9,7 +9,6 @@ every query is scoped to the caller's org whatever the token says.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import math
@@ -17,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from flightlog_server.domain.errors import InvalidPageToken
-from flightlog_server.storage.database import Database
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -70,25 +68,24 @@ Message = TypeVar("Message")
 
 
 async def stream_pages(
-    database: Database,
     *,
     scope: str,
     page_token: str,
     page_size: int,
-    fetch: Callable[..., Awaitable[Sequence[Row]]],
+    fetch: Callable[[list[Any] | None, int], Awaitable[Sequence[Row]]],
     position_of: Callable[[Row], list[Any]],
     build: Callable[[Sequence[Row], str], Message],
 ) -> AsyncIterator[Message]:
     """Streams a keyset-paginated listing, one batch per message.
 
-    Each batch is read in its own short transaction: ``fetch(db, after=position, limit=size)``
-    returns the rows after ``position`` (from the start when None), so no connection is held while
-    the client reads: a slow reader is held back by gRPC flow control at the ``yield``, with at
-    most one batch in memory. ``build(rows, next_token)`` makes the message.
+    ``fetch(after, limit)`` returns the rows after the position ``after`` (from the start when
+    None), each page read on its own (a use case's short transaction), so no connection is held
+    while the client reads: a slow reader is held back by gRPC flow control at the ``yield``,
+    with at most one batch in memory. ``build(rows, next_token)`` makes the message.
     """
     position = decode(page_token, scope)
     while True:
-        rows = await database.run(functools.partial(fetch, after=position, limit=page_size))
+        rows = await fetch(position, page_size)
         if not rows:
             return
         position = position_of(rows[-1])

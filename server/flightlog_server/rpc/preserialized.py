@@ -1,29 +1,46 @@
-"""Pre-serialized responses: streaming handlers that yield their response messages as bytes.
+"""Pre-serialized responses: handlers that return (or stream) their response messages as bytes.
 
-Why: ListSessions streams sessions whose serialized form is stored (``sessions.wire_record``).
-Parsing those bytes into messages only for gRPC to serialize them again would cost more than
-everything else the server does per session, so its handler builds each serialized
-``ListSessionsResponse`` directly (``rpc.session_listing``) and yields the bytes.
+Why: sessions are stored in their serialized form (``sessions.wire_record``). Parsing those bytes
+into messages only for gRPC to serialize them again would cost more than everything else the
+server does per session, so the handlers that return sessions (ListSessions, GetSession, the
+writes that return the session) assemble each serialized response from the stored bytes
+(``length_delimited``) and return the bytes.
 
 How: :func:`add_servicer` registers a generated servicer exactly as the generated
-``add_<Service>Servicer_to_server`` function does, except that the methods named in ``streams``
-are served by the given handlers, with a response serializer that passes ``bytes`` through (and
-still serializes a message, should a handler yield one). The bytes must be a serialization of
-the method's response type; what goes on the wire is then the same as for a message, so the
-generated stubs, and clients in every language, parse it as usual. Used only by ListSessions.
+``add_<Service>Servicer_to_server`` function does, except that every method's response
+serializer passes ``bytes`` through (and still serializes a message, as usual, for the handlers
+that return one). The bytes must be a serialization of the method's response type; what goes on
+the wire is then the same as for a message, so the generated stubs, and clients in every
+language, parse it as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
 
-__all__ = ["StreamHandler", "add_servicer"]
+__all__ = ["Serialized", "add_servicer", "length_delimited"]
 
-StreamHandler = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[bytes]]
+# What a handler returning pre-serialized bytes is typed as: the bytes of its response message.
+# (``Any`` rather than ``bytes``, because the generated base class types each method's return as
+# its message class, and a handler may return either.)
+Serialized: TypeAlias = Any
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (an embedded message or bytes): its key, the varint
+    length of ``payload``, then ``payload``."""
+    header = bytearray()
+    key = (number << 3) | 2
+    for value in (key, len(payload)):
+        while value >= 0x80:
+            header.append((value & 0x7F) | 0x80)
+            value >>= 7
+        header.append(value)
+    return bytes(header) + payload
 
 
 class _CapturingServer:
@@ -52,24 +69,27 @@ def _pass_bytes_through(serializer: Callable[[Any], bytes] | None) -> Callable[[
 
 
 def add_servicer(
-    add_to_server: Callable[[Any, Any], None],
-    servicer: Any,
-    server: aio.Server,
-    streams: Mapping[str, StreamHandler],
+    add_to_server: Callable[[Any, Any], None], servicer: Any, server: aio.Server
 ) -> None:
-    """Registers ``servicer`` with ``add_to_server`` (a generated function), serving each
-    unary-stream method named in ``streams`` by its handler, whose responses may be bytes."""
+    """Registers ``servicer`` with ``add_to_server`` (a generated function), its methods' responses
+    allowed to be bytes (see the module doc)."""
     capture = _CapturingServer()
     add_to_server(servicer, capture)
     if len(capture.services) != 1:
         raise ValueError("the generated function did not register exactly one service")
     ((service, handlers),) = capture.services.items()
-    for method, handler in streams.items():
-        original = handlers.get(method)
-        if original is None or original.request_streaming or not original.response_streaming:
-            raise ValueError(f"{service}/{method} is not a unary-stream method")
-        handlers[method] = grpc.unary_stream_rpc_method_handler(
-            handler,
+    for method, original in list(handlers.items()):
+        kind = (original.request_streaming, original.response_streaming)
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+        }.get(kind)
+        if make is None:
+            raise ValueError(f"{service}/{method}: client streaming is not served here")
+        behavior = original.unary_unary if kind == (False, False) else original.unary_stream
+        assert behavior is not None
+        handlers[method] = make(
+            behavior,
             request_deserializer=original.request_deserializer,
             response_serializer=_pass_bytes_through(original.response_serializer),
         )

@@ -118,7 +118,7 @@ async def list_session_batches(
     )
     position = _decode_position(request.page_token, scope, order)
     # Field 1 (sessions) of ListSessionsResponse, each session as prefix + stored record.
-    framing = Framing(tag=0x0A, prefix=convert.null_custom_fields(ready))
+    framing = Framing(tag=0x0A, prefix=convert.null_custom_fields(tuple(ready)))
     query = SessionListingQuery(caller.org_id, spec, order, framing)
 
     async def read_ahead(pages: asyncio.Queue[Page | BaseException]) -> None:

@@ -1,43 +1,45 @@
-"""SessionService: protobuf in, protobuf out; rules from ``domain``, SQL from ``storage``."""
+"""SessionService: checks each request, calls its use case (``services.sessions``) and maps the
+result to protobuf.
+
+Sessions travel as stored: a use case returns a session's record (its serialized ``Session``) and
+the org's Ready field names, and the response is assembled from bytes (``_sessions``), without
+building or parsing a message per session.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from grpc import aio
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from flightlog.v1 import common_pb2, session_service_pb2, session_service_pb2_grpc
 from flightlog_server.domain import metrics, rules
 from flightlog_server.domain.catalog import MAX_TOPIC_NAME_CHARS, TopicRecord
-from flightlog_server.domain.errors import InvalidArgument, NotFound
+from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.domain.metrics import MetricRecord
 from flightlog_server.domain.rules import Violations
-from flightlog_server.domain.types import (
-    Caller,
-    ContributionSpec,
-    CustomFieldType,
-    FieldValue,
-    MetricEntry,
-    SessionState,
-    WireValue,
+from flightlog_server.domain.sessions import (
+    INFER,
+    KEEP,
+    Infer,
+    Keep,
+    MetricValues,
+    NewSession,
+    SentValue,
+    SessionUpdate,
 )
+from flightlog_server.domain.types import Caller, ContributionSpec, MetricEntry, WireValue
 from flightlog_server.rpc import convert, pagination, session_listing, watch
 from flightlog_server.rpc.calls import current_caller
-from flightlog_server.storage.custom_fields import CustomFieldRepository
+from flightlog_server.rpc.preserialized import Serialized, length_delimited
+from flightlog_server.services.session_parts import SessionParts
+from flightlog_server.services.sessions import PublishOutcome, Sessions, SessionView
 from flightlog_server.storage.database import Database
-from flightlog_server.storage.metrics import MetricRepository
-from flightlog_server.storage.sessions import (
-    SessionRepository,
-    record_and_ready_fields,
-)
-from flightlog_server.storage.topics import TopicRepository
 
 pb = session_service_pb2
 Context = aio.ServicerContext[Any, Any]
-NewSessionRequest = pb.CreateSessionRequest | pb.CreateSessionFromDatasetRequest
-# The requests of a session's own listings, and the response messages they stream.
+# The requests of a session's own listings.
 SessionListRequest = (
     pb.ListSessionFilesRequest
     | pb.ListSessionDevicesRequest
@@ -45,173 +47,77 @@ SessionListRequest = (
     | pb.ListSessionMetricsRequest
 )
 Response = TypeVar("Response")
-# Custom-field values to write, keyed by field ID; None clears.
-FieldWrites = dict[str, tuple[CustomFieldType, FieldValue | None]]
+Item = TypeVar("Item")
+
+MAX_BATCH_SESSIONS = 1_000
+MAX_BATCH_METRIC_ENTRIES = 10_000
 
 
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
-    def __init__(self, database: Database) -> None:
+    def __init__(self, sessions: Sessions, parts: SessionParts, database: Database) -> None:
+        self.sessions = sessions
+        self.parts = parts
+        # ListSessions and WatchSessions still read through the database themselves.
         self.database = database
-
-    # --- helpers -------------------------------------------------------------------------------
-
-    def _repo(self, db: AsyncSession, caller: Caller) -> SessionRepository:
-        return SessionRepository(db, caller, convert.encode_session)
-
-    @staticmethod
-    async def _ready_fields(db: AsyncSession, caller: Caller) -> list[str]:
-        """The org's Ready field names, read at the start of a write: later, the org's revision
-        row is locked (``commit_change``) and every round trip then delays the org's writers."""
-        return await CustomFieldRepository(db, caller.org_id).ready_names()
-
-    @staticmethod
-    def _message(state: SessionState, ready_fields: list[str]) -> pb.Session:
-        """The API form of a session: every Ready field present, unset ones null."""
-        return convert.session_from_record(
-            convert.null_custom_fields(ready_fields), convert.encode_session(state)
-        )
-
-    async def _field_writes(
-        self,
-        db: AsyncSession,
-        caller: Caller,
-        sent: Mapping[str, tuple[str, WireValue]],
-    ) -> FieldWrites:
-        """Checks values (by name: the request field that sent it, and the value) against their
-        Ready definitions; every bad one is a violation of its request field."""
-        definitions = await CustomFieldRepository(db, caller.org_id).by_names(sent, lock=True)
-        v = Violations()
-        writes: FieldWrites = {}
-        for name in sorted(sent):
-            definition = definitions.get(name)
-            path, wire = sent[name]
-            ok, value = rules.coerce_field_value(v, path, definition, wire)
-            if ok and definition is not None:
-                writes[definition.custom_field_id] = (definition.type, value)
-        v.raise_if_any()
-        return writes
-
-    @staticmethod
-    def _sent_values(
-        v: Violations, values: Mapping[str, common_pb2.CustomFieldValue], field_path: str
-    ) -> dict[str, tuple[str, WireValue]]:
-        """The sent values by field name, each with the path of the request field holding it."""
-        sent: dict[str, tuple[str, WireValue]] = {}
-        for name, value in values.items():
-            path = f"{field_path}[{name}]"
-            try:
-                sent[name] = (path, convert.wire_value(path, value))
-            except InvalidArgument as e:
-                v.items.extend(e.violations)
-        return sent
 
     # --- create / get / update / delete --------------------------------------------------------
 
-    async def CreateSession(
-        self, request: pb.CreateSessionRequest, context: Context
-    ) -> pb.CreateSessionResponse:
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> Serialized:
+        new = _new_session(request, "")
+        return _sessions([await self.sessions.create(current_caller(), new)])
+
+    async def BatchCreateSessions(
+        self, request: pb.BatchCreateSessionsRequest, context: Context
+    ) -> Serialized:
         v = Violations()
-        for i, device_id in enumerate(request.device_ids):
-            rules.check_device_id(v, f"device_ids[{i}]", device_id)
-        session = await self._create(v, request, device_ids=rules.dedupe(request.device_ids))
-        return pb.CreateSessionResponse(session=session)
+        count = len(request.requests)
+        if not 1 <= count <= MAX_BATCH_SESSIONS:
+            v.add("requests", f"must hold 1 to {MAX_BATCH_SESSIONS} sessions")
+        v.raise_if_any()
+        items: list[NewSession] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(request.requests):
+            try:
+                items.append(_new_session(item, f"requests[{i}]."))
+            except InvalidArgument as e:
+                v.items.extend(e.violations)
+            if item.request_id:
+                if item.request_id in seen:
+                    v.add(
+                        f"requests[{i}].request_id",
+                        f"repeats requests[{seen[item.request_id]}].request_id",
+                    )
+                seen.setdefault(item.request_id, i)
+        v.raise_if_any()
+        return _sessions(await self.sessions.create_many(current_caller(), items))
 
     async def CreateSessionFromDataset(
         self, request: pb.CreateSessionFromDatasetRequest, context: Context
-    ) -> pb.CreateSessionFromDatasetResponse:
-        v = Violations()
-        rules.check_id(v, "dataset_id", request.dataset_id, "dataset")
-        session = await self._create(v, request, dataset_id=request.dataset_id)
-        return pb.CreateSessionFromDatasetResponse(session=session)
+    ) -> Serialized:
+        new = _new_session(request, "")
+        return _sessions([await self.sessions.create(current_caller(), new)])
 
-    async def _create(
-        self,
-        v: Violations,
-        request: NewSessionRequest,
-        *,
-        device_ids: Sequence[str] = (),
-        dataset_id: str | None = None,
-    ) -> pb.Session:
-        """What both creates share: the checks of the common fields (added to ``v``, which
-        holds the caller's own), the ``request_id`` replay, custom-field values and the insert.
-        With ``dataset_id``, the devices are the dataset's and its files' and every file of the
-        dataset is added whole, in the same transaction."""
-        caller = current_caller()
-        rules.check_name(v, "name", request.name)
-        rules.check_text(v, "description", request.description, rules.MAX_DESCRIPTION_CHARS)
-        rules.check_tags(v, "tags", request.tags)
-        metadata = convert.struct_to_dict(request.metadata)
-        rules.check_metadata(v, "metadata", metadata)
-        rules.check_request_id(v, request.request_id)
-        sent = self._sent_values(v, request.custom_fields, "custom_fields")
-        v.raise_if_any()
-        request_id = request.request_id or None
-        digest = (
-            convert.request_fingerprint(type(request).__name__, request) if request_id else None
-        )
-
-        async def work(db: AsyncSession) -> pb.Session:
-            ready = await self._ready_fields(db, caller)
-            repo = self._repo(db, caller)
-            state = await repo.find_by_request_id(request_id, digest or b"") if request_id else None
-            if state is None:
-                writes = await self._field_writes(db, caller, sent)
-                devices = device_ids
-                if dataset_id is not None:
-                    devices = await repo.dataset_devices(dataset_id)
-                state = await repo.create(
-                    name=request.name or None,
-                    description=request.description or None,
-                    device_ids=devices,
-                    metadata=metadata,
-                    tags=rules.dedupe(request.tags),
-                    values=writes,
-                    request_id=request_id,
-                    digest=digest,
-                    dataset_id=dataset_id,
-                )
-            if state is None:  # a concurrent create with the same request_id committed first
-                assert request_id is not None
-                state = await repo.find_by_request_id(request_id, digest or b"")
-                assert state is not None
-            return self._message(state, ready)
-
-        return await self.database.run(work)
-
-    async def GetSession(
-        self, request: pb.GetSessionRequest, context: Context
-    ) -> pb.GetSessionResponse:
-        caller = current_caller()
+    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> Serialized:
         rules.require_id("session_id", request.session_id, "session")
+        return _sessions([await self.sessions.get(current_caller(), request.session_id)])
 
-        async def work(db: AsyncConnection) -> pb.Session:
-            record, ready = await record_and_ready_fields(db, caller.org_id, request.session_id)
-            return convert.session_from_record(convert.null_custom_fields(ready), record)
+    async def BatchGetSessions(
+        self, request: pb.BatchGetSessionsRequest, context: Context
+    ) -> Serialized:
+        v = Violations()
+        if not 1 <= len(request.session_ids) <= MAX_BATCH_SESSIONS:
+            v.add("session_ids", f"must name 1 to {MAX_BATCH_SESSIONS} sessions")
+        else:
+            for i, session_id in enumerate(request.session_ids):
+                rules.check_id(v, f"session_ids[{i}]", session_id, "session")
+        v.raise_if_any()
+        return _sessions(await self.sessions.get_many(current_caller(), request.session_ids))
 
-        return pb.GetSessionResponse(session=await self.database.read(work))
-
-    async def UpdateSession(
-        self, request: pb.UpdateSessionRequest, context: Context
-    ) -> pb.UpdateSessionResponse:
-        caller = current_caller()
+    async def UpdateSession(self, request: pb.UpdateSessionRequest, context: Context) -> Serialized:
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
-        columns: dict[str, Any] = {}
-        updates = (
-            ("name", request.name if request.HasField("name") else None),
-            ("description", request.description if request.HasField("description") else None),
-        )
-        for field, change in updates:
-            if change is None:
-                continue  # absent: unchanged
-            action = change.WhichOneof("action")
-            if action is None:
-                v.add(field, "set either 'set' or 'clear', or leave the field absent")
-            elif action == "set" and field == "name":
-                rules.check_name(v, "name.set", change.set)
-            elif action == "set":
-                rules.check_text(v, f"{field}.set", change.set, rules.MAX_DESCRIPTION_CHARS)
-            columns[field] = change.set or None  # clear, or set to "" (the same as clear)
+        name = _string_update(v, request, "name")
+        description = _string_update(v, request, "description")
         changes = request.metadata_changeset
         rules.check_tags(v, "metadata_changeset.put_tags", changes.put_tags)
         rules.check_tags(v, "metadata_changeset.remove_tags", changes.remove_tags)
@@ -221,91 +127,71 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         for i, path in enumerate(changes.remove_fields):
             rules.check_metadata_path(v, f"metadata_changeset.remove_fields[{i}]", path)
         field_changes = request.custom_fields_changeset
-        sent = self._sent_values(v, field_changes.set_fields, "custom_fields_changeset.set_fields")
-        for i, name in enumerate(field_changes.clear_fields):
-            if name in sent:
-                v.add(
-                    f"custom_fields_changeset.clear_fields[{i}]",
-                    f"field {name!r} is both set and cleared",
-                )
-            sent.setdefault(
-                name, (f"custom_fields_changeset.clear_fields[{i}]", WireValue("null", None))
+        values = _sent_values(v, field_changes.set_fields, "custom_fields_changeset.set_fields")
+        for i, field_name in enumerate(field_changes.clear_fields):
+            path = f"custom_fields_changeset.clear_fields[{i}]"
+            if field_name in values:
+                v.add(path, f"field {field_name!r} is both set and cleared")
+            values.setdefault(field_name, SentValue(path, WireValue("null", None)))
+        metric_values = None
+        if request.HasField("metrics"):
+            metric_values = _metric_values(
+                v,
+                request.metrics.entries,
+                _device_choice(v, request.metrics, "metrics.device_id"),
+                "metrics.entries",
+                "metrics.device_id",
             )
         v.raise_if_any()
-
-        async def work(db: AsyncSession) -> pb.Session:
-            ready = await self._ready_fields(db, caller)
-            repo = self._repo(db, caller)
-            state = await repo.lock(request.session_id, _optional(request, "expected_revision"))
-            if request.HasField("metadata_changeset"):
-                after = Violations()
-                tags = rules.apply_tag_changes(state.tags, changes.put_tags, changes.remove_tags)
-                rules.check_tags(after, "metadata_changeset.put_tags", tags)
-                metadata = rules.apply_metadata_changes(
-                    state.metadata, put_fields, list(changes.remove_fields)
-                )
-                rules.check_metadata(after, "metadata_changeset.put_fields", metadata)
-                after.raise_if_any()
-                columns.update(tags=tags, metadata=metadata)
-            writes = await self._field_writes(db, caller, sent)
-            await repo.update_fields(request.session_id, **columns)
-            await repo.set_custom_values(request.session_id, writes)
-            state = await repo.commit_change(request.session_id, "updated")
-            return self._message(state, ready)
-
-        return pb.UpdateSessionResponse(session=await self.database.run(work))
+        update = SessionUpdate(
+            session_id=request.session_id,
+            expected_revision=_optional(request, "expected_revision"),
+            name=name,
+            description=description,
+            changes_metadata=request.HasField("metadata_changeset"),
+            put_tags=tuple(changes.put_tags),
+            remove_tags=tuple(changes.remove_tags),
+            put_fields=put_fields,
+            remove_fields=tuple(changes.remove_fields),
+            values=values,
+            metrics=metric_values,
+        )
+        return _sessions([await self.sessions.update(current_caller(), update)])
 
     async def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: Context
     ) -> pb.DeleteSessionResponse:
-        caller = current_caller()
         rules.require_id("session_id", request.session_id, "session")
-
-        async def work(db: AsyncSession) -> None:
-            await self._repo(db, caller).delete(
-                request.session_id, _optional(request, "expected_revision")
-            )
-
-        await self.database.run(work)
+        await self.sessions.delete(
+            current_caller(), request.session_id, _optional(request, "expected_revision")
+        )
         return pb.DeleteSessionResponse()
 
     # --- contributions -------------------------------------------------------------------------
 
     async def AddSessionFiles(
         self, request: pb.AddSessionFilesRequest, context: Context
-    ) -> pb.AddSessionFilesResponse:
-        caller = current_caller()
+    ) -> Serialized:
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
         specs = [
             ContributionSpec(
                 file_id=f.file_id,
-                range_min_ns=f.range_min_timestamp_ns
-                if f.HasField("range_min_timestamp_ns")
-                else None,
-                range_max_ns=f.range_max_timestamp_ns
-                if f.HasField("range_max_timestamp_ns")
-                else None,
+                range_min_ns=_optional(f, "range_min_timestamp_ns"),
+                range_max_ns=_optional(f, "range_max_timestamp_ns"),
             )
             for f in request.files
         ]
         rules.check_contributions(v, specs)
         v.raise_if_any()
-
-        async def work(db: AsyncSession) -> pb.Session:
-            ready = await self._ready_fields(db, caller)
-            repo = self._repo(db, caller)
-            await repo.lock(request.session_id, _optional(request, "expected_revision"))
-            await repo.add_contributions(request.session_id, specs)
-            state = await repo.commit_change(request.session_id, "files_changed")
-            return self._message(state, ready)
-
-        return pb.AddSessionFilesResponse(session=await self.database.run(work))
+        view = await self.sessions.add_files(
+            current_caller(), request.session_id, specs, _optional(request, "expected_revision")
+        )
+        return _sessions([view])
 
     async def RemoveSessionFiles(
         self, request: pb.RemoveSessionFilesRequest, context: Context
-    ) -> pb.RemoveSessionFilesResponse:
-        caller = current_caller()
+    ) -> Serialized:
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
         if not request.file_ids:
@@ -316,25 +202,23 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             for i, file_id in enumerate(request.file_ids):
                 rules.check_id(v, f"file_ids[{i}]", file_id, "file")
         v.raise_if_any()
-
-        async def work(db: AsyncSession) -> pb.Session:
-            ready = await self._ready_fields(db, caller)
-            repo = self._repo(db, caller)
-            await repo.lock(request.session_id, _optional(request, "expected_revision"))
-            await repo.remove_contributions(request.session_id, rules.dedupe(request.file_ids))
-            state = await repo.commit_change(request.session_id, "files_changed")
-            return self._message(state, ready)
-
-        return pb.RemoveSessionFilesResponse(session=await self.database.run(work))
+        view = await self.sessions.remove_files(
+            current_caller(),
+            request.session_id,
+            rules.dedupe(request.file_ids),
+            _optional(request, "expected_revision"),
+        )
+        return _sessions([view])
 
     async def ListSessionFiles(
         self, request: pb.ListSessionFilesRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionFilesResponse]:
-        async def page(
-            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
-        ) -> Any:
-            return await self._repo(db, caller).list_contributions(
-                request.session_id, after[0] if after else None, limit
+        caller = current_caller()
+
+        async def page(after: list[Any] | None, limit: int) -> list[Any]:
+            seq = pagination.checked_position(after, int)
+            return await self.parts.files(
+                caller, request.session_id, seq[0] if seq else None, limit
             )
 
         def build(rows: Sequence[Any], token: str) -> pb.ListSessionFilesResponse:
@@ -343,8 +227,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 next_page_token=token,
             )
 
-        async for response in self._stream_session_list(
-            "ListSessionFiles", request, (int,), page, lambda r: [r.seq], build
+        async for response in _stream_part(
+            "ListSessionFiles", caller, request, page, lambda r: [r.seq], build
         ):
             yield response
 
@@ -352,47 +236,37 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
 
     async def AttachSessionDevice(
         self, request: pb.AttachSessionDeviceRequest, context: Context
-    ) -> pb.AttachSessionDeviceResponse:
-        return pb.AttachSessionDeviceResponse(session=await self._change_device(request, True))
+    ) -> Serialized:
+        _check_device_request(request)
+        view = await self.sessions.attach_device(
+            current_caller(),
+            request.session_id,
+            request.device_id,
+            _optional(request, "expected_revision"),
+        )
+        return _sessions([view])
 
     async def DetachSessionDevice(
         self, request: pb.DetachSessionDeviceRequest, context: Context
-    ) -> pb.DetachSessionDeviceResponse:
-        return pb.DetachSessionDeviceResponse(session=await self._change_device(request, False))
-
-    async def _change_device(
-        self,
-        request: pb.AttachSessionDeviceRequest | pb.DetachSessionDeviceRequest,
-        attach: bool,
-    ) -> pb.Session:
-        caller = current_caller()
-        v = Violations()
-        rules.check_id(v, "session_id", request.session_id, "session")
-        rules.check_device_id(v, "device_id", request.device_id)
-        v.raise_if_any()
-
-        async def work(db: AsyncSession) -> pb.Session:
-            ready = await self._ready_fields(db, caller)
-            repo = self._repo(db, caller)
-            state = await repo.lock(request.session_id, _optional(request, "expected_revision"))
-            if attach:
-                changed = await repo.attach_device(request.session_id, request.device_id)
-            else:
-                changed = await repo.detach_device(request.session_id, request.device_id)
-            if changed:  # a no-op is not a change: no new revision, nothing in the feed
-                state = await repo.commit_change(request.session_id, "devices_changed")
-            return self._message(state, ready)
-
-        return await self.database.run(work)
+    ) -> Serialized:
+        _check_device_request(request)
+        view = await self.sessions.detach_device(
+            current_caller(),
+            request.session_id,
+            request.device_id,
+            _optional(request, "expected_revision"),
+        )
+        return _sessions([view])
 
     async def ListSessionDevices(
         self, request: pb.ListSessionDevicesRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionDevicesResponse]:
-        async def page(
-            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
-        ) -> Any:
-            return await self._repo(db, caller).list_devices(
-                request.session_id, after[0] if after else None, limit
+        caller = current_caller()
+
+        async def page(after: list[Any] | None, limit: int) -> list[Any]:
+            seq = pagination.checked_position(after, int)
+            return await self.parts.devices(
+                caller, request.session_id, seq[0] if seq else None, limit
             )
 
         def build(rows: Sequence[Any], token: str) -> pb.ListSessionDevicesResponse:
@@ -408,8 +282,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 next_page_token=token,
             )
 
-        async for response in self._stream_session_list(
-            "ListSessionDevices", request, (int,), page, lambda r: [r.seq], build
+        async for response in _stream_part(
+            "ListSessionDevices", caller, request, page, lambda r: [r.seq], build
         ):
             yield response
 
@@ -418,27 +292,26 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     async def ListSessionTopics(
         self, request: pb.ListSessionTopicsRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionTopicsResponse]:
-        async def page(
-            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
-        ) -> Any:
-            return await TopicRepository(db, caller.org_id).list_reachable(
-                request.session_id, (after[0], after[1]) if after else None, limit
-            )
+        caller = current_caller()
+
+        async def page(after: list[Any] | None, limit: int) -> list[TopicRecord]:
+            position = pagination.checked_position(after, str, str)
+            keyset = (position[0], position[1]) if position else None
+            return await self.parts.topics(caller, request.session_id, keyset, limit)
 
         def build(topics: Sequence[TopicRecord], token: str) -> pb.ListSessionTopicsResponse:
             return pb.ListSessionTopicsResponse(
                 topics=[_topic_message(t) for t in topics], next_page_token=token
             )
 
-        async for response in self._stream_session_list(
-            "ListSessionTopics", request, (str, str), page, lambda t: [t.name, t.topic_id], build
+        async for response in _stream_part(
+            "ListSessionTopics", caller, request, page, lambda t: [t.name, t.topic_id], build
         ):
             yield response
 
     async def GetSessionTopic(
         self, request: pb.GetSessionTopicRequest, context: Context
     ) -> pb.GetSessionTopicResponse:
-        caller = current_caller()
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
         if v.check(bool(request.topic_name), "topic_name", "is required"):
@@ -446,76 +319,64 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 v, "topic_name", request.topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False
             )
         v.raise_if_any()
-
-        async def work(db: AsyncSession) -> TopicRecord:
-            await self._repo(db, caller).require(request.session_id)
-            topic = await TopicRepository(db, caller.org_id).reachable_by_name(
-                request.session_id, request.topic_name
-            )
-            if topic is None:
-                raise NotFound("topic", [request.topic_name])
-            return topic
-
-        return pb.GetSessionTopicResponse(topic=_topic_message(await self.database.run(work)))
+        topic = await self.parts.topic(current_caller(), request.session_id, request.topic_name)
+        return pb.GetSessionTopicResponse(topic=_topic_message(topic))
 
     # --- metrics -------------------------------------------------------------------------------
 
     async def PublishSessionMetrics(
         self, request: pb.PublishSessionMetricsRequest, context: Context
     ) -> pb.PublishSessionMetricsResponse:
-        caller = current_caller()
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
-        metrics.check_batch(v, len(request.metrics))
-        device = request.WhichOneof("device")
-        if device == "device_id":
-            rules.check_device_id(v, "device_id", request.device_id)
+        values = _metric_values(
+            v, request.metrics, _device_choice(v, request, "device_id"), "metrics", "device_id"
+        )
         v.raise_if_any()
-        accepted, failures = metrics.split_entries(
-            [MetricEntry(name=e.name, value=e.value) for e in request.metrics]
+        (outcome,) = await self.sessions.publish_metrics(
+            current_caller(), [(request.session_id, values)]
         )
+        return _publish_response(outcome)
 
-        async def work(db: AsyncSession) -> list[MetricRecord]:
-            repo = self._repo(db, caller)
-            state = await repo.lock(request.session_id, None)
-            device_id: str | None = None
-            if device == "device_id":
-                await repo.require_devices([request.device_id])
-                device_id = request.device_id
-            elif device is None:
-                device_id = metrics.inferred_device(await repo.device_ids(request.session_id))
-            if not accepted:
-                return []
-            records = await MetricRepository(db, caller).publish(
-                request.session_id,
-                device_id,
-                accepted,
-                (state.min_timestamp_ns, state.max_timestamp_ns),
+    async def PublishMetrics(
+        self, request: pb.PublishMetricsRequest, context: Context
+    ) -> pb.PublishMetricsResponse:
+        v = Violations()
+        if not 1 <= len(request.requests) <= MAX_BATCH_SESSIONS:
+            v.add("requests", f"must hold 1 to {MAX_BATCH_SESSIONS} sessions")
+        elif sum(len(item.metrics) for item in request.requests) > MAX_BATCH_METRIC_ENTRIES:
+            v.add("requests", f"must hold at most {MAX_BATCH_METRIC_ENTRIES} entries in all")
+        v.raise_if_any()
+        items: list[tuple[str, MetricValues]] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(request.requests):
+            prefix = f"requests[{i}]."
+            if rules.check_id(v, f"{prefix}session_id", item.session_id, "session"):
+                if item.session_id in seen:
+                    v.add(
+                        f"{prefix}session_id",
+                        f"repeats requests[{seen[item.session_id]}].session_id; name a session"
+                        " once and put all its entries in one item",
+                    )
+                seen.setdefault(item.session_id, i)
+            device = _device_choice(v, item, f"{prefix}device_id")
+            values = _metric_values(
+                v, item.metrics, device, f"{prefix}metrics", f"{prefix}device_id"
             )
-            await repo.commit_change(request.session_id, "metrics_published", touch=False)
-            return records
-
-        records = await self.database.run(work)
-        return pb.PublishSessionMetricsResponse(
-            succeeded=[_metric_message(r) for r in records],
-            failed=[
-                pb.MetricFailure(
-                    entry=pb.MetricEntry(name=f.entry.name, value=f.entry.value),
-                    index=f.index,
-                    reason=f.reason,
-                )
-                for f in failures
-            ],
-        )
+            items.append((item.session_id, values))
+        v.raise_if_any()
+        outcomes = await self.sessions.publish_metrics(current_caller(), items)
+        return pb.PublishMetricsResponse(responses=[_publish_response(o) for o in outcomes])
 
     async def ListSessionMetrics(
         self, request: pb.ListSessionMetricsRequest, context: Context
     ) -> AsyncIterator[pb.ListSessionMetricsResponse]:
-        async def page(
-            db: AsyncSession, caller: Caller, after: list[Any] | None, limit: int
-        ) -> Any:
-            return await MetricRepository(db, caller).list_values(
-                request.session_id, after[0] if after else None, limit
+        caller = current_caller()
+
+        async def page(after: list[Any] | None, limit: int) -> list[MetricRecord]:
+            name = pagination.checked_position(after, str)
+            return await self.parts.metrics(
+                caller, request.session_id, name[0] if name else None, limit
             )
 
         def build(records: Sequence[MetricRecord], token: str) -> pb.ListSessionMetricsResponse:
@@ -523,42 +384,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
                 metrics=[_metric_message(r) for r in records], next_page_token=token
             )
 
-        async for response in self._stream_session_list(
-            "ListSessionMetrics", request, (str,), page, lambda r: [r.name], build
-        ):
-            yield response
-
-    async def _stream_session_list(
-        self,
-        method: str,
-        request: SessionListRequest,
-        position_types: tuple[type, ...],
-        page: Callable[[AsyncSession, Caller, list[Any] | None, int], Awaitable[Any]],
-        position_of: Callable[[Any], list[Any]],
-        build: Callable[[Sequence[Any], str], Response],
-    ) -> AsyncIterator[Response]:
-        """Streams one of a session's own listings (files, devices, topics, metrics) in keyset
-        pages; an unknown session is NOT_FOUND, checked with the first page."""
-        caller = current_caller()
-        v = Violations()
-        rules.check_id(v, "session_id", request.session_id, "session")
-        size = rules.check_page(v, request.page_size)
-        v.raise_if_any()
-
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> Any:
-            after = pagination.checked_position(after, *position_types)
-            if after is None:
-                await self._repo(db, caller).require(request.session_id)
-            return await page(db, caller, after, limit)
-
-        async for response in pagination.stream_pages(
-            self.database,
-            scope=pagination.fingerprint(method, caller.org_id, request.session_id),
-            page_token=request.page_token,
-            page_size=size,
-            fetch=fetch,
-            position_of=position_of,
-            build=build,
+        async for response in _stream_part(
+            "ListSessionMetrics", caller, request, page, lambda r: [r.name], build
         ):
             yield response
 
@@ -584,8 +411,175 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             yield response
 
 
+# --- requests in, domain out ------------------------------------------------------------------
+
+
+def _new_session(
+    request: pb.CreateSessionRequest | pb.CreateSessionFromDatasetRequest, prefix: str
+) -> NewSession:
+    """A create request's checked content; every violation named ``<prefix><field>``."""
+    v = Violations()
+    device_ids: tuple[str, ...] = ()
+    dataset_id = None
+    if isinstance(request, pb.CreateSessionRequest):
+        for i, device_id in enumerate(request.device_ids):
+            rules.check_device_id(v, f"{prefix}device_ids[{i}]", device_id)
+        device_ids = tuple(rules.dedupe(request.device_ids))
+    else:
+        rules.check_id(v, f"{prefix}dataset_id", request.dataset_id, "dataset")
+        dataset_id = request.dataset_id
+    rules.check_name(v, f"{prefix}name", request.name)
+    rules.check_text(v, f"{prefix}description", request.description, rules.MAX_DESCRIPTION_CHARS)
+    rules.check_tags(v, f"{prefix}tags", request.tags)
+    metadata = convert.struct_to_dict(request.metadata)
+    rules.check_metadata(v, f"{prefix}metadata", metadata)
+    if request.request_id:
+        rules.check_text(
+            v,
+            f"{prefix}request_id",
+            request.request_id,
+            rules.MAX_REQUEST_ID_CHARS,
+            allow_newlines=False,
+        )
+    values = _sent_values(v, request.custom_fields, f"{prefix}custom_fields")
+    v.raise_if_any()
+    return NewSession(
+        name=request.name or None,
+        description=request.description or None,
+        tags=tuple(rules.dedupe(request.tags)),
+        metadata=metadata,
+        device_ids=device_ids,
+        values=values,
+        request_id=request.request_id or None,
+        request_digest=(
+            convert.request_fingerprint(type(request).__name__, request)
+            if request.request_id
+            else None
+        ),
+        dataset_id=dataset_id,
+    )
+
+
+def _sent_values(
+    v: Violations, values: Mapping[str, common_pb2.CustomFieldValue], field_path: str
+) -> dict[str, SentValue]:
+    """The sent values by field name, each with the path of the request field holding it."""
+    sent: dict[str, SentValue] = {}
+    for name, value in values.items():
+        path = f"{field_path}[{name}]"
+        try:
+            sent[name] = SentValue(path, convert.wire_value(path, value))
+        except InvalidArgument as e:
+            v.items.extend(e.violations)
+    return sent
+
+
+def _string_update(
+    v: Violations, request: pb.UpdateSessionRequest, field: str
+) -> str | Keep | None:
+    if not request.HasField(field):  # type: ignore[arg-type]
+        return KEEP
+    change = getattr(request, field)
+    action = change.WhichOneof("action")
+    if action is None:
+        v.add(field, "set either 'set' or 'clear', or leave the field absent")
+        return KEEP
+    if action == "set" and field == "name":
+        rules.check_name(v, "name.set", change.set)
+    elif action == "set":
+        rules.check_text(v, f"{field}.set", change.set, rules.MAX_DESCRIPTION_CHARS)
+    return change.set or None  # clear, or set to "" (the same as clear)
+
+
+def _device_choice(v: Violations, message: Any, path: str) -> str | Infer | None:
+    """The device of a metrics publication: its ``device_id``, None for ``no_device``, or
+    INFER when neither is set."""
+    which = message.WhichOneof("device")
+    if which == "device_id":
+        rules.check_device_id(v, path, message.device_id)
+        return str(message.device_id)
+    return None if which == "no_device" else INFER
+
+
+def _metric_values(
+    v: Violations,
+    entries: Sequence[pb.MetricEntry],
+    device: str | Infer | None,
+    path: str,
+    device_path: str,
+) -> MetricValues:
+    metrics.check_batch(v, len(entries), path)
+    return MetricValues(
+        entries=tuple(MetricEntry(name=e.name, value=e.value) for e in entries),
+        device=device,
+        path=path,
+        device_path=device_path,
+    )
+
+
+def _check_device_request(
+    request: pb.AttachSessionDeviceRequest | pb.DetachSessionDeviceRequest,
+) -> None:
+    v = Violations()
+    rules.check_id(v, "session_id", request.session_id, "session")
+    rules.check_device_id(v, "device_id", request.device_id)
+    v.raise_if_any()
+
+
 def _optional(message: Any, field: str) -> int | None:
     return int(getattr(message, field)) if message.HasField(field) else None
+
+
+# --- domain in, responses out -----------------------------------------------------------------
+
+
+def _sessions(views: Sequence[SessionView]) -> Serialized:
+    """A serialized response whose field 1 holds these sessions (every session-returning
+    response of SessionService has that shape): each session is the prefix of its org's Ready
+    fields as nulls, then its record; protobuf merges the two (see ``convert``)."""
+    return b"".join(
+        length_delimited(1, convert.null_custom_fields(view.ready_fields) + view.record)
+        for view in views
+    )
+
+
+def _publish_response(outcome: PublishOutcome) -> pb.PublishSessionMetricsResponse:
+    return pb.PublishSessionMetricsResponse(
+        succeeded=[_metric_message(r) for r in outcome.recorded],
+        failed=[
+            pb.MetricFailure(
+                entry=pb.MetricEntry(name=f.entry.name, value=f.entry.value),
+                index=f.index,
+                reason=f.reason,
+            )
+            for f in outcome.failed
+        ],
+    )
+
+
+async def _stream_part(
+    method: str,
+    caller: Caller,
+    request: SessionListRequest,
+    page: Callable[[list[Any] | None, int], Any],
+    position_of: Callable[[Item], list[Any]],
+    build: Callable[[Sequence[Item], str], Response],
+) -> AsyncIterator[Response]:
+    """Streams one of a session's own listings (files, devices, topics, metrics) in keyset
+    pages; an unknown session is NOT_FOUND, checked with the first page."""
+    v = Violations()
+    rules.check_id(v, "session_id", request.session_id, "session")
+    size = rules.check_page(v, request.page_size)
+    v.raise_if_any()
+    async for response in pagination.stream_pages(
+        scope=pagination.fingerprint(method, caller.org_id, request.session_id),
+        page_token=request.page_token,
+        page_size=size,
+        fetch=page,
+        position_of=position_of,
+        build=build,
+    ):
+        yield response
 
 
 def _session_file_message(session_id: str, row: Any) -> pb.SessionFile:

@@ -141,7 +141,7 @@ async def watch_sessions(
         if any(change.record is not None for change in batch.changes):
             # Every Ready field appears in a session, unset ones as null (as in GetSession).
             ready = await CustomFieldRepository(db, org_id).ready_names()
-            prefix = convert.null_custom_fields(ready)
+            prefix = convert.null_custom_fields(tuple(ready))
         if after_read is not None:
             await after_read(
                 FeedRead(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, Text, and_, bindparam, delete, func, select, tuple_, update
@@ -31,7 +32,7 @@ from flightlog_server.domain.errors import AlreadyExists, NotFound, RequestIdReu
 from flightlog_server.domain.rules import new_id
 from flightlog_server.domain.types import Caller, IdempotencyKey
 from flightlog_server.storage import models as m
-from flightlog_server.storage.database import RetryTransaction
+from flightlog_server.storage.database import RetryTransaction, Row, Tx
 
 DV = m.table(m.Device)
 DS = m.table(m.Dataset)
@@ -470,3 +471,110 @@ class CatalogRepository:
         """Deletes the file with its partitions and extents (cascade). Topic identities stay:
         other files may record them."""
         await self.db.execute(delete(F).where(F.c.org_id == self.org_id, F.c.file_id == file_id))
+
+
+# --- on a Tx (the session unit of work) ----------------------------------------------------------
+
+
+async def missing_devices(tx: Tx, org_id: str, device_ids: Sequence[str]) -> list[str]:
+    """The devices of ``device_ids`` that are not in the org, in order. The others are held
+    (``FOR KEY SHARE``) until the transaction ends, so they cannot go before it commits."""
+    row = await tx.one(
+        """WITH found AS (
+               SELECT device_id FROM devices
+               WHERE org_id = $1 AND device_id = ANY($2::text[])
+               FOR KEY SHARE)
+           SELECT ARRAY(SELECT u.device_id
+                        FROM unnest($2::text[]) WITH ORDINALITY AS u(device_id, n)
+                        WHERE u.device_id NOT IN (SELECT device_id FROM found)
+                        ORDER BY u.n)""",
+        [org_id, list(dict.fromkeys(device_ids))],
+    )
+    return list(row[0])
+
+
+@dataclass(frozen=True)
+class DatasetContents:
+    """What CreateSessionFromDataset takes from a dataset: its files in relative-path order,
+    the devices (the dataset's first, then its files' in the order of their first file's path)
+    and the bounds of the files' windows."""
+
+    file_ids: list[str]
+    device_ids: list[str]
+    bounds: tuple[int | None, int | None]
+
+
+async def dataset_contents(tx: Tx, org_id: str, dataset_id: str) -> DatasetContents:
+    """The dataset's contents, held (``FOR KEY SHARE``) until the transaction ends; NOT_FOUND
+    when the dataset is not in the org."""
+    row = await tx.one(
+        """WITH dataset AS (
+               SELECT device_id FROM datasets
+               WHERE org_id = $1 AND dataset_id = $2
+               FOR KEY SHARE
+           ), file AS (
+               SELECT file_id, device_id, relative_path,
+                      extents_min_ns + unix_epoch_offset_ns AS low,
+                      extents_max_ns + unix_epoch_offset_ns AS high
+               FROM files WHERE org_id = $1 AND dataset_id = $2
+               FOR KEY SHARE
+           )
+           SELECT EXISTS (SELECT 1 FROM dataset),
+                  ARRAY(SELECT device_id FROM dataset WHERE device_id IS NOT NULL),
+                  ARRAY(SELECT device_id FROM file WHERE device_id IS NOT NULL
+                        GROUP BY device_id ORDER BY min(relative_path), device_id),
+                  ARRAY(SELECT file_id FROM file ORDER BY relative_path),
+                  (SELECT min(low) FROM file),
+                  (SELECT max(high) FROM file)""",
+        [org_id, dataset_id],
+    )
+    if not row[0]:
+        raise NotFound("dataset", [dataset_id])
+    return DatasetContents(
+        file_ids=list(row[3]),
+        device_ids=list(dict.fromkeys([*row[1], *row[2]])),
+        bounds=(row[4], row[5]),
+    )
+
+
+_FILE_COLUMNS = (
+    "file_id, org_id, dataset_id, relative_path, size_bytes, device_id, unix_epoch_offset_ns,"
+    " extents_min_ns, extents_max_ns, created, created_by"
+)
+
+
+def _file_of(row: Row) -> FileRecord:
+    names = [name.strip() for name in _FILE_COLUMNS.split(",")]
+    return FileRecord(**dict(zip(names, row, strict=True)))
+
+
+async def file_of(tx: Tx, org_id: str, file_id: str) -> FileRecord:
+    """The file (locked by the caller already); NOT_FOUND when not in the org."""
+    row = await tx.row(
+        f"SELECT {_FILE_COLUMNS} FROM files WHERE org_id = $1 AND file_id = $2",
+        [org_id, file_id],
+    )
+    if row is None:
+        raise NotFound("file", [file_id])
+    return _file_of(row)
+
+
+async def set_file_offset(tx: Tx, org_id: str, file_id: str, offset: int) -> FileRecord:
+    row = await tx.one(
+        f"UPDATE files SET unix_epoch_offset_ns = $3 WHERE org_id = $1 AND file_id = $2"
+        f" RETURNING {_FILE_COLUMNS}",
+        [org_id, file_id, offset],
+    )
+    return _file_of(row)
+
+
+async def delete_file(tx: Tx, org_id: str, file_id: str) -> None:
+    """Deletes the file with its partitions, extents and contributions (cascade). Topic
+    identities stay: other files may record them."""
+    await tx.run("DELETE FROM files WHERE org_id = $1 AND file_id = $2", [org_id, file_id])
+
+
+async def delete_device(tx: Tx, org_id: str, device_id: str) -> None:
+    """Deletes the device; its attachments go with it (cascade), and the datasets, files and
+    metric values that name it keep no device (``SET NULL``)."""
+    await tx.run("DELETE FROM devices WHERE org_id = $1 AND device_id = $2", [org_id, device_id])

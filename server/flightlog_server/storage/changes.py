@@ -2,13 +2,13 @@
 
 Why reading ``revision > last`` never skips a change
 ----------------------------------------------------
-Every session write ends with ``SessionRepository.commit_change``, which takes the org's next
-revision with ``UPDATE orgs SET revision = revision + 1 ... RETURNING revision`` and inserts the
-change row in the same transaction. That UPDATE row-locks the org until the transaction ends, so
-a second writer of the same org waits at its own UPDATE until the first one has committed or
-rolled back, and only then reads the new value. PostgreSQL makes a committed transaction visible
-to new snapshots *before* it releases its locks (``ProcArrayEndTransaction`` precedes the lock
-release in ``CommitTransaction``). Hence:
+Every session write ends with one statement (``storage.sessions``, run by the unit of work)
+that takes the org's next revisions from its ``change_feeds`` row (an upsert adding to
+``revision``, ``RETURNING`` it) and inserts the change rows. That row lock is held until the
+transaction ends, so a second writer of the same org waits at its own upsert until the first one
+has committed or rolled back, and only then reads the new value. PostgreSQL makes a committed
+transaction visible to new snapshots *before* it releases its locks (``ProcArrayEndTransaction``
+precedes the lock release in ``CommitTransaction``). Hence:
 
 * revisions are dense: a rolled-back writer's revision is taken by the next writer, and every
   revision taken has its change row (same transaction);
@@ -63,7 +63,7 @@ from flightlog_server.storage.urls import libpq_conninfo
 log = logging.getLogger(__name__)
 
 CH = m.table(m.SessionChange)
-ORGS = m.table(m.Org)
+FEEDS = m.table(m.ChangeFeed)
 
 _TEXT_ARRAY = ARRAY(Text)
 
@@ -143,15 +143,17 @@ class ChangeRepository:
         self.org_id = org_id
 
     async def history(self) -> RetainedHistory:
-        oldest = (
-            select(func.min(CH.c.revision)).where(CH.c.org_id == ORGS.c.org_id).scalar_subquery()
-        )
         row = (
             await self.db.execute(
-                select(ORGS.c.revision, oldest).where(ORGS.c.org_id == self.org_id)
+                select(
+                    select(FEEDS.c.revision).where(FEEDS.c.org_id == self.org_id).scalar_subquery(),
+                    select(func.min(CH.c.revision))
+                    .where(CH.c.org_id == self.org_id)
+                    .scalar_subquery(),
+                )
             )
         ).one()
-        current = int(row[0])
+        current = int(row[0] or 0)  # an org without a feed row has revision 0
         return RetainedHistory(current, current + 1 if row[1] is None else int(row[1]))
 
     async def start_after(self, after_revision: int) -> int:

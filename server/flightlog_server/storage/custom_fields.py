@@ -20,7 +20,7 @@ from flightlog_server.domain.errors import AlreadyExists, NotFound
 from flightlog_server.domain.rules import CUSTOM_FIELD_NAME, new_id
 from flightlog_server.domain.types import CustomFieldDef, CustomFieldStatus, CustomFieldType
 from flightlog_server.storage import models as m
-from flightlog_server.storage.database import RetryTransaction
+from flightlog_server.storage.database import Pending, RetryTransaction, Row, Tx
 
 CF = m.table(m.CustomField)
 V = m.table(m.SessionCustomFieldValue)
@@ -199,3 +199,103 @@ class CustomFieldRepository:
         await self.db.execute(
             delete(CF).where(CF.c.org_id == self.org_id, CF.c.custom_field_id == custom_field_id)
         )
+
+
+# --- on a Tx (the session unit of work) ----------------------------------------------------------
+
+_DEFINITION_COLUMNS = (
+    "custom_field_id, org_id, entity_type, name, type, enum_values, status, description,"
+    " created, created_by"
+)
+
+
+def _definition(row: Row) -> CustomFieldDef:
+    return CustomFieldDef(
+        custom_field_id=row[0],
+        org_id=row[1],
+        entity_type=row[2],
+        name=row[3],
+        type=CustomFieldType(row[4]),
+        enum_values=tuple(row[5]),
+        status=CustomFieldStatus(row[6]),
+        description=row[7],
+        created=row[8],
+        created_by=row[9],
+    )
+
+
+class Definitions:
+    """A read of definitions already sent, read (``await definitions.read()``) when needed: the
+    session fields with the names asked (any status), keyed by name."""
+
+    def __init__(self, pending: Pending | None) -> None:
+        self._pending = pending
+
+    async def read(self) -> dict[str, CustomFieldDef]:
+        if self._pending is None:
+            return {}
+        return {row[3]: _definition(row) for row in await self._pending.rows()}
+
+
+async def send_definitions_by_names(tx: Tx, org_id: str, names: Iterable[str]) -> Definitions:
+    """Sends the read of the session fields with these names, so that it travels with the next
+    statement (nothing is sent for no names)."""
+    wanted = sorted(name for name in set(names) if CUSTOM_FIELD_NAME.fullmatch(name))
+    if not wanted:
+        return Definitions(None)
+    return Definitions(
+        await tx.send(
+            f"SELECT {_DEFINITION_COLUMNS} FROM custom_fields"
+            " WHERE org_id = $1 AND entity_type = 'session' AND name = ANY($2::text[])",
+            [org_id, wanted],
+        )
+    )
+
+
+async def definition(tx: Tx, org_id: str, custom_field_id: str) -> CustomFieldDef:
+    """The definition, unlocked; NOT_FOUND when not in the org."""
+    row = await tx.row(
+        f"SELECT {_DEFINITION_COLUMNS} FROM custom_fields"
+        " WHERE org_id = $1 AND custom_field_id = $2",
+        [org_id, custom_field_id],
+    )
+    if row is None:
+        raise NotFound("custom_field", [custom_field_id])
+    return _definition(row)
+
+
+async def lock_definition(tx: Tx, org_id: str, custom_field_id: str) -> CustomFieldDef:
+    """The definition, locked for an update (after its dependent sessions, see
+    ``sessions.lock_dependents``); NOT_FOUND when not in the org."""
+    row = await tx.row(
+        f"SELECT {_DEFINITION_COLUMNS} FROM custom_fields"
+        " WHERE org_id = $1 AND custom_field_id = $2 FOR UPDATE",
+        [org_id, custom_field_id],
+    )
+    if row is None:
+        raise NotFound("custom_field", [custom_field_id])
+    return _definition(row)
+
+
+async def update_definition(
+    tx: Tx,
+    org_id: str,
+    custom_field_id: str,
+    *,
+    status: CustomFieldStatus,
+    enum_values: Sequence[str],
+) -> CustomFieldDef:
+    row = await tx.one(
+        f"UPDATE custom_fields SET status = $3, enum_values = $4::text[]"
+        f" WHERE org_id = $1 AND custom_field_id = $2 RETURNING {_DEFINITION_COLUMNS}",
+        [org_id, custom_field_id, status.value, list(enum_values)],
+    )
+    return _definition(row)
+
+
+async def delete_definition(tx: Tx, org_id: str, custom_field_id: str) -> None:
+    """Deletes the definition and every value set for it (cascade)."""
+    await tx.run(
+        "DELETE FROM custom_fields WHERE org_id = $1 AND custom_field_id = $2",
+        [org_id, custom_field_id],
+    )

@@ -9,6 +9,16 @@
 * A database that cannot be reached surfaces as ``DatabaseUnavailable`` quickly (short connect
   timeout, dead pooled connections detected by pre-ping), and the pool recovers by itself when
   PostgreSQL comes back.
+
+Two ways to talk to the database share one pool. ``run``/``read`` hand the work SQLAlchemy's
+``AsyncSession``/``AsyncConnection`` (statements built with Core, convenient for the catalog and
+the definitions). ``write``/``query`` hand it a :class:`Tx`: the pooled psycopg connection itself,
+in pipeline mode, running plain SQL with ``$n`` placeholders in binary. The hot paths (every
+write of sessions, GetSession) use the latter: the profile of a create showed most of the server's
+CPU in SQLAlchemy's per-statement machinery (compiling, caching, the greenlet bridge, result
+objects) and in one network round trip per statement; a ``Tx`` sends BEGIN, the deadline's
+``SET LOCAL`` and the first statement in one round trip, and the last statement with COMMIT in
+another.
 """
 
 from __future__ import annotations
@@ -16,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg.errors
+from psycopg import AsyncRawCursor
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
@@ -38,7 +49,7 @@ from flightlog_server.storage.urls import sqlalchemy_url
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-C = TypeVar("C", AsyncSession, AsyncConnection)
+Row = tuple[Any, ...]
 
 # SQLSTATEs that mean "run the transaction again".
 _RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
@@ -49,6 +60,67 @@ _UNAVAILABLE_CLASSES = {"08", "53", "57", "58"}
 
 class RetryTransaction(Exception):
     """Raised by a repository when what it read changed under it; the transaction is re-run."""
+
+
+class Tx:
+    """A pooled psycopg connection in pipeline mode: one transaction (``Database.write``) or
+    autocommit reads (``Database.query``). Statements are plain SQL with ``$n`` placeholders;
+    rows come back as tuples, decoded from PostgreSQL's binary format.
+
+    A statement is sent when it is executed and its result read when needed (``send``), so
+    statements whose results are not needed in between travel together, COMMIT included;
+    psycopg prepares a statement on a connection after a few executions, so a hot statement is
+    parsed and planned once.
+    """
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self.connection = connection
+        self.committing = False
+
+    async def send(self, sql: str, params: Sequence[Any] = ()) -> Pending:
+        """Sends a statement; its result is read from the returned ``Pending`` when needed (an
+        error surfaces then, or at COMMIT)."""
+        cursor = AsyncRawCursor(self.connection)
+        await cursor.execute(sql, params, binary=True)
+        return Pending(cursor)
+
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await (await self.send(sql, params)).rows()
+
+    async def row(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await (await self.send(sql, params)).row()
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> Row:
+        return await (await self.send(sql, params)).one()
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Sends a statement whose result is not needed (an error surfaces by the next read or
+        the commit at the latest)."""
+        await self.send(sql, params)
+
+    async def commit(self) -> None:
+        """Commits now (``Database.write`` commits at the end otherwise); results of statements
+        sent before stay readable from their ``Pending``."""
+        self.committing = True
+        await self.connection.commit()
+
+
+class Pending:
+    """The result of a statement sent by ``Tx.send``, read when needed."""
+
+    def __init__(self, cursor: AsyncRawCursor[Row]) -> None:
+        self._cursor = cursor
+
+    async def rows(self) -> list[Row]:
+        return await self._cursor.fetchall()
+
+    async def row(self) -> Row | None:
+        return await self._cursor.fetchone()
+
+    async def one(self) -> Row:
+        row = await self._cursor.fetchone()
+        assert row is not None, "the statement returned no row"
+        return row
 
 
 @dataclass(frozen=True)
@@ -124,6 +196,65 @@ class Database:
                         raise _StaleConnection(str(e.orig)) from e
                     raise
 
+    @asynccontextmanager
+    async def _pipelined(self, *, transaction: bool) -> AsyncIterator[Tx]:
+        """A pooled connection's psycopg connection, in pipeline mode, in a transaction that
+        commits when the block exits normally (or in autocommit mode)."""
+        with translate_errors():
+            connection = await (self.engine if transaction else self._autocommit).connect()
+            try:
+                fairy = await connection.get_raw_connection()
+                driver: psycopg.AsyncConnection[Any] | None = fairy.driver_connection
+                assert driver is not None
+                tx = Tx(driver)
+                try:
+                    async with driver.pipeline():
+                        if transaction:
+                            await self._bound_by_deadline_raw(tx)
+                        yield tx
+                        if transaction:
+                            await tx.commit()
+                except BaseException as error:
+                    await self._recover(connection, fairy, driver, error, tx.committing)
+                    raise
+            finally:
+                await connection.close()
+
+    async def _recover(
+        self,
+        connection: AsyncConnection,
+        fairy: Any,
+        driver: psycopg.AsyncConnection[Any],
+        error: BaseException,
+        committing: bool,
+    ) -> None:
+        """After a failure: roll back; or, when the connection is broken, drop it with every
+        pooled connection opened before it (as SQLAlchemy does on a disconnect it sees itself)
+        and, when COMMIT was not sent yet, have the work re-run on a fresh connection."""
+        if driver.broken or driver.closed:
+            self.engine.sync_engine.pool._invalidate(fairy, error)
+            await connection.invalidate(error)
+            if not committing and isinstance(error, psycopg.OperationalError):
+                raise _StaleConnection(str(error)) from error
+            return
+        if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                await driver.rollback()
+            except psycopg.Error:
+                await connection.invalidate(error)
+
+    async def write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Runs ``work`` in a transaction on a :class:`Tx`, retried like ``run``."""
+        return await self._attempt(lambda: self._pipelined(transaction=True), work)
+
+    async def query(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Runs read ``work`` on an autocommit :class:`Tx` (each statement sees what is committed
+        when it runs), retried like ``run``. Reads bounded by a short deadline run in a
+        transaction instead, for its ``SET LOCAL statement_timeout``."""
+        left = request_context.seconds_left()
+        short = left is not None and left * 1000 < self.settings.statement_timeout_ms
+        return await self._attempt(lambda: self._pipelined(transaction=short), work)
+
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Runs ``work`` in a transaction, re-running it on serialization failures, deadlocks,
         a connection found dead before COMMIT, and ``RetryTransaction``. ``work`` must be safe
@@ -136,8 +267,8 @@ class Database:
 
     async def _attempt(
         self,
-        scope: Callable[[], AbstractAsyncContextManager[C]],
-        work: Callable[[C], Awaitable[T]],
+        scope: Callable[[], AbstractAsyncContextManager[Any]],
+        work: Callable[[Any], Awaitable[T]],
     ) -> T:
         attempt = 0
         while True:
@@ -167,14 +298,26 @@ class Database:
         except Exception:  # noqa: BLE001 - any failure means "not serving"
             return False
 
-    async def _bound_by_deadline(self, session: AsyncSession | AsyncConnection) -> None:
+    async def _bound_by_deadline_raw(self, tx: Tx) -> None:
+        ms = self._deadline_ms()
+        if ms is not None:
+            # Sent with the first statement of the transaction, in the same round trip.
+            await tx.run(f"SET LOCAL statement_timeout = {ms}")
+
+    def _deadline_ms(self) -> int | None:
+        """The statement timeout the call's deadline asks for, when shorter than the default;
+        DEADLINE_EXCEEDED when the deadline has passed already."""
         left = request_context.seconds_left()
         if left is None:
-            return
+            return None
         ms = int(left * 1000)
         if ms <= 0:
             raise DeadlineExceeded("the call's deadline passed before the database was reached")
-        if ms < self.settings.statement_timeout_ms:
+        return ms if ms < self.settings.statement_timeout_ms else None
+
+    async def _bound_by_deadline(self, session: AsyncSession | AsyncConnection) -> None:
+        ms = self._deadline_ms()
+        if ms is not None:
             await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
 
 

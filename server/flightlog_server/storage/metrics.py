@@ -18,6 +18,7 @@ from flightlog_server.domain.metrics import MetricRecord
 from flightlog_server.domain.rules import new_id
 from flightlog_server.domain.types import Caller, MetricEntry
 from flightlog_server.storage import models as m
+from flightlog_server.storage.database import Tx
 
 M = m.table(m.Metric)
 V = m.table(m.SessionMetricValue)
@@ -154,3 +155,36 @@ def _record(
         published=row.published,
         published_by=row.published_by,
     )
+
+
+# --- on a Tx (the session unit of work) ----------------------------------------------------------
+
+
+async def metric_ids(
+    tx: Tx, org_id: str, principal_id: str, names: Sequence[str]
+) -> dict[str, str]:
+    """The metric ID of each name, creating the missing definitions.
+
+    Definitions are never deleted, so a name's ID never changes (callers may keep them). The
+    insert's ``ON CONFLICT DO NOTHING`` waits for a concurrent transaction inserting the same
+    name and then skips it; the names it skipped are read back by a later statement, whose
+    snapshot sees what that transaction committed. Names go in sorted order, so that two writers
+    wait on each other in the same order (no deadlock)."""
+    wanted = sorted(set(names))
+    select = "SELECT name, metric_id FROM metrics WHERE org_id = $1 AND name = ANY($2::text[])"
+    ids = {row[0]: row[1] for row in await tx.rows(select, [org_id, wanted])}
+    missing = [name for name in wanted if name not in ids]
+    if missing:
+        inserted = await tx.rows(
+            """INSERT INTO metrics (org_id, metric_id, name, created_by)
+               SELECT $1, u.metric_id, u.name, $4
+               FROM unnest($2::text[], $3::text[]) AS u(name, metric_id)
+               ON CONFLICT (org_id, name) DO NOTHING
+               RETURNING name, metric_id""",
+            [org_id, missing, [new_id("metric") for _ in missing], principal_id],
+        )
+        ids.update((row[0], row[1]) for row in inserted)
+        raced = [name for name in missing if name not in ids]
+        if raced:
+            ids.update((row[0], row[1]) for row in await tx.rows(select, [org_id, raced]))
+    return ids

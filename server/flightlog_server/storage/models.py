@@ -37,6 +37,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -121,9 +122,6 @@ class Org(Base):
 
     org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(120), nullable=False, unique=True)
-    # The org's change-feed revision: bumped by every session write, as the last statement of
-    # its transaction, so revisions become visible in commit order (see ChangeRepository).
-    revision: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     created: Mapped[dt.datetime] = _created()
 
 
@@ -359,6 +357,10 @@ class Session(Base):
     wire_record: Mapped[bytes] = mapped_column(
         LargeBinary, nullable=False, server_default=text("''::bytea")
     )
+    # The version of the encoding that wrote ``wire_record`` (services.unit_of_work.RecordFormat).
+    record_version: Mapped[int] = mapped_column(
+        SmallInteger, nullable=False, server_default=text("1"), index=True
+    )
 
 
 class SessionFile(Base):
@@ -529,6 +531,21 @@ class SessionMetricValue(Base):
     device_id: Mapped[str | None] = mapped_column(String(128, collation="C"))
     published: Mapped[dt.datetime] = _created()
     published_by: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class ChangeFeed(Base):
+    """The head of an org's change feed: its last revision, taken by every write of sessions in
+    the last statement of its transaction, so that revisions become visible in commit order
+    (see ``storage.changes``). A tenant table of its own (not a column of ``orgs``), so that a
+    write touches its own org's rows only, all on one node once the schema is distributed by
+    ``org_id``. An org without a row has revision 0."""
+
+    __tablename__ = "change_feeds"
+
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("orgs.org_id", ondelete="CASCADE"), primary_key=True
+    )
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class SessionChange(Base):

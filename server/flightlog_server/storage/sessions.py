@@ -1,677 +1,851 @@
-"""Sessions and what they are made of: contributions, device attachments, custom-field values.
+"""Sessions in storage: the SQL of every write of sessions, run by the unit of work
+(``services.unit_of_work``), and the reads of their records.
 
-Concurrency: every write to a session first locks its row (``FOR UPDATE``), so writes to one
-session are serialized and each recomputes the bounds from what is committed. Writes that touch
-many sessions (a file's offset changing, a file deleted) lock those sessions in ID order, then the
-file, then check that no contribution appeared meanwhile (``RetryTransaction`` otherwise). Every
-write ends with ``commit_change``, which bumps the org revision last, so the org row is held
-only for the final statements of the transaction.
+A write of sessions is a few statements on one :class:`~flightlog_server.storage.database.Tx`:
+
+1. **Lock** the sessions written (``FOR UPDATE``, in session ID order), reading back everything
+   their record is made of in the same statement: columns, attached devices, Ready custom-field
+   values (``lock_sessions``). A write that depends on a catalog row (a file's contributions, a
+   device's attachments, a custom field's values) locks the sessions that depend on it first,
+   then the row, then checks that no dependent appeared meanwhile (``lock_dependents``: the one
+   copy of that protocol).
+2. Whatever the write changes that the record depends on and that SQL must compute: file
+   contributions (then ``recompute_bounds``), device attachments.
+3. **Store** (``store_sessions``): one statement that writes the new columns, the custom-field
+   and metric values, the record, takes the org's next revisions and records the changes (and
+   wakes the watchers). The org's revision row is locked by that statement until COMMIT, which
+   travels with it (see ``storage.changes`` for why revisions must be taken last).
+
+Creates (``create_sessions``) and deletes (``delete_session``) are one statement each, shaped the
+same way.
+
+Records are encoded by the caller (in Python, from the state read in step 1) without their
+``revision`` field, which only this last statement knows: SQL appends it with
+``flightlog_revision_field`` (migration 0003). ``revision`` is field 14, the Session message's
+last, so the result is exactly the deterministic serialization of the whole message.
+
+Every statement is plain SQL with ``$n`` placeholders, scoped by ``org_id``, its values bound. The
+storing statements check what they rely on themselves and give up with ``flightlog_retry`` (a
+serialization failure: the transaction is re-run) rather than returning a flag to check, so that
+COMMIT can be sent right behind them: a write's last round trip carries both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from psycopg.types.json import Jsonb
 
-from flightlog_server.domain.errors import (
-    NotFound,
-    RequestIdReused,
-    RevisionMismatch,
-)
-from flightlog_server.domain.rules import new_id
+from flightlog_server.domain.errors import NotFound
 from flightlog_server.domain.types import (
     Caller,
     ContributionSpec,
     CustomFieldType,
     FieldValue,
+    Instant,
     SessionState,
 )
-from flightlog_server.storage import models as m
-from flightlog_server.storage.database import RetryTransaction
-
-# Turns a session into the bytes stored in ``sessions.wire_record`` (set by the wiring).
-SessionEncoder = Callable[[SessionState], bytes]
+from flightlog_server.storage.database import Pending, RetryTransaction, Row, Tx
 
 CHANGES_CHANNEL = "flightlog_session_changes"
 
-# Custom-field type → the typed value column that stores it.
-VALUE_COLUMNS: dict[CustomFieldType, str] = {
-    CustomFieldType.BOOLEAN: "bool_value",
-    CustomFieldType.ENUM: "text_value",
-    CustomFieldType.NUMBER: "number_value",
-    CustomFieldType.STRING: "text_value",
-    CustomFieldType.TIMESTAMP: "timestamp_ns",
+# The custom-field value columns, in the order the statements below list them.
+_VALUE_COLUMNS = ("bool_value", "text_value", "number_value", "timestamp_ns")
+_COLUMN_OF_TYPE: dict[CustomFieldType, int] = {
+    CustomFieldType.BOOLEAN: 0,
+    CustomFieldType.ENUM: 1,
+    CustomFieldType.NUMBER: 2,
+    CustomFieldType.STRING: 1,
+    CustomFieldType.TIMESTAMP: 3,
 }
 
-S = m.table(m.Session)
-C = m.table(m.SessionFile)
-D = m.table(m.SessionDevice)
-V = m.table(m.SessionCustomFieldValue)
-F = m.table(m.File)
-DS = m.table(m.Dataset)
-CF = m.table(m.CustomField)
 
+@dataclass(frozen=True)
+class LockedSession:
+    """A session as ``lock_sessions`` read it: its columns, attached devices (in attach order)
+    and the values of its Ready custom fields (name → (type, value))."""
 
-async def record_and_ready_fields(
-    db: AsyncConnection, org_id: str, session_id: str
-) -> tuple[bytes, list[str]]:
-    """A session's stored wire record and the org's Ready session field names, in one
-    statement (GetSession's whole read)."""
-    row = (
-        await db.execute(_RECORD_AND_READY_FIELDS_SQL, {"org_id": org_id, "session_id": session_id})
-    ).one_or_none()
-    if row is None:
-        raise NotFound("session", [session_id])
-    return bytes(row[0]), list(row[1])
+    session_id: str
+    name: str | None
+    description: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    min_timestamp_ns: int | None
+    max_timestamp_ns: int | None
+    created: dt.datetime
+    created_by: str
+    modified: dt.datetime
+    modified_by: str
+    revision: int
+    device_ids: list[str]
+    custom_fields: dict[str, tuple[CustomFieldType, FieldValue]]
+    # The stored record and the version of the encoding that wrote it.
+    record: bytes
+    record_version: int
 
-
-class SessionRepository:
-    """All SQL about sessions, scoped to the caller's org. Flushes, never commits."""
-
-    def __init__(self, session: AsyncSession, caller: Caller, encode: SessionEncoder) -> None:
-        self.db = session
-        self.caller = caller
-        self.org_id = caller.org_id
-        self.encode = encode
-
-    # --- reading -------------------------------------------------------------------------------
-
-    async def load(self, session_id: str, *, lock: bool = False) -> SessionState:
-        """The session with its set Ready custom-field values; NOT_FOUND when not in the org."""
-        query = select(S).where(S.c.org_id == self.org_id, S.c.session_id == session_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await self.db.execute(query)).mappings().one_or_none()
-        if row is None:
-            raise NotFound("session", [session_id])
-        values = await self._custom_values(session_id)
+    def state(self, org_id: str) -> SessionState:
+        """The session as its record shows it."""
         return SessionState(
-            session_id=row["session_id"],
-            org_id=row["org_id"],
-            name=row["name"],
-            description=row["description"],
-            tags=list(row["tags"]),
-            metadata=dict(row["metadata"]),
-            custom_fields=values,
-            min_timestamp_ns=row["min_timestamp_ns"],
-            max_timestamp_ns=row["max_timestamp_ns"],
-            created=row["created"],
-            created_by=row["created_by"],
-            modified=row["modified"],
-            modified_by=row["modified_by"],
-            revision=row["revision"],
-        )
-
-    async def wire_record(self, session_id: str) -> bytes:
-        record = await self.db.scalar(
-            select(S.c.wire_record).where(S.c.org_id == self.org_id, S.c.session_id == session_id)
-        )
-        if record is None:
-            raise NotFound("session", [session_id])
-        return bytes(record)
-
-    async def _custom_values(
-        self, session_id: str
-    ) -> dict[str, tuple[CustomFieldType, FieldValue]]:
-        rows = await self.db.execute(
-            select(
-                CF.c.name,
-                CF.c.type,
-                V.c.bool_value,
-                V.c.text_value,
-                V.c.number_value,
-                V.c.timestamp_ns,
-            )
-            .join(CF, and_(CF.c.org_id == V.c.org_id, CF.c.custom_field_id == V.c.custom_field_id))
-            .where(V.c.org_id == self.org_id, V.c.session_id == session_id, CF.c.status == "ready")
-        )
-        values: dict[str, tuple[CustomFieldType, FieldValue]] = {}
-        for name, type_, b, t, n, ts in rows:
-            field_type = CustomFieldType(type_)
-            value = {"bool_value": b, "text_value": t, "number_value": n, "timestamp_ns": ts}[
-                VALUE_COLUMNS[field_type]
-            ]
-            values[name] = (field_type, value)
-        return values
-
-    async def device_ids(self, session_id: str) -> list[str]:
-        rows = await self.db.scalars(
-            select(D.c.device_id)
-            .where(D.c.org_id == self.org_id, D.c.session_id == session_id)
-            .order_by(D.c.seq)
-        )
-        return list(rows)
-
-    # --- creating ------------------------------------------------------------------------------
-
-    async def find_by_request_id(self, request_id: str, digest: bytes) -> SessionState | None:
-        """The session a create with this ``request_id`` made, when it was the same request."""
-        row = (
-            await self.db.execute(
-                select(S.c.session_id, S.c.request_digest).where(
-                    S.c.org_id == self.org_id, S.c.request_id == request_id
-                )
-            )
-        ).one_or_none()
-        if row is None:
-            return None
-        if row.request_digest != digest:
-            raise RequestIdReused(
-                f"request_id {request_id!r} was already used with a different request"
-            )
-        return await self.load(row.session_id)
-
-    async def create(
-        self,
-        *,
-        name: str | None,
-        description: str | None,
-        device_ids: Sequence[str],
-        metadata: dict[str, Any],
-        tags: Sequence[str],
-        values: dict[str, tuple[CustomFieldType, FieldValue | None]],
-        request_id: str | None,
-        digest: bytes | None,
-        dataset_id: str | None = None,
-    ) -> SessionState | None:
-        """Inserts a session; returns None when a concurrent create with the same
-        ``request_id`` won (the caller then looks it up).
-
-        With ``dataset_id``, every file of the dataset is added whole before the change is
-        recorded, so the feed carries one ``created`` change with the final bounds."""
-        await self.require_devices(device_ids)
-        session_id = new_id("session")
-        principal = self.caller.principal_id
-        inserted = await self.db.scalar(
-            pg_insert(S)
-            .values(
-                org_id=self.org_id,
-                session_id=session_id,
-                name=name,
-                description=description,
-                tags=list(tags),
-                metadata=metadata,
-                created_by=principal,
-                modified_by=principal,
-                request_id=request_id,
-                request_digest=digest,
-            )
-            .on_conflict_do_nothing(index_elements=[S.c.org_id, S.c.request_id])
-            .returning(S.c.session_id)
-        )
-        if inserted is None:
-            return None
-        if device_ids:
-            await self.db.execute(
-                D.insert(),
-                [
-                    {
-                        "org_id": self.org_id,
-                        "session_id": session_id,
-                        "device_id": d,
-                        "attached_by": principal,
-                    }
-                    for d in device_ids
-                ],
-            )
-        await self.set_custom_values(session_id, values)
-        if dataset_id is not None:
-            await self.add_dataset_contributions(session_id, dataset_id)
-        return await self.commit_change(session_id, "created")
-
-    async def require_devices(self, device_ids: Iterable[str]) -> None:
-        wanted = list(dict.fromkeys(device_ids))
-        if not wanted:
-            return
-        found = set(
-            await self.db.scalars(
-                select(m.table(m.Device).c.device_id)
-                .where(
-                    m.table(m.Device).c.org_id == self.org_id,
-                    m.table(m.Device).c.device_id.in_(wanted),
-                )
-                .with_for_update(read=True, key_share=True)
-            )
-        )
-        missing = [d for d in wanted if d not in found]
-        if missing:
-            raise NotFound("device", missing)
-
-    # --- updating ------------------------------------------------------------------------------
-
-    async def lock(self, session_id: str, expected_revision: int | None) -> SessionState:
-        """Locks the session for a write and checks the caller's expected revision."""
-        state = await self.load(session_id, lock=True)
-        if expected_revision is not None and expected_revision != state.revision:
-            raise RevisionMismatch(expected_revision, state.revision)
-        return state
-
-    async def update_fields(self, session_id: str, **columns: Any) -> None:
-        if columns:
-            await self.db.execute(
-                update(S)
-                .where(S.c.org_id == self.org_id, S.c.session_id == session_id)
-                .values(**columns)
-            )
-
-    async def set_custom_values(
-        self, session_id: str, values: dict[str, tuple[CustomFieldType, FieldValue | None]]
-    ) -> None:
-        """Sets (or, for None, clears) values keyed by custom field ID."""
-        cleared = [field_id for field_id, (_, value) in values.items() if value is None]
-        if cleared:
-            await self.db.execute(
-                delete(V).where(
-                    V.c.org_id == self.org_id,
-                    V.c.session_id == session_id,
-                    V.c.custom_field_id.in_(cleared),
-                )
-            )
-        rows = []
-        for field_id, (type_, value) in values.items():
-            if value is None:
-                continue
-            row: dict[str, Any] = {
-                "org_id": self.org_id,
-                "session_id": session_id,
-                "custom_field_id": field_id,
-                "bool_value": None,
-                "text_value": None,
-                "number_value": None,
-                "timestamp_ns": None,
-            }
-            row[VALUE_COLUMNS[type_]] = value
-            rows.append(row)
-        if rows:
-            stmt = pg_insert(V)
-            await self.db.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[V.c.org_id, V.c.session_id, V.c.custom_field_id],
-                    set_={
-                        c: stmt.excluded[c]
-                        for c in ("bool_value", "text_value", "number_value", "timestamp_ns")
-                    },
-                ),
-                rows,
-            )
-
-    async def delete(self, session_id: str, expected_revision: int | None) -> None:
-        state = await self.lock(session_id, expected_revision)
-        # The change keeps the tags and devices the session had, so that a watcher filtering on
-        # them learns of the deletion.
-        device_ids = await self.device_ids(session_id)
-        await self.db.execute(
-            delete(S).where(S.c.org_id == self.org_id, S.c.session_id == session_id)
-        )
-        await self._record_change(session_id, "deleted", None, state.tags, device_ids)
-
-    # --- contributions -------------------------------------------------------------------------
-
-    async def add_contributions(self, session_id: str, specs: Sequence[ContributionSpec]) -> None:
-        """Adds or replaces contributions; NOT_FOUND naming every file not in the org."""
-        file_ids = [s.file_id for s in specs]
-        # KEY SHARE locks keep the files from being deleted, or their offsets changed, until
-        # this transaction ends (see the module doc).
-        found = set(
-            await self.db.scalars(
-                select(F.c.file_id)
-                .where(F.c.org_id == self.org_id, F.c.file_id.in_(file_ids))
-                .with_for_update(read=True, key_share=True)
-            )
-        )
-        missing = [f for f in file_ids if f not in found]
-        if missing:
-            raise NotFound("file", missing)
-        principal = self.caller.principal_id
-        stmt = pg_insert(C)
-        await self.db.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[C.c.org_id, C.c.session_id, C.c.file_id],
-                set_={
-                    "range_min_ns": stmt.excluded.range_min_ns,
-                    "range_max_ns": stmt.excluded.range_max_ns,
-                    "modified": func.now(),
-                    "modified_by": stmt.excluded.modified_by,
-                },
-            ),
-            [
-                {
-                    "org_id": self.org_id,
-                    "session_id": session_id,
-                    "file_id": s.file_id,
-                    "range_min_ns": s.range_min_ns,
-                    "range_max_ns": s.range_max_ns,
-                    "created_by": principal,
-                    "modified_by": principal,
-                }
-                for s in specs
-            ],
-        )
-        await self.recompute_bounds([session_id])
-
-    async def dataset_devices(self, dataset_id: str) -> list[str]:
-        """The devices of a dataset and of its files: the dataset's first, then the files' in
-        the order of their first file's relative path. NOT_FOUND when the dataset is not in the
-        org; it is held (``FOR KEY SHARE``) until the transaction ends."""
-        row = (
-            await self.db.execute(
-                select(DS.c.device_id)
-                .where(DS.c.org_id == self.org_id, DS.c.dataset_id == dataset_id)
-                .with_for_update(read=True, key_share=True)
-            )
-        ).one_or_none()
-        if row is None:
-            raise NotFound("dataset", [dataset_id])
-        of_files = await self.db.scalars(
-            select(F.c.device_id)
-            .where(
-                F.c.org_id == self.org_id,
-                F.c.dataset_id == dataset_id,
-                F.c.device_id.is_not(None),
-            )
-            .group_by(F.c.device_id)
-            .order_by(func.min(F.c.relative_path), F.c.device_id)
-        )
-        first = [row.device_id] if row.device_id is not None else []
-        return list(dict.fromkeys([*first, *of_files]))
-
-    async def add_dataset_contributions(self, session_id: str, dataset_id: str) -> None:
-        """Adds every file of the dataset whole, in relative-path order, in one set-based
-        statement (datasets may hold tens of thousands of files), and recomputes the bounds.
-
-        The files are held with ``FOR KEY SHARE`` like in ``add_contributions``."""
-        principal = literal(self.caller.principal_id)
-        files = (
-            select(
-                literal(self.org_id),
-                literal(session_id),
-                F.c.file_id,
-                principal,
-                principal,
-            )
-            .where(F.c.org_id == self.org_id, F.c.dataset_id == dataset_id)
-            .order_by(F.c.relative_path)
-            .with_for_update(read=True, key_share=True)
-        )
-        await self.db.execute(
-            C.insert().from_select(
-                ["org_id", "session_id", "file_id", "created_by", "modified_by"], files
-            )
-        )
-        await self.recompute_bounds([session_id])
-
-    async def list_contributions(
-        self, session_id: str, after_seq: int | None, limit: int
-    ) -> list[Any]:
-        """Contributions in the order they were first added, with their file's dataset, path
-        and size, after the keyset position ``after_seq``."""
-        query = (
-            select(
-                C.c.file_id,
-                C.c.range_min_ns,
-                C.c.range_max_ns,
-                C.c.seq,
-                C.c.created,
-                C.c.created_by,
-                C.c.modified,
-                C.c.modified_by,
-                F.c.dataset_id,
-                F.c.relative_path,
-                F.c.size_bytes,
-            )
-            .join(F, and_(F.c.org_id == C.c.org_id, F.c.file_id == C.c.file_id))
-            .where(C.c.org_id == self.org_id, C.c.session_id == session_id)
-            .order_by(C.c.seq)
-            .limit(limit)
-        )
-        if after_seq is not None:
-            query = query.where(C.c.seq > after_seq)
-        return list(await self.db.execute(query))
-
-    async def require(self, session_id: str) -> None:
-        """NOT_FOUND when the session is not in the org."""
-        found = await self.db.scalar(
-            select(S.c.session_id).where(S.c.org_id == self.org_id, S.c.session_id == session_id)
-        )
-        if found is None:
-            raise NotFound("session", [session_id])
-
-    async def remove_contributions(self, session_id: str, file_ids: Sequence[str]) -> None:
-        await self.db.execute(
-            delete(C).where(
-                C.c.org_id == self.org_id,
-                C.c.session_id == session_id,
-                C.c.file_id.in_(list(file_ids)),
-            )
-        )
-        await self.recompute_bounds([session_id])
-
-    async def recompute_bounds(self, session_ids: Sequence[str]) -> None:
-        """Sets each session's bounds from its contributions: a window as given, or the whole
-        file's window (extents plus offset); contributions without a window add nothing."""
-        lo = func.min(
-            func.coalesce(C.c.range_min_ns, F.c.extents_min_ns + F.c.unix_epoch_offset_ns)
-        )
-        hi = func.max(
-            func.coalesce(C.c.range_max_ns, F.c.extents_max_ns + F.c.unix_epoch_offset_ns)
-        )
-        bounds = (
-            select(lo, hi)
-            .select_from(C.join(F, and_(F.c.org_id == C.c.org_id, F.c.file_id == C.c.file_id)))
-            .where(C.c.org_id == S.c.org_id, C.c.session_id == S.c.session_id)
-        )
-        await self.db.execute(
-            update(S)
-            .where(S.c.org_id == self.org_id, S.c.session_id.in_(list(session_ids)))
-            .values({tuple_(S.c.min_timestamp_ns, S.c.max_timestamp_ns): bounds.scalar_subquery()})
-        )
-
-    async def lock_sessions_of_file(self, file_id: str) -> list[str]:
-        """Locks, in ID order, every session the file contributes to, then the file itself, and
-        returns the sessions. Re-runs the transaction if a contribution appeared meanwhile."""
-        sessions = list(
-            await self.db.scalars(
-                select(C.c.session_id)
-                .where(C.c.org_id == self.org_id, C.c.file_id == file_id)
-                .order_by(C.c.session_id)
-            )
-        )
-        if sessions:
-            await self.db.execute(
-                select(S.c.session_id)
-                .where(S.c.org_id == self.org_id, S.c.session_id.in_(sessions))
-                .order_by(S.c.session_id)
-                .with_for_update()
-            )
-        exists = await self.db.scalar(
-            select(F.c.file_id)
-            .where(F.c.org_id == self.org_id, F.c.file_id == file_id)
-            .with_for_update()
-        )
-        if exists is None:
-            raise NotFound("file", [file_id])
-        again = list(
-            await self.db.scalars(
-                select(C.c.session_id)
-                .where(C.c.org_id == self.org_id, C.c.file_id == file_id)
-                .order_by(C.c.session_id)
-            )
-        )
-        if again != sessions:
-            raise RetryTransaction(f"contributions of {file_id} changed while locking")
-        return sessions
-
-    # --- devices -------------------------------------------------------------------------------
-
-    async def attach_device(self, session_id: str, device_id: str) -> bool:
-        """Attaches a device; False when it was already attached."""
-        await self.require_devices([device_id])
-        attached = await self.db.scalar(
-            pg_insert(D)
-            .values(
-                org_id=self.org_id,
-                session_id=session_id,
-                device_id=device_id,
-                attached_by=self.caller.principal_id,
-            )
-            .on_conflict_do_nothing()
-            .returning(D.c.device_id)
-        )
-        return attached is not None
-
-    async def detach_device(self, session_id: str, device_id: str) -> bool:
-        """Detaches a device; False when it was not attached."""
-        detached = await self.db.scalar(
-            delete(D)
-            .where(
-                D.c.org_id == self.org_id,
-                D.c.session_id == session_id,
-                D.c.device_id == device_id,
-            )
-            .returning(D.c.device_id)
-        )
-        return detached is not None
-
-    async def list_devices(self, session_id: str, after_seq: int | None, limit: int) -> list[Any]:
-        """Attached devices in attach order, after the keyset position ``after_seq``."""
-        query = (
-            select(D.c.device_id, D.c.attached, D.c.attached_by, D.c.seq)
-            .where(D.c.org_id == self.org_id, D.c.session_id == session_id)
-            .order_by(D.c.seq)
-            .limit(limit)
-        )
-        if after_seq is not None:
-            query = query.where(D.c.seq > after_seq)
-        return list(await self.db.execute(query))
-
-    # --- the change feed -----------------------------------------------------------------------
-
-    async def commit_change(
-        self, session_id: str, kind: str, *, touch: bool = True
-    ) -> SessionState:
-        """Ends a session write: bumps the org revision, refreshes the stored wire record and
-        records the change for the feed. ``touch`` also sets ``modified``/``modified_by``.
-
-        Everything that can be read is read before the org row is locked; under the lock there
-        are two statements (the revision, then one statement that stores the record, inserts
-        the change and notifies watchers) and the commit."""
-        state = await self.load(session_id)
-        now, device_ids = (
-            await self.db.execute(
-                _NOW_AND_DEVICES_SQL, {"org_id": self.org_id, "session_id": session_id}
-            )
-        ).one()
-        if touch:
-            state = replace(state, modified=now, modified_by=self.caller.principal_id)
-        revision = await self._next_revision()
-        state = replace(state, revision=revision)
-        record = self.encode(state)
-        await self._store_change(
-            revision, session_id, kind, record, state.tags, list(device_ids), state
-        )
-        return state
-
-    async def _record_change(
-        self,
-        session_id: str,
-        kind: str,
-        record: bytes | None,
-        tags: list[str],
-        device_ids: list[str],
-    ) -> None:
-        revision = await self._next_revision()
-        await self._store_change(revision, session_id, kind, record, tags, device_ids, None)
-
-    async def _next_revision(self) -> int:
-        """Takes the org's next revision. The org row stays locked until the transaction ends,
-        which is what makes revisions visible in commit order (see the module doc)."""
-        revision = await self.db.scalar(
-            update(m.table(m.Org))
-            .where(m.table(m.Org).c.org_id == self.org_id)
-            .values(revision=m.table(m.Org).c.revision + 1)
-            .returning(m.table(m.Org).c.revision)
-        )
-        assert revision is not None
-        return int(revision)
-
-    async def _store_change(
-        self,
-        revision: int,
-        session_id: str,
-        kind: str,
-        record: bytes | None,
-        tags: list[str],
-        device_ids: list[str],
-        state: SessionState | None,
-    ) -> None:
-        """One statement: the session's new revision and record (unless deleted), the change
-        row, and the notification that wakes watchers (delivered at commit)."""
-        await self.db.execute(
-            _STORE_CHANGE_SQL if state is not None else _STORE_DELETION_SQL,
-            {
-                "org_id": self.org_id,
-                "session_id": session_id,
-                "revision": revision,
-                "kind": kind,
-                "record": record,
-                "tags": tags,
-                "device_ids": device_ids,
-                "modified": state.modified if state else None,
-                "modified_by": state.modified_by if state else None,
-                "channel": CHANGES_CHANNEL,
-                "payload": f"{self.org_id}:{revision}",
-            },
+            session_id=self.session_id,
+            org_id=org_id,
+            name=self.name,
+            description=self.description,
+            tags=self.tags,
+            metadata=self.metadata,
+            custom_fields=self.custom_fields,
+            min_timestamp_ns=self.min_timestamp_ns,
+            max_timestamp_ns=self.max_timestamp_ns,
+            created=self.created,
+            created_by=self.created_by,
+            modified=self.modified,
+            modified_by=self.modified_by,
+            revision=self.revision,
         )
 
 
-_RECORD_AND_READY_FIELDS_SQL = text(
-    """
-    SELECT wire_record,
-           ARRAY(SELECT name FROM custom_fields
-                 WHERE org_id = :org_id AND entity_type = 'session' AND status = 'ready'
-                 ORDER BY name)
-    FROM sessions WHERE org_id = :org_id AND session_id = :session_id
-    """
-)
-_NOW_AND_DEVICES_SQL = text(
-    """
-    SELECT now(), ARRAY(SELECT device_id FROM session_devices
-                        WHERE org_id = :org_id AND session_id = :session_id ORDER BY seq)
-    """
-)
-_INSERT_CHANGE = """
-    INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
-    VALUES (:org_id, :revision, :session_id, :kind, :record,
-            CAST(:tags AS text[]), CAST(:device_ids AS text[]))
+# --- 1. locking ----------------------------------------------------------------------------------
+
+_LOCKED_COLUMNS = """
+    s.session_id, s.name, s.description, s.tags, s.metadata, s.min_timestamp_ns,
+    s.max_timestamp_ns, s.created, s.created_by, s.modified, s.modified_by, s.revision,
+    ARRAY(SELECT d.device_id FROM session_devices d
+          WHERE d.org_id = s.org_id AND d.session_id = s.session_id ORDER BY d.seq),
+    (SELECT jsonb_agg(jsonb_build_array(f.name, f.type, v.bool_value, v.text_value,
+                                        v.number_value, v.timestamp_ns))
+     FROM session_custom_field_values v
+     JOIN custom_fields f ON f.org_id = v.org_id AND f.custom_field_id = v.custom_field_id
+     WHERE v.org_id = s.org_id AND v.session_id = s.session_id AND f.status = 'ready'),
+    s.wire_record, s.record_version
 """
-_STORE_CHANGE_SQL = text(
-    f"""
-    WITH stored AS (
-        UPDATE sessions
-        SET revision = :revision, modified = :modified, modified_by = :modified_by,
-            wire_record = :record
-        WHERE org_id = :org_id AND session_id = :session_id
-    ), change AS ({_INSERT_CHANGE})
-    SELECT pg_notify(:channel, :payload)
-    """
+
+# Locking and reading are two statements, sent together. A row locked ``FOR UPDATE`` after
+# waiting for another writer is read again as that writer left it, but the subqueries of the
+# same statement (devices, custom-field values) would still see the snapshot taken before the
+# wait; the read that follows the lock takes a snapshot of its own, after it.
+_LOCK_SESSIONS = """
+    SELECT s.session_id
+    FROM sessions s
+    WHERE s.org_id = $1 AND s.session_id = ANY($2::text[])
+    ORDER BY s.session_id
+    FOR UPDATE OF s
+"""
+
+
+_READ_SESSIONS = f"""
+    SELECT {_LOCKED_COLUMNS}
+    FROM sessions s
+    WHERE s.org_id = $1 AND s.session_id = ANY($2::text[])
+"""
+
+
+async def lock_sessions(tx: Tx, org_id: str, session_ids: Sequence[str]) -> list[LockedSession]:
+    """Locks the sessions that exist in the org, in session ID order, and reads them (in that
+    order); one round trip."""
+    params = [org_id, list(session_ids)]
+    await tx.run(_LOCK_SESSIONS, params)
+    rows = await tx.rows(_READ_SESSIONS + " ORDER BY s.session_id", params)
+    return [_locked(row) for row in rows]
+
+
+async def read_sessions(tx: Tx, org_id: str, session_ids: Sequence[str]) -> list[LockedSession]:
+    """Reads the sessions that exist in the org (in no particular order) without locking."""
+    rows = await tx.rows(_READ_SESSIONS, [org_id, list(session_ids)])
+    return [_locked(row) for row in rows]
+
+
+_RECORDS = """
+    SELECT s.session_id, s.wire_record, s.record_version,
+           ARRAY(SELECT name FROM custom_fields
+                 WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready'
+                 ORDER BY name)
+    FROM sessions s
+    WHERE s.org_id = $1 AND s.session_id = ANY($2::text[])
+"""
+_READY_FIELDS = """
+    SELECT ARRAY(SELECT name FROM custom_fields
+                 WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready'
+                 ORDER BY name)
+"""
+
+
+async def records(
+    tx: Tx, org_id: str, session_ids: Sequence[str]
+) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
+    """The stored records (and their encoding versions) of the sessions found in the org, by
+    ID, and the org's Ready custom-field names; one statement."""
+    rows = await tx.rows(_RECORDS, [org_id, list(session_ids)])
+    if not rows:
+        ready = await tx.one(_READY_FIELDS, [org_id])
+        return {}, list(ready[0])
+    return {row[0]: (bytes(row[1]), row[2]) for row in rows}, list(rows[0][3])
+
+
+def _locked(row: Row) -> LockedSession:
+    values: dict[str, tuple[CustomFieldType, FieldValue]] = {}
+    for name, type_name, *columns in row[13] or ():
+        field_type = CustomFieldType(type_name)
+        raw = columns[_COLUMN_OF_TYPE[field_type]]
+        # jsonb carries numbers exactly; integral ones come back as int.
+        value: FieldValue
+        if field_type is CustomFieldType.NUMBER:
+            value = float(raw)
+        elif field_type is CustomFieldType.TIMESTAMP:
+            value = Instant(int(raw))
+        else:
+            value = raw
+        values[name] = (field_type, value)
+    return LockedSession(
+        session_id=row[0],
+        name=row[1],
+        description=row[2],
+        tags=list(row[3]),
+        metadata=dict(row[4]),
+        min_timestamp_ns=row[5],
+        max_timestamp_ns=row[6],
+        created=row[7],
+        created_by=row[8],
+        modified=row[9],
+        modified_by=row[10],
+        revision=row[11],
+        device_ids=list(row[12]),
+        custom_fields=values,
+        record=bytes(row[14]),
+        record_version=row[15],
+    )
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A catalog row that sessions depend on, for ``lock_dependents``: how to find the sessions
+    that depend on it (``$1`` the org, ``$2`` the row's ID), and how to lock it (a statement
+    returning a row when it exists)."""
+
+    kind: str
+    dependents: str
+    lock: str
+
+
+FILE = Parent(
+    kind="file",
+    dependents="SELECT session_id FROM session_files WHERE org_id = $1 AND file_id = $2",
+    lock="SELECT 1 FROM files WHERE org_id = $1 AND file_id = $2 FOR UPDATE",
 )
-_STORE_DELETION_SQL = text(
-    f"""
-    WITH change AS ({_INSERT_CHANGE})
-    SELECT pg_notify(:channel, :payload)
-    """
+DEVICE = Parent(
+    kind="device",
+    dependents="SELECT session_id FROM session_devices WHERE org_id = $1 AND device_id = $2",
+    lock="SELECT 1 FROM devices WHERE org_id = $1 AND device_id = $2 FOR UPDATE",
+)
+CUSTOM_FIELD = Parent(
+    kind="custom_field",
+    dependents=(
+        "SELECT session_id FROM session_custom_field_values"
+        " WHERE org_id = $1 AND custom_field_id = $2"
+    ),
+    lock="SELECT 1 FROM custom_fields WHERE org_id = $1 AND custom_field_id = $2 FOR UPDATE",
 )
 
 
-# Names kept for the listing module and tests.
-__all__ = [
-    "CHANGES_CHANNEL",
-    "VALUE_COLUMNS",
-    "SessionEncoder",
-    "SessionRepository",
-]
+async def lock_dependents(
+    tx: Tx, org_id: str, parent: Parent, parent_id: str
+) -> list[LockedSession]:
+    """Locks every session that depends on the parent row (in session ID order), then the row
+    itself, and reads the sessions. NOT_FOUND when the row is not in the org; the transaction is
+    re-run (``RetryTransaction``) when a dependent appeared or went while locking.
+
+    Sessions are locked before the row because every write of a session locks the session first
+    and may then touch the row (adding a file holds it with ``FOR KEY SHARE``): the same order
+    everywhere, so that writers wait for each other instead of deadlocking."""
+    params = [org_id, parent_id]
+    locked_ids = await tx.send(
+        f"""SELECT s.session_id FROM sessions s
+            WHERE s.org_id = $1 AND s.session_id IN ({parent.dependents})
+            ORDER BY s.session_id FOR UPDATE OF s""",
+        params,
+    )
+    parent_row = await tx.send(
+        f"""SELECT EXISTS ({parent.lock}),
+                   ARRAY(SELECT session_id FROM ({parent.dependents}) d ORDER BY session_id)""",
+        params,
+    )
+    # Read after both locks (see _LOCK_SESSIONS), all three in one round trip.
+    sessions = await tx.rows(
+        f"""SELECT {_LOCKED_COLUMNS} FROM sessions s
+            WHERE s.org_id = $1 AND s.session_id IN ({parent.dependents})
+            ORDER BY s.session_id""",
+        params,
+    )
+    exists, dependents = await parent_row.one()
+    if not exists:
+        raise NotFound(parent.kind, [parent_id])
+    ids = [row[0] for row in await locked_ids.rows()]
+    if list(dependents) != ids or [row[0] for row in sessions] != ids:
+        raise RetryTransaction(f"the sessions depending on {parent_id} changed while locking")
+    return [_locked(row) for row in sessions]
+
+
+# --- 2. what SQL computes -------------------------------------------------------------------------
+
+_RECOMPUTE_BOUNDS = """
+    UPDATE sessions s
+    SET (min_timestamp_ns, max_timestamp_ns) = (
+        SELECT min(coalesce(c.range_min_ns, f.extents_min_ns + f.unix_epoch_offset_ns)),
+               max(coalesce(c.range_max_ns, f.extents_max_ns + f.unix_epoch_offset_ns))
+        FROM session_files c
+        JOIN files f ON f.org_id = c.org_id AND f.file_id = c.file_id
+        WHERE c.org_id = s.org_id AND c.session_id = s.session_id)
+    WHERE s.org_id = $1 AND s.session_id = ANY($2::text[])
+    RETURNING s.session_id, s.min_timestamp_ns, s.max_timestamp_ns
+"""
+
+
+async def recompute_bounds(
+    tx: Tx, org_id: str, session_ids: Sequence[str]
+) -> dict[str, tuple[int | None, int | None]]:
+    """Sets each session's bounds from its contributions (a window as given, or the whole file's
+    window: extents plus offset; contributions without a window add nothing) and returns them."""
+    rows = await tx.rows(_RECOMPUTE_BOUNDS, [org_id, list(session_ids)])
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+# --- 3. storing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """What ``store_sessions`` writes for one session.
+
+    ``record`` is the encoded session without its revision. ``values`` holds custom-field values
+    to set (field ID → (type, value)) or, for None, to clear; ``metrics`` metric values to upsert
+    (metric ID → value) with ``metrics_device`` (None: no device). ``tags`` and ``device_ids``
+    are the session's after the write (the change feed's filters look at them)."""
+
+    session_id: str
+    kind: str
+    record: bytes
+    name: str | None
+    description: str | None
+    tags: Sequence[str]
+    metadata: dict[str, Any]
+    device_ids: Sequence[str]
+    touch: bool
+    values: dict[str, tuple[CustomFieldType, FieldValue | None]]
+    metrics: dict[str, float]
+    metrics_device: str | None
+
+
+_STORE_SESSIONS = f"""
+WITH head AS (
+    INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, cardinality($2::text[]))
+    ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + EXCLUDED.revision
+    RETURNING feed.revision - cardinality($2::text[]) AS base
+), item AS (
+    SELECT u.ord::int AS ord, u.session_id, u.kind, u.record, j.doc, head.base + u.ord AS revision
+    FROM head,
+         unnest($2::text[], $3::text[], $4::bytea[])
+             WITH ORDINALITY AS u(session_id, kind, record, ord)
+         JOIN jsonb_array_elements($5::jsonb) WITH ORDINALITY AS j(doc, ord) ON j.ord = u.ord
+), stored AS (
+    UPDATE sessions s SET
+        name = i.doc->>'name',
+        description = i.doc->>'description',
+        tags = ARRAY(SELECT jsonb_array_elements_text(i.doc->'tags')),
+        metadata = i.doc->'metadata',
+        modified = CASE WHEN (i.doc->>'touch')::bool THEN $6 ELSE s.modified END,
+        modified_by = CASE WHEN (i.doc->>'touch')::bool THEN $7 ELSE s.modified_by END,
+        revision = i.revision,
+        record_version = $8,
+        wire_record = i.record || flightlog_revision_field(i.revision)
+    FROM item i
+    WHERE s.org_id = $1 AND s.session_id = i.session_id
+    RETURNING s.session_id, s.wire_record
+), fields AS (
+    -- The definitions of the values written, still Ready: share-locked until COMMIT, so that a
+    -- status change waits (and then finds these values, see lock_dependents).
+    SELECT custom_field_id FROM custom_fields
+    WHERE org_id = $1 AND custom_field_id = ANY($9::text[]) AND status = 'ready'
+    FOR SHARE
+), cleared AS (
+    DELETE FROM session_custom_field_values v
+    USING item i, unnest($10::int[], $11::text[]) AS c(ord, field_id)
+    WHERE i.ord = c.ord AND v.org_id = $1 AND v.session_id = i.session_id
+      AND v.custom_field_id = c.field_id
+), valued AS (
+    INSERT INTO session_custom_field_values
+        (org_id, session_id, custom_field_id, {", ".join(_VALUE_COLUMNS)})
+    SELECT $1, i.session_id, u.field_id, u.b, u.t, u.n, u.ts
+    FROM unnest($12::int[], $13::text[], $14::bool[], $15::text[], $16::float8[], $17::numeric[])
+             AS u(ord, field_id, b, t, n, ts)
+    JOIN item i ON i.ord = u.ord
+    ON CONFLICT (org_id, session_id, custom_field_id) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)}
+), measured AS (
+    INSERT INTO session_metric_values
+        (org_id, session_id, metric_id, value, device_id, published, published_by)
+    SELECT $1, i.session_id, u.metric_id, u.value, u.device_id, $6, $7
+    FROM unnest($18::int[], $19::text[], $20::float8[], $21::text[])
+             AS u(ord, metric_id, value, device_id)
+    JOIN item i ON i.ord = u.ord
+    ON CONFLICT (org_id, session_id, metric_id) DO UPDATE SET
+        value = EXCLUDED.value, device_id = EXCLUDED.device_id,
+        published = EXCLUDED.published, published_by = EXCLUDED.published_by
+), changed AS (
+    INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
+    SELECT $1, i.revision, i.session_id, i.kind, st.wire_record,
+           ARRAY(SELECT jsonb_array_elements_text(i.doc->'tags')),
+           ARRAY(SELECT jsonb_array_elements_text(i.doc->'devices'))
+    FROM item i JOIN stored st ON st.session_id = i.session_id
+)
+SELECT (SELECT array_agg(revision ORDER BY ord) FROM item),
+       (SELECT count(*) FROM fields) = cardinality($9::text[])
+           OR flightlog_retry('a custom field changed status while values were written'),
+       pg_notify('{CHANGES_CHANNEL}', $1 || ':' || (SELECT max(revision) FROM item)),
+       ARRAY(SELECT name FROM custom_fields
+             WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready' ORDER BY name)
+"""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a storing statement reports: the revisions taken, in order, and the org's Ready
+    custom-field names (every session shows them all, unset ones null)."""
+
+    revisions: list[int]
+    ready_fields: list[str]
+
+
+class StoreReport:
+    """The report of a storing statement already sent, read (``await report.read()``) once the
+    transaction has committed."""
+
+    def __init__(self, pending: Pending) -> None:
+        self._pending = pending
+
+    async def read(self) -> Stored:
+        row = await self._pending.one()
+        return Stored(list(row[0]), list(row[3]))
+
+
+async def store_sessions(
+    tx: Tx,
+    org_id: str,
+    principal_id: str,
+    now: dt.datetime,
+    record_version: int,
+    sessions: Sequence[StoredSession],
+) -> StoreReport:
+    """Sends the statement that stores the sessions (locked by this transaction) and records one
+    change each; its report is read when awaited (after COMMIT, which may travel with it). The
+    transaction is re-run when a custom field written stopped being Ready since it was read."""
+    params = _store_params(org_id, principal_id, now, record_version, sessions)
+    return StoreReport(await tx.send(_STORE_SESSIONS, params))
+
+
+def _store_params(
+    org_id: str,
+    principal_id: str,
+    now: dt.datetime,
+    record_version: int,
+    sessions: Sequence[StoredSession],
+) -> list[Any]:
+    field_ids: set[str] = set()
+    clear_ord: list[int] = []
+    clear_ids: list[str] = []
+    value_ord: list[int] = []
+    value_ids: list[str] = []
+    typed: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+    metric_ord: list[int] = []
+    metric_ids: list[str] = []
+    metric_values: list[float] = []
+    metric_devices: list[str | None] = []
+    docs = []
+    for ord_, s in enumerate(sessions, start=1):
+        docs.append(
+            {
+                "name": s.name,
+                "description": s.description,
+                "tags": list(s.tags),
+                "metadata": s.metadata,
+                "devices": list(s.device_ids),
+                "touch": s.touch,
+            }
+        )
+        for field_id, (field_type, value) in s.values.items():
+            field_ids.add(field_id)
+            if value is None:
+                clear_ord.append(ord_)
+                clear_ids.append(field_id)
+                continue
+            value_ord.append(ord_)
+            value_ids.append(field_id)
+            column = _COLUMN_OF_TYPE[field_type]
+            for i, values in enumerate(typed):
+                values.append(_storable(value) if i == column else None)
+        for metric_id, metric_value in s.metrics.items():
+            metric_ord.append(ord_)
+            metric_ids.append(metric_id)
+            metric_values.append(metric_value)
+            metric_devices.append(s.metrics_device)
+    return [
+        org_id,
+        [s.session_id for s in sessions],
+        [s.kind for s in sessions],
+        [s.record for s in sessions],
+        Jsonb(docs, dumps=_dumps),
+        now,
+        principal_id,
+        record_version,
+        sorted(field_ids),
+        clear_ord,
+        clear_ids,
+        value_ord,
+        value_ids,
+        *typed,
+        metric_ord,
+        metric_ids,
+        metric_values,
+        metric_devices,
+    ]
+
+
+def _storable(value: FieldValue) -> Any:
+    return value.ns if isinstance(value, Instant) else value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- creating and deleting -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """A session for ``create_sessions``: like ``StoredSession``, plus its idempotency key, its
+    bounds and the files it starts with (whole, in order: CreateSessionFromDataset)."""
+
+    session_id: str
+    record: bytes
+    name: str | None
+    description: str | None
+    tags: Sequence[str]
+    metadata: dict[str, Any]
+    device_ids: Sequence[str]
+    values: dict[str, tuple[CustomFieldType, FieldValue]]
+    request_id: str | None
+    request_digest: bytes | None
+    bounds: tuple[int | None, int | None] = (None, None)
+    file_ids: Sequence[str] = ()
+
+
+_CREATE_SESSIONS = f"""
+WITH head AS (
+    INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, cardinality($2::text[]))
+    ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + EXCLUDED.revision
+    RETURNING feed.revision - cardinality($2::text[]) AS base
+), item AS (
+    SELECT u.ord::int AS ord, u.session_id, u.record, u.request_id, u.digest, j.doc,
+           head.base + u.ord AS revision
+    FROM head,
+         unnest($2::text[], $3::bytea[], $4::text[], $5::bytea[])
+             WITH ORDINALITY AS u(session_id, record, request_id, digest, ord)
+         JOIN jsonb_array_elements($6::jsonb) WITH ORDINALITY AS j(doc, ord) ON j.ord = u.ord
+), inserted AS (
+    INSERT INTO sessions (org_id, session_id, name, description, tags, metadata,
+                          min_timestamp_ns, max_timestamp_ns, created, created_by, modified,
+                          modified_by, revision, request_id, request_digest, record_version,
+                          wire_record)
+    SELECT $1, i.session_id, i.doc->>'name', i.doc->>'description',
+           ARRAY(SELECT jsonb_array_elements_text(i.doc->'tags')), i.doc->'metadata',
+           (i.doc->>'min')::bigint, (i.doc->>'max')::bigint, $7, $8, $7, $8, i.revision,
+           i.request_id, i.digest, $9, i.record || flightlog_revision_field(i.revision)
+    FROM item i
+    ORDER BY i.ord
+    ON CONFLICT (org_id, request_id) DO NOTHING
+    RETURNING session_id, wire_record
+), live AS (
+    SELECT i.*, n.wire_record FROM item i JOIN inserted n ON n.session_id = i.session_id
+), attached AS (
+    INSERT INTO session_devices (org_id, session_id, device_id, attached, attached_by)
+    SELECT $1, l.session_id, d.device_id, $7, $8
+    FROM live l, jsonb_array_elements_text(l.doc->'devices') WITH ORDINALITY AS d(device_id, n)
+    ORDER BY l.ord, d.n
+), contributed AS (
+    INSERT INTO session_files (org_id, session_id, file_id, created_by, modified_by)
+    SELECT $1, l.session_id, f.file_id, $8, $8
+    FROM live l, jsonb_array_elements_text(l.doc->'files') WITH ORDINALITY AS f(file_id, n)
+    ORDER BY l.ord, f.n
+), fields AS (
+    SELECT custom_field_id FROM custom_fields
+    WHERE org_id = $1 AND custom_field_id = ANY($10::text[]) AND status = 'ready'
+    FOR SHARE
+), valued AS (
+    INSERT INTO session_custom_field_values
+        (org_id, session_id, custom_field_id, {", ".join(_VALUE_COLUMNS)})
+    SELECT $1, l.session_id, u.field_id, u.b, u.t, u.n, u.ts
+    FROM unnest($11::int[], $12::text[], $13::bool[], $14::text[], $15::float8[], $16::numeric[])
+             AS u(ord, field_id, b, t, n, ts)
+    JOIN live l ON l.ord = u.ord
+), changed AS (
+    INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
+    SELECT $1, l.revision, l.session_id, 'created', l.wire_record,
+           ARRAY(SELECT jsonb_array_elements_text(l.doc->'tags')),
+           ARRAY(SELECT jsonb_array_elements_text(l.doc->'devices'))
+    FROM live l
+)
+SELECT (SELECT array_agg(revision ORDER BY ord) FROM item),
+       (SELECT count(*) FROM inserted) = cardinality($2::text[])
+           OR flightlog_retry('a concurrent create with the same request_id committed first'),
+       pg_notify('{CHANGES_CHANNEL}', $1 || ':' || (SELECT max(revision) FROM item)),
+       ARRAY(SELECT name FROM custom_fields
+             WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready' ORDER BY name),
+       (SELECT count(*) FROM fields) = cardinality($10::text[])
+           OR flightlog_retry('a custom field changed status while values were written')
+"""
+
+
+async def create_sessions(
+    tx: Tx,
+    org_id: str,
+    principal_id: str,
+    now: dt.datetime,
+    record_version: int,
+    sessions: Sequence[NewSession],
+) -> StoreReport:
+    """Sends the statement that inserts the sessions with their devices, custom-field values and
+    files, and records one ``created`` change each (read as ``store_sessions``).
+
+    The transaction is re-run when a concurrent create committed one of the ``request_id``s first
+    (the caller then finds it, as a replay) or a custom field stopped being Ready since it was
+    read. Devices and files must have been checked by the caller (the foreign keys stop a
+    concurrent deletion)."""
+    field_ids: set[str] = set()
+    value_ord: list[int] = []
+    value_ids: list[str] = []
+    typed: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+    docs = []
+    for ord_, s in enumerate(sessions, start=1):
+        docs.append(
+            {
+                "name": s.name,
+                "description": s.description,
+                "tags": list(s.tags),
+                "metadata": s.metadata,
+                "devices": list(s.device_ids),
+                "files": list(s.file_ids),
+                "min": s.bounds[0],
+                "max": s.bounds[1],
+            }
+        )
+        for field_id, (field_type, value) in s.values.items():
+            field_ids.add(field_id)
+            value_ord.append(ord_)
+            value_ids.append(field_id)
+            column = _COLUMN_OF_TYPE[field_type]
+            for i, values in enumerate(typed):
+                values.append(_storable(value) if i == column else None)
+    pending = await tx.send(
+        _CREATE_SESSIONS,
+        [
+            org_id,
+            [s.session_id for s in sessions],
+            [s.record for s in sessions],
+            [s.request_id for s in sessions],
+            [s.request_digest for s in sessions],
+            Jsonb(docs, dumps=_dumps),
+            now,
+            principal_id,
+            record_version,
+            sorted(field_ids),
+            value_ord,
+            value_ids,
+            *typed,
+        ],
+    )
+    return StoreReport(pending)
+
+
+_DELETE_SESSION = f"""
+WITH head AS (
+    INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, 1)
+    ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + 1
+    RETURNING feed.revision
+), gone AS (
+    DELETE FROM sessions WHERE org_id = $1 AND session_id = $2 RETURNING session_id
+), changed AS (
+    INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
+    SELECT $1, head.revision, gone.session_id, 'deleted', NULL, $3::text[], $4::text[]
+    FROM head, gone
+)
+SELECT ARRAY[head.revision], true, pg_notify('{CHANGES_CHANNEL}', $1 || ':' || head.revision),
+       ARRAY[]::text[]
+FROM head
+"""
+
+
+async def delete_session(
+    tx: Tx, org_id: str, session_id: str, tags: Sequence[str], device_ids: Sequence[str]
+) -> StoreReport:
+    """Sends the statement that deletes a (locked) session with everything it owns and records a
+    ``deleted`` change that keeps the tags and devices it had, so that a watcher filtering on
+    them learns of it (read as ``store_sessions``)."""
+    return StoreReport(
+        await tx.send(_DELETE_SESSION, [org_id, session_id, list(tags), list(device_ids)])
+    )
+
+
+# --- idempotency keys ----------------------------------------------------------------------------
+
+
+async def find_request_ids(
+    tx: Tx, org_id: str, request_ids: Sequence[str]
+) -> dict[str, tuple[str, bytes | None]]:
+    """The sessions created with these request IDs: request ID → (session ID, request digest)."""
+    rows = await tx.rows(
+        "SELECT request_id, session_id, request_digest FROM sessions"
+        " WHERE org_id = $1 AND request_id = ANY($2::text[])",
+        [org_id, list(request_ids)],
+    )
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+# --- contributions and attachments ---------------------------------------------------------------
+
+_ADD_CONTRIBUTIONS = """
+WITH wanted AS (
+    SELECT * FROM unnest($3::text[], $4::int8[], $5::int8[])
+        WITH ORDINALITY AS u(file_id, range_min_ns, range_max_ns, ord)
+), found AS (
+    -- KEY SHARE keeps the files from being deleted, or their offsets changed, until COMMIT.
+    SELECT f.file_id FROM files f
+    WHERE f.org_id = $1 AND f.file_id = ANY($3::text[])
+    FOR KEY SHARE
+), added AS (
+    INSERT INTO session_files
+        (org_id, session_id, file_id, range_min_ns, range_max_ns, created_by, modified_by)
+    SELECT $1, $2, w.file_id, w.range_min_ns, w.range_max_ns, $6, $6
+    FROM wanted w JOIN found f ON f.file_id = w.file_id
+    ORDER BY w.ord
+    ON CONFLICT (org_id, session_id, file_id) DO UPDATE SET
+        range_min_ns = EXCLUDED.range_min_ns, range_max_ns = EXCLUDED.range_max_ns,
+        modified = now(), modified_by = EXCLUDED.modified_by
+)
+SELECT ARRAY(SELECT w.file_id FROM wanted w
+             WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.file_id = w.file_id)
+             ORDER BY w.ord)
+"""
+
+
+async def add_contributions(
+    tx: Tx, caller: Caller, session_id: str, specs: Sequence[ContributionSpec]
+) -> None:
+    """Adds or replaces a (locked) session's contributions, in one statement; NOT_FOUND naming
+    every file not in the org (nothing is added then: the transaction rolls back)."""
+    row = await tx.one(
+        _ADD_CONTRIBUTIONS,
+        [
+            caller.org_id,
+            session_id,
+            [s.file_id for s in specs],
+            [s.range_min_ns for s in specs],
+            [s.range_max_ns for s in specs],
+            caller.principal_id,
+        ],
+    )
+    if row[0]:
+        raise NotFound("file", list(row[0]))
+
+
+async def remove_contributions(
+    tx: Tx, org_id: str, session_id: str, file_ids: Sequence[str]
+) -> None:
+    await tx.run(
+        "DELETE FROM session_files"
+        " WHERE org_id = $1 AND session_id = $2 AND file_id = ANY($3::text[])",
+        [org_id, session_id, list(file_ids)],
+    )
+
+
+_ATTACH_DEVICE = """
+WITH device AS (
+    SELECT device_id FROM devices WHERE org_id = $1 AND device_id = $3 FOR KEY SHARE
+), attached AS (
+    INSERT INTO session_devices (org_id, session_id, device_id, attached_by)
+    SELECT $1, $2, device_id, $4 FROM device
+    ON CONFLICT DO NOTHING
+    RETURNING device_id
+)
+SELECT EXISTS (SELECT 1 FROM device), EXISTS (SELECT 1 FROM attached)
+"""
+
+
+async def attach_device(tx: Tx, caller: Caller, session_id: str, device_id: str) -> bool:
+    """Attaches a device to a (locked) session; NOT_FOUND when the device is not in the org,
+    False when it was attached already."""
+    exists, attached = await tx.one(
+        _ATTACH_DEVICE, [caller.org_id, session_id, device_id, caller.principal_id]
+    )
+    if not exists:
+        raise NotFound("device", [device_id])
+    return bool(attached)
+
+
+async def detach_device(tx: Tx, org_id: str, session_id: str, device_id: str) -> bool:
+    """Detaches a device; False when it was not attached."""
+    row = await tx.row(
+        "DELETE FROM session_devices WHERE org_id = $1 AND session_id = $2 AND device_id = $3"
+        " RETURNING device_id",
+        [org_id, session_id, device_id],
+    )
+    return row is not None
+
+
+# --- records written by an older encoding --------------------------------------------------------
+
+_STALE_BATCH = f"""
+    SELECT s.org_id, {_LOCKED_COLUMNS}
+    FROM sessions s
+    WHERE s.record_version < $1
+    ORDER BY s.org_id, s.session_id
+    LIMIT $2
+    FOR UPDATE OF s SKIP LOCKED
+"""
+_STORE_RECORDS = """
+    UPDATE sessions s SET wire_record = u.record, record_version = $1
+    FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(org_id, session_id, record)
+    WHERE s.org_id = u.org_id AND s.session_id = u.session_id
+"""
+
+
+async def lock_stale(tx: Tx, version: int, limit: int) -> list[tuple[str, LockedSession]]:
+    """Up to ``limit`` sessions (of any org) whose record an encoding older than ``version``
+    wrote, locked; sessions locked by writers are skipped (their write stores a current record
+    anyway)."""
+    rows = await tx.rows(_STALE_BATCH, [version, limit])
+    return [(row[0], _locked(row[1:])) for row in rows]
+
+
+async def store_records(tx: Tx, version: int, records: Sequence[tuple[str, str, bytes]]) -> None:
+    """Stores re-encoded records ((org ID, session ID, record), of locked sessions): not a
+    change of the sessions, so neither their revision nor the feed moves."""
+    await tx.run(
+        _STORE_RECORDS,
+        [
+            version,
+            [org_id for org_id, _, _ in records],
+            [session_id for _, session_id, _ in records],
+            [record for _, _, record in records],
+        ],
+    )
+
+
+async def count_stale(tx: Tx, version: int, cap: int) -> int:
+    """How many records an encoding older than ``version`` wrote, counting up to ``cap``."""
+    row = await tx.one(
+        "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE record_version < $1 LIMIT $2) s",
+        [version, cap],
+    )
+    return int(row[0])

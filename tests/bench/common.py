@@ -1,0 +1,63 @@
+"""What every bench module shares: the table's row, logging, call metadata, and the driver of
+unary calls with a fixed number in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from grpc import aio
+
+from flightlog.v1 import session_service_pb2_grpc
+from tests.support import Identity
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its baseline and their ratio against the target."""
+
+    figure: str
+    value: float | None
+    unit: str
+    baseline: float | None = None
+    baseline_unit: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+def metadata(identity: Identity) -> tuple[tuple[str, str | bytes], ...]:
+    return (("authorization", f"Bearer {identity.api_key}"), ("x-org-id", identity.org_id))
+
+
+async def calls_per_second(
+    target: str, call: Callable[[Any], Awaitable[Any]], seconds: float, in_flight: int = 8
+) -> float:
+    async with aio.insecure_channel(target) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        for _ in range(20):  # warm up
+            await call(stub)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            while loop.time() < deadline:
+                await call(stub)
+                count += 1
+
+        started = loop.time()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return count / (loop.time() - started)
