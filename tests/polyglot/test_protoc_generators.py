@@ -31,7 +31,7 @@ PROTO_FILES = sorted(
 )
 PROTOC_PACKAGES = "protobuf-compiler protobuf-compiler-grpc protobuf-compiler-grpc-java-plugin"
 JAVA_PACKAGES = (
-    "default-jdk-headless protobuf-compiler protobuf-compiler-grpc-java-plugin libprotobuf-java"
+    "openjdk-17-jdk-headless protobuf-compiler protobuf-compiler-grpc-java-plugin libprotobuf-java"
     " libgrpc-java libguava-java libgeronimo-annotation-1.3-spec-java"
 )
 JAVA_LIBRARIES = Path("/usr/share/java")
