@@ -75,7 +75,8 @@ bench: $(STAMP) ## Run the benchmarks (tests/bench); ARGS=... passes options.
 migrate: $(STAMP) ## Apply the Alembic migrations to the database at DATABASE_URL.
 	$(BIN)/python -m flightlog_server migrate $(ARGS)
 
-clean: ## Remove .venv, .data, caches and build artifacts.
-	rm -rf $(VENV) .data build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+clean: ## Remove .venv, .data, caches, build artifacts and generated Go code.
+	rm -rf $(VENV) .data build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis \
+		gen tests/polyglot/go/.cache
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 \
 		| xargs -0 rm -rf

@@ -7,13 +7,17 @@ The server runs in a background thread with its own event loop, exactly as in pr
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -169,3 +173,53 @@ def rpc_error(call: Callable[[], Any]) -> RpcFailure:
     except grpc.RpcError as error:
         return failure(error)
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+# --- Programs outside Python (tests/polyglot) ----------------------------------------------------
+
+
+def prerequisite_missing(what: str, packages: str) -> NoReturn:
+    """Fail in CI, skip elsewhere: ``what`` is missing and Debian's ``packages`` provide it.
+
+    .ci/run installs every prerequisite of the suite, so in CI (``CI=true``) a missing one is a bug
+    in .ci/run, never a reason to pass quietly; a developer's machine may simply not have them.
+    """
+    reason = f"{what} not found; install Debian's {packages} (apt-get install -y {packages})"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{reason}. CI installs them (.ci/run), so CI must have them.")
+    pytest.skip(reason)
+
+
+def find_programs(names: Sequence[str], packages: str) -> list[str]:
+    """The paths of the named programs on PATH; see ``prerequisite_missing`` when one is absent."""
+    paths = [shutil.which(name) for name in names]
+    missing = [name for name, path in zip(names, paths, strict=True) if path is None]
+    if missing:
+        prerequisite_missing(", ".join(missing), packages)
+    return [path for path in paths if path is not None]
+
+
+async def run_command(
+    argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float
+) -> tuple[int, str]:
+    """Run a command without blocking the event loop; return its exit code and its output.
+
+    stdout and stderr are merged, in order; past ``timeout`` seconds the command is killed and
+    the test fails with what it printed.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        output, _ = await process.communicate()
+        text = output.decode(errors="replace")
+        raise AssertionError(f"{argv[0]} timed out after {timeout:.0f}s; output:\n{text}") from None
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")

@@ -8,7 +8,6 @@ and runs it against the test server.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -16,8 +15,10 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
+
+from tests.support import run_command
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 NODE_MODULES = NODE_DIR / "node_modules"
@@ -61,28 +62,6 @@ def _install_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-async def _run(
-    argv: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float
-) -> tuple[int, str]:
-    """Run a command without blocking the event loop (the test server may share it)."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        output, _ = await process.communicate()
-        text = output.decode(errors="replace")
-        raise AssertionError(f"{argv[0]} timed out after {timeout:.0f}s; output:\n{text}") from None
-    assert process.returncode is not None
-    return process.returncode, output.decode(errors="replace")
-
-
 async def _ensure_node_modules(npm: str) -> None:
     digest = _lock_digest()
     if INSTALL_STAMP.is_file() and INSTALL_STAMP.read_text().strip() == digest:
@@ -91,7 +70,7 @@ async def _ensure_node_modules(npm: str) -> None:
         if INSTALL_STAMP.is_file() and INSTALL_STAMP.read_text().strip() == digest:
             return
         env = {**os.environ, "npm_config_update_notifier": "false"}
-        code, output = await _run(
+        code, output = await run_command(
             [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, env=env, timeout=NPM_TIMEOUT_S
         )
         assert code == 0, f"npm ci failed with exit code {code}:\n{output}"
@@ -114,7 +93,9 @@ async def test_node_client_runs_a_session_life_cycle(
         "FLIGHTLOG_ORG_ID": org_id,
         "FLIGHTLOG_PROTO_PATH": str(_google_rpc_proto_dir()),
     }
-    code, output = await _run([node, "client.mjs"], cwd=NODE_DIR, env=env, timeout=CLIENT_TIMEOUT_S)
+    code, output = await run_command(
+        [node, "client.mjs"], cwd=NODE_DIR, env=env, timeout=CLIENT_TIMEOUT_S
+    )
     print(output)
     assert code == 0, f"the Node client failed (exit code {code}):\n{output}"
     assert "checks passed" in output, output
