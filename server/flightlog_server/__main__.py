@@ -5,10 +5,21 @@ Every option also reads an environment variable (shown in ``--help``); flags win
 
 from __future__ import annotations
 
+import os
+
+# gRPC's core library writes its own log lines on stderr, in plain text, which would break the
+# one-JSON-object-per-line stream (log_setup). It reads these settings when it is imported:
+# hence here, before any import of it; the environment still wins.
+# - Its fork handlers are for children that go on using gRPC, which ours never do (workers are
+#   spawned, PostgreSQL's programs exec at once); left on, they log a line at every fork made
+#   while gRPC's threads are busy, and pgserver forks initdb and pg_ctl when run as root.
+# - Below ERROR it logs events a client can cause at will, such as every failed TLS handshake.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -43,8 +54,11 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         default=_env("FLIGHTLOG_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (FLIGHTLOG_LOG_LEVEL; default INFO)",
+        help="DEBUG, INFO, WARNING or ERROR: JSON lines on stderr (FLIGHTLOG_LOG_LEVEL; "
+        "default INFO)",
     )
     parser.add_argument(
         "--auth-cache-seconds",
