@@ -262,6 +262,24 @@ def test_a_second_server_on_a_busy_port_fails_at_once_naming_the_port(
     record(f"busy port ({' '.join(second)})", f"exit 1 after {failed_after:.2f} s (process start)")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0", "[::]", ""])
+def test_every_address_a_bind_resolves_to_must_be_free(host: str) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's listeners do
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(startup.StartupError, match="is already in use"):
+            startup.ensure_address_free(f"{host}:{port}")
+    startup.ensure_address_free(f"{host}:{port}")  # free again once the listener is gone
+
+
+def test_an_unknown_host_is_a_start_up_error_and_port_zero_is_always_free() -> None:
+    with pytest.raises(startup.StartupError, match=r"cannot resolve 'nowhere\.invalid'"):
+        startup.ensure_address_free("nowhere.invalid:50051")
+    startup.ensure_address_free("127.0.0.1:0")
+
+
 def test_a_name_that_resolves_to_a_busy_address_is_refused_too(database_url: str) -> None:
     # gRPC alone would listen on the addresses that are free (::1) and carry on.
     with socket.socket() as taken:
