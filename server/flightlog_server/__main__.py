@@ -5,10 +5,21 @@ Every option also reads an environment variable (shown in ``--help``); flags win
 
 from __future__ import annotations
 
+import os
+
+# gRPC's core library writes its own log lines on stderr, in plain text, which would break the
+# one-JSON-object-per-line stream (log_setup). It reads these settings when it is imported:
+# hence here, before any import of it; the environment still wins.
+# - Its fork handlers are for children that go on using gRPC, which ours never do (workers are
+#   spawned, PostgreSQL's programs exec at once); left on, they log a line at every fork made
+#   while gRPC's threads are busy, and pgserver forks initdb and pg_ctl when run as root.
+# - Below ERROR it logs events a client can cause at will, such as every failed TLS handshake.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -16,8 +27,10 @@ from typing import Any, TypeVar
 
 from flightlog_server.app import ServerSettings, TlsSettings
 from flightlog_server.log_setup import configure_logging
-from flightlog_server.serving import run_workers
-from flightlog_server.storage.database import Database, DatabaseSettings
+from flightlog_server.serving import run_workers, schema_step, serve
+from flightlog_server.startup import StartupError, ensure_address_free, unreachable_reason
+from flightlog_server.storage.database import Database, DatabaseSettings, classify
+from flightlog_server.storage.urls import location
 
 log = logging.getLogger("flightlog.main")
 T = TypeVar("T")
@@ -29,11 +42,15 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
+DATABASE_URL_HELP = "PostgreSQL URL, e.g. postgresql://user@host:5432/flightlog (DATABASE_URL)"
+
+
+def _add_server_options(parser: argparse.ArgumentParser, *, workers: bool) -> None:
     parser.add_argument(
         "--bind",
         default=_env("FLIGHTLOG_BIND", "localhost:50051"),
-        help="address to listen on (FLIGHTLOG_BIND; default localhost:50051)",
+        help="address to listen on; a port another process listens on is a start-up error "
+        "(FLIGHTLOG_BIND; default localhost:50051)",
     )
     parser.add_argument(
         "--pool-size",
@@ -43,8 +60,11 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         default=_env("FLIGHTLOG_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (FLIGHTLOG_LOG_LEVEL; default INFO)",
+        help="DEBUG, INFO, WARNING or ERROR: JSON lines on stderr (FLIGHTLOG_LOG_LEVEL; "
+        "default INFO)",
     )
     parser.add_argument(
         "--auth-cache-seconds",
@@ -68,13 +88,6 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         "uses PORT+i (FLIGHTLOG_METRICS_PORT; default off)",
     )
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=int(_env("FLIGHTLOG_WORKERS", "1") or 1),
-        help="server processes sharing the port (SO_REUSEPORT); the kernel spreads connections "
-        "over them (FLIGHTLOG_WORKERS; default 1)",
-    )
-    parser.add_argument(
         "--change-retention-days",
         type=float,
         default=float(_env("FLIGHTLOG_CHANGE_RETENTION_DAYS", "7") or 7),
@@ -95,55 +108,77 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         help="PEM CA bundle; when set, clients must present a certificate it signed (mutual "
         "TLS) (FLIGHTLOG_TLS_CLIENT_CA)",
     )
+    if workers:
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=int(_env("FLIGHTLOG_WORKERS", "1") or 1),
+            help="server processes sharing the port; only then is SO_REUSEPORT set, and the "
+            "kernel spreads connections over them (FLIGHTLOG_WORKERS; default 1)",
+        )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flightlog-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve on DATABASE_URL (migrating it first)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve on DATABASE_URL: listens at once, waits for the database, migrates it, serves",
+    )
     serve.add_argument(
-        "--database-url",
-        default=_env("DATABASE_URL"),
-        help="PostgreSQL URL (DATABASE_URL; required)",
+        "--database-url", default=_env("DATABASE_URL"), help=f"{DATABASE_URL_HELP}; required"
     )
     serve.add_argument(
         "--no-migrate",
         action="store_true",
         help="refuse to start on an unmigrated database instead of migrating it",
     )
-    _add_server_options(serve)
+    _add_server_options(serve, workers=True)
 
     dev = commands.add_parser(
         "dev",
         help="development server: embedded PostgreSQL in .data/ unless DATABASE_URL is set, "
         "a dev org and API key, credentials in .data/dev.env",
     )
-    dev.add_argument("--database-url", default=_env("DATABASE_URL"), help="(DATABASE_URL)")
-    _add_server_options(dev)
+    dev.add_argument(
+        "--database-url",
+        default=_env("DATABASE_URL"),
+        help=f"{DATABASE_URL_HELP}; default: the embedded PostgreSQL in .data/pg",
+    )
+    _add_server_options(dev, workers=False)
 
     migrate = commands.add_parser("migrate", help="apply the migrations to DATABASE_URL")
-    migrate.add_argument("--database-url", default=_env("DATABASE_URL"), help="(DATABASE_URL)")
+    migrate.add_argument(
+        "--database-url", default=_env("DATABASE_URL"), help=f"{DATABASE_URL_HELP}; required"
+    )
 
     admin = commands.add_parser("admin", help="manage orgs, principals and API keys")
-    admin.add_argument("--database-url", default=_env("DATABASE_URL"), help="(DATABASE_URL)")
+    admin.add_argument(
+        "--database-url", default=_env("DATABASE_URL"), help=f"{DATABASE_URL_HELP}; required"
+    )
     actions = admin.add_subparsers(dest="action", required=True)
     create_org = actions.add_parser("create-org", help="create an org; prints its ID")
-    create_org.add_argument("name")
-    create_principal = actions.add_parser("create-principal", help="prints the principal ID")
-    create_principal.add_argument("name")
+    create_org.add_argument("name", help="the org's name, unique")
+    create_principal = actions.add_parser(
+        "create-principal", help="create a principal (a user or a service account); prints its ID"
+    )
+    create_principal.add_argument("name", help="the principal's name, unique")
     create_principal.add_argument(
-        "--kind", choices=("user", "service_account"), default="service_account"
+        "--kind",
+        choices=("user", "service_account"),
+        default="service_account",
+        help="a person or a program (default service_account)",
     )
     add_member = actions.add_parser("add-member", help="make a principal a member of an org")
-    add_member.add_argument("org_id")
-    add_member.add_argument("principal_id")
+    add_member.add_argument("org_id", help="the org (og_...)")
+    add_member.add_argument("principal_id", help="the principal (pr_...)")
     create_key = actions.add_parser(
         "create-api-key", help="create an API key; it is printed once and stored hashed"
     )
-    create_key.add_argument("principal_id")
+    create_key.add_argument("principal_id", help="the principal the key acts as (pr_...)")
     revoke_key = actions.add_parser("revoke-api-key", help="revoke an API key by its ID (ak_...)")
-    revoke_key.add_argument("api_key_id")
+    revoke_key.add_argument("api_key_id", help="the key's ID, the part before the dot (ak_...)")
     reencode = actions.add_parser(
         "reencode-sessions",
         help="rewrite the session records an older version of the server encoded (online, in"
@@ -256,67 +291,72 @@ def _reencode_sessions(url: str, batch_size: int) -> int:
     return 0
 
 
-def _migrate(url: str) -> None:
+def _migrate(url: str) -> int:
+    """The ``migrate`` command: one attempt; a database that cannot be reached is one line."""
     from flightlog_server.storage.migrate import upgrade
 
     log.info("migrating the database to the latest schema")
-    upgrade(url)
+    try:
+        upgrade(url)
+    except Exception as exc:
+        if classify(exc) is None:
+            raise
+        log.error("cannot migrate the database at %s (%s)", location(url), unreachable_reason(exc))
+        return 1
+    return 0
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from flightlog_server.dev import bootstrap_dev_credentials
+    from flightlog_server.dev import DevCredentials, bootstrap_dev_credentials
 
+    try:
+        # Before the embedded PostgreSQL starts: a second `make run` stops here, at once.
+        ensure_address_free(args.bind)
+    except StartupError as e:
+        log.error("%s", e)
+        return 1
     DATA_DIR.mkdir(exist_ok=True)
     embedded = None
     url = args.database_url
     if not url:
         from flightlog_server.embedded import start_embedded_postgres
 
-        log.info(
-            "starting the embedded PostgreSQL in %s (first start takes a few seconds)",
-            DATA_DIR / "pg",
-        )
         embedded = start_embedded_postgres(DATA_DIR / "pg")
         url = embedded.create_database("flightlog")
     try:
-        _migrate(url)
         settings = _settings(args, url)
-        credentials = bootstrap_dev_credentials(url, DATA_DIR / "dev.env", settings.bind)
+        migrate = schema_step(url, migrate=True)
+        credentials: DevCredentials | None = None
+
+        async def prepare() -> None:
+            nonlocal credentials
+            await migrate()
+            env_file = DATA_DIR / "dev.env"
+            credentials = await bootstrap_dev_credentials(url, env_file, settings.bind)
 
         def announce(port: int) -> None:
+            assert credentials is not None  # prepare() ran: the server serves
             print(credentials.banner(port), flush=True)
 
-        run_workers(settings, args.workers, announce)
+        return asyncio.run(serve(settings, prepare, announce))
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None) or _env("FLIGHTLOG_LOG_LEVEL", "INFO") or "INFO"
     os.environ["FLIGHTLOG_LOG_LEVEL"] = level
     configure_logging(level)
     if args.command == "admin":
         return _admin(args)
     if args.command == "migrate":
-        _migrate(_require_url(args))
-        return 0
+        return _migrate(_require_url(args))
     if args.command == "dev":
         return _dev(args)
     url = _require_url(args)
-    if args.no_migrate:
-        from flightlog_server.storage.migrate import is_up_to_date
-
-        if not is_up_to_date(url):
-            sys.exit(
-                "error: the database schema is not up to date; run "
-                "'python -m flightlog_server migrate' (or 'make migrate') first"
-            )
-    else:
-        _migrate(url)
-    return run_workers(_settings(args, url), args.workers)
+    return run_workers(_settings(args, url), args.workers, migrate=not args.no_migrate)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,13 @@ from flightlog.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
-from flightlog_server.domain.errors import DomainError
+from flightlog_server.domain.errors import DatabaseUnavailable, DomainError
 from flightlog_server.metrics import Metrics
 from flightlog_server.rpc import convert, preserialized
 from flightlog_server.rpc.calls import CallInterceptor, CallObserver
 from flightlog_server.rpc.catalog import CatalogServicer
 from flightlog_server.rpc.custom_fields import CustomFieldServicer
+from flightlog_server.rpc.readiness import ReadinessGate
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.services.catalog import Catalog
 from flightlog_server.services.custom_fields import CustomFields
@@ -37,8 +39,10 @@ from flightlog_server.services.records import count_stale
 from flightlog_server.services.session_parts import SessionParts
 from flightlog_server.services.sessions import Sessions
 from flightlog_server.services.unit_of_work import RecordFormat
+from flightlog_server.startup import StartupError, ensure_address_free, wait_for_database
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
-from flightlog_server.storage.database import Database, DatabaseSettings
+from flightlog_server.storage.database import Database, DatabaseSettings, classify
+from flightlog_server.storage.urls import location
 
 log = logging.getLogger("flightlog.server")
 
@@ -76,11 +80,22 @@ class ServerSettings:
     # 0 keeps it forever.
     change_retention_days: float = 7.0
     change_prune_interval_seconds: float = 3600.0
+    # Share the port with other processes that set it too (SO_REUSEPORT): only for the workers
+    # of one ``--workers N`` server. Otherwise a busy port is a start-up error (``startup``).
+    reuse_port: bool = False
+
+
+Prepare = Callable[[], Awaitable[None]]
+"""Start-up work that needs the database (migrations), run once it answers, before serving."""
 
 
 class FlightlogServer:
-    """A started server: ``port`` is the bound port (useful with ``:0``). ``record_format`` is
-    how sessions' records are encoded (tests pass another to stand for an older server)."""
+    """A server on ``port`` (the bound port, useful with ``:0``), listening once ``start`` runs.
+
+    Constructing it binds the address (:class:`StartupError` when that cannot be done);
+    ``start`` listens, waits for the database and serves. ``record_format`` is how sessions'
+    records are encoded (tests pass another to stand for an older server).
+    """
 
     def __init__(
         self,
@@ -95,14 +110,16 @@ class FlightlogServer:
             self.metrics.pool.database = self.database
         self.metrics_port: int | None = None
         self._health = health_async.HealthServicer()
+        # The gate comes first: until the server is ready, it answers before any database work.
+        self._gate = ReadinessGate(SERVICE_NAMES, observer)
+        authenticator = Authenticator(self.database, settings.auth_cache_seconds)
         self.server = aio.server(
-            interceptors=[
-                CallInterceptor(Authenticator(self.database, settings.auth_cache_seconds), observer)
-            ],
+            interceptors=[self._gate, CallInterceptor(authenticator, observer)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1),
+                # gRPC sets SO_REUSEPORT unless told not to.
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
@@ -131,22 +148,56 @@ class FlightlogServer:
         self._prune: asyncio.Task[None] | None = None
 
     def _bind(self, address: str) -> int:
+        if not self.settings.reuse_port:
+            ensure_address_free(address)
         tls = self.settings.tls
-        if tls is None:
-            return self.server.add_insecure_port(address)
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key.read_bytes(), tls.cert.read_bytes())],
-            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-            require_client_auth=tls.client_ca is not None,
-        )
-        return self.server.add_secure_port(address, credentials)
+        try:
+            if tls is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                    root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                port = self.server.add_secure_port(address, credentials)
+        except OSError as e:  # a TLS file
+            raise StartupError(f"cannot read {e.filename}: {e.strerror}") from None
+        except RuntimeError:  # grpcio 1.85 raises; gRPC logged the cause on stderr
+            port = 0
+        if port == 0:  # older grpcio returns 0
+            raise StartupError(f"cannot listen on {address}: gRPC could not bind it")
+        return port
 
-    async def start(self) -> None:
+    async def start(self, prepare: Prepare | None = None) -> None:
+        """Listens at once, then waits for the database, runs ``prepare`` and serves.
+
+        Until then health reports NOT_SERVING and Flightlog calls are UNAVAILABLE. Cancelling it
+        while it waits is safe (then ``stop``).
+        """
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.metrics is not None and self.settings.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(
-                self.settings.metrics_port, self.settings.metrics_address
-            )
+            address = f"{self.settings.metrics_address}:{self.settings.metrics_port}"
+            try:
+                self.metrics_port = self.metrics.serve(
+                    self.settings.metrics_port, self.settings.metrics_address
+                )
+            except OSError as e:
+                raise StartupError(f"cannot serve metrics on {address}: {e.strerror}") from None
+        log.info("listening on port %d", self.port)
+        where = location(self.settings.database.url)
+        while True:
+            await wait_for_database(self.database, where)
+            try:
+                if prepare is not None:
+                    await prepare()
+                break
+            except Exception as exc:
+                if not isinstance(classify(exc), DatabaseUnavailable):
+                    raise
+                log.warning("lost the database at %s while starting; waiting again", where)
+        self._gate.open()
         await self._update_health()
         await self._report_stale_records()
         self._watch = asyncio.create_task(self._watch_database())

@@ -3,7 +3,6 @@ the first start and reused afterwards, written to ``.data/dev.env`` for the CLI 
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ def _read_env(path: Path) -> dict[str, str]:
     return values
 
 
-def bootstrap_dev_credentials(url: str, env_file: Path, bind: str) -> DevCredentials:
+async def bootstrap_dev_credentials(url: str, env_file: Path, bind: str) -> DevCredentials:
     """Reuses the key in ``env_file`` when it still works; otherwise creates what is missing."""
     previous = _read_env(env_file)
 
@@ -83,14 +82,11 @@ def bootstrap_dev_credentials(url: str, env_file: Path, bind: str) -> DevCredent
         await repo.add_member(org_id, principal_id)
         return await repo.create_api_key(principal_id), org_id
 
-    async def run() -> tuple[str, str]:
-        database = Database(DatabaseSettings(url=url, pool_size=1))
-        try:
-            return await database.run(work)
-        finally:
-            await database.close()
-
-    api_key, org_id = asyncio.run(run())
+    database = Database(DatabaseSettings(url=url, pool_size=1))
+    try:
+        api_key, org_id = await database.run(work)
+    finally:
+        await database.close()
     endpoint = bind.replace("0.0.0.0", "localhost").replace("[::]", "localhost")
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text(

@@ -119,6 +119,14 @@ def start_embedded_postgres(data_dir: Path = DEFAULT_DATA_DIR) -> EmbeddedPostgr
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    _log.info("starting embedded PostgreSQL in %s", data_dir)
+    fresh = not (data_dir / "PG_VERSION").exists()
+    _log.info(
+        "starting the embedded PostgreSQL in %s%s",
+        data_dir,
+        " (a new cluster: initdb runs first, a few seconds)" if fresh else "",
+    )
+    # pgserver runs initdb and pg_ctl with their output captured, and logs it (at INFO, which
+    # configure_logging keeps for --log-level DEBUG); the server itself logs to a file.
     server = get_server(data_dir, cleanup_mode="stop")
+    _log.info("embedded PostgreSQL ready; its log is %s", data_dir / "log")
     return EmbeddedPostgres(server, data_dir)

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.app import ServerSettings
 from flightlog_server.storage.database import DatabaseSettings
+from tests.ops.server_process import flightlog_server, loopback
+from tests.reliability.private_postgres import free_port
 from tests.support import Identity, ServerThread, Stubs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> str:
@@ -78,25 +69,8 @@ def test_metrics_count_calls_per_method_and_code(
     stubs.close()
 
 
-def _wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited before serving"
-        try:
-            with grpc.insecure_channel(target) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)  # polling a condition with a deadline, not synchronising on time
-    raise AssertionError("the server did not serve in time")
-
-
 def test_two_workers_serve_one_port(database_url: str, identity: Identity) -> None:
-    port, metrics = free_port(), free_port()
+    metrics = free_port()
     # The workers' metrics ports are metrics and metrics + 1; make sure the second is free too.
     while True:
         try:
@@ -105,22 +79,20 @@ def test_two_workers_serve_one_port(database_url: str, identity: Identity) -> No
             break
         except OSError:
             metrics = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "flightlog_server", "serve",
-            "--database-url", database_url,
-            "--bind", f"127.0.0.1:{port}",
-            "--workers", "2",
-            "--metrics-port", str(metrics),
-            "--log-level", "WARNING",
-        ],
+    with flightlog_server(
+        "serve",
+        "--database-url", database_url,
+        "--workers", "2",
+        "--metrics-port", str(metrics),
+        bind=loopback(),
         env={**os.environ, "FLIGHTLOG_AUTH_CACHE_SECONDS": "0"},
-    )  # fmt: skip
-    try:
-        _wait_serving(f"127.0.0.1:{port}", process, timeout=60)
+    ) as server:  # fmt: skip
+        # Each worker starts on its own (waits for the database, migrates, serves) and a
+        # connection may reach either: wait for both, not for one health check.
+        server.wait_for_line("serving on port", times=2)
         # Every new connection goes to one of the workers (SO_REUSEPORT hashes connections).
         for _ in range(40):
-            stubs = Stubs(f"127.0.0.1:{port}", identity.api_key, identity.org_id)
+            stubs = Stubs(server.target, identity.api_key, identity.org_id)
             stubs.sessions.CreateSession(pb.CreateSessionRequest())
             stubs.close()
         create = "/flightlog.v1.SessionService/CreateSession"
@@ -130,6 +102,4 @@ def test_two_workers_serve_one_port(database_url: str, identity: Identity) -> No
         ]
         assert sum(counts) == 40
         assert all(c > 0 for c in counts), f"one worker served everything: {counts}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert server.stop() == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import CommandLine, Config
 
+from flightlog_server.log_setup import configure_logging
 from flightlog_server.storage.urls import sqlalchemy_url
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "downgrade", "is_up_to_date", "upgrade"]
@@ -92,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # Alembic reports what it does (revisions applied, changes detected) through logging.
+    configure_logging(os.environ.get("FLIGHTLOG_LOG_LEVEL"))
     cli = CommandLine(prog="python -m flightlog_server.storage.migrate")
     options = cli.parser.parse_args(argv)
     if not hasattr(options, "cmd"):

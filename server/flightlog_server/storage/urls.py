@@ -12,7 +12,7 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["libpq_conninfo", "sqlalchemy_url", "with_database"]
+__all__ = ["libpq_conninfo", "location", "sqlalchemy_url", "with_database"]
 
 _DRIVER = "postgresql+psycopg"
 _ACCEPTED_SCHEMES = frozenset({"postgres", "postgresql", _DRIVER})
@@ -47,6 +47,20 @@ def sqlalchemy_url(url: str) -> str:
 def with_database(url: str, database: str) -> str:
     """Return ``url`` (any accepted form) as a SQLAlchemy URL naming ``database`` instead."""
     return _render(_parse(url).set(database=database))
+
+
+def location(url: str) -> str:
+    """Where ``url`` points, for messages: ``host:port/database``, never the credentials.
+
+    A Unix socket folder given as ``?host=/path`` stands for the host; parts the URL leaves to
+    libpq's defaults are left out.
+    """
+    parsed = _parse(url)
+    host = parsed.host or parsed.query.get("host") or ""
+    if not isinstance(host, str):
+        host = ",".join(host)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{host}{port}/{parsed.database or ''}"
 
 
 def libpq_conninfo(url: str) -> str:

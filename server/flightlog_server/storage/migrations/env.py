@@ -1,6 +1,8 @@
 """Alembic environment: runs the migrations synchronously on psycopg 3.
 
-Configured by ``flightlog_server.storage.migrate.alembic_config``; there is no ``alembic.ini``.
+Configured by ``flightlog_server.storage.migrate.alembic_config``; there is no ``alembic.ini``,
+and no ``fileConfig``: Alembic's log lines go through the process's logging, one JSON object per
+line like every other (``flightlog_server.log_setup``).
 """
 
 from __future__ import annotations
