@@ -197,9 +197,9 @@ class FlightlogServer:
                 if not isinstance(classify(exc), DatabaseUnavailable):
                     raise
                 log.warning("lost the database at %s while starting; waiting again", where)
+        await self._report_stale_records()
         self._gate.open()
         await self._update_health()
-        await self._report_stale_records()
         self._watch = asyncio.create_task(self._watch_database())
         if self.settings.change_retention_days > 0:
             self._prune = asyncio.create_task(self._prune_changes())

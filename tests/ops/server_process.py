@@ -80,6 +80,16 @@ class ServerProcess:
         poll(logged, START_S, f"{times} log line(s) with {text!r}")
 
 
+    def wait_for_output(self, text: str) -> None:
+        """Waits until stdout holds ``text``."""
+
+        def printed() -> bool:
+            assert self.process.poll() is None, f"the server exited; stderr:\n{self.stderr}"
+            return text in self.stdout
+
+        poll(printed, START_S, f"{text!r} on stdout")
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     entries = []
     for line in text.splitlines():

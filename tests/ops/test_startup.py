@@ -306,7 +306,8 @@ def test_dev_on_a_fresh_data_folder_writes_only_json_lines_on_stderr(folder: Pat
     bind = loopback()
     with flightlog_server("dev", bind=bind, cwd=folder, env=environment) as server:
         server.wait_for_health(SERVING)
-        assert f"Flightlog is serving on {bind}" in server.stdout
+        # The banner follows the first SERVING answer (the server prints it once start returns).
+        server.wait_for_output(f"Flightlog is serving on {bind}")
         assert (folder / ".data" / "dev.env").exists()
         assert server.stop(signal.SIGINT) == 0
         log = server.log()
