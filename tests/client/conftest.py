@@ -6,15 +6,12 @@ They build on ``grpc_target`` (``"127.0.0.1:PORT"``), ``api_key`` and ``org_id``
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from flightlog import FlightlogClient, catalog, set_default_client
-from flightlog.errors import ConflictError
 from flightlog.ingest import read_recording, register_recording
 from tests.client.recordings import BY_NAME
 
@@ -49,8 +46,7 @@ def ensure_device(flightlog_client: FlightlogClient) -> EnsureDevice:
 
     def ensure(device_id: str) -> str:
         # A device registered by an earlier test of this run is all we need.
-        with contextlib.suppress(ConflictError):
-            catalog.create_device(device_id, name=device_id, client=flightlog_client)
+        catalog.create_device(device_id, name=device_id, exist_ok=True, client=flightlog_client)
         return device_id
 
     return ensure
@@ -99,11 +95,3 @@ def cli_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
-
-
-def truncated_copy(source: Path, folder: Path) -> Path:
-    """Write the first half of ``source`` to ``folder`` under the same name."""
-    data = source.read_bytes()
-    target = folder / source.name
-    target.write_bytes(data[: len(data) // 2])
-    return target
