@@ -1261,10 +1261,13 @@ def build_parser() -> argparse.ArgumentParser:
         _ingest,
         "register MCAP recordings (and group them into a session)",
         description=_INGEST_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "exit codes: 0 every recording ingested (or already present); 8 some ingested, "
-            "some not; 9 none could be ingested; any other non-zero code: nothing was "
-            "ingested (see flightlog --help)"
+            "exit codes:\n"
+            "  0  every recording was ingested, or was already present\n"
+            "  8  some recordings were ingested, the others not (see the errors)\n"
+            "  9  none could be ingested (each one failed on its own)\n"
+            "  any other non-zero code: nothing was ingested (see flightlog --help)"
         ),
     )
     p.add_argument(
