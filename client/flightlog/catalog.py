@@ -492,7 +492,10 @@ def find_dataset(
     c = resolve_client(client)
     if ref.startswith("ds_"):
         return get_dataset(ref, org_id=org_id, client=c)
-    matches = list(itertools.islice(list_datasets(name=ref, org_id=org_id, client=c), 10))
+    shown = 10  # an ambiguity names up to this many candidates
+    matches = list(
+        itertools.islice(list_datasets(name=ref, page_size=shown, org_id=org_id, client=c), shown)
+    )
     if not matches:
         raise NotFoundError(f"no dataset is named {ref!r}", reason="DATASET_NOT_FOUND")
     if len(matches) > 1:

@@ -1192,3 +1192,13 @@ def test_list_datasets_rejects_a_name_over_120_characters(stubs: Stubs) -> None:
         lambda: list(stubs.catalog.ListDatasets(pb.ListDatasetsRequest(name="n" * 121)))
     )
     assert_invalid(failure, "name")
+
+
+def test_a_recovered_file_whose_message_counts_overflow_int64_is_invalid(stubs: Stubs) -> None:
+    request = register_file_request(
+        make_dataset(stubs).dataset_id,
+        [partition("/a", message_count=INT64_MAX), partition("/b", message_count=1)],
+        size_bytes=100,
+    )
+    request.recovery.CopyFrom(_recovery())
+    assert_invalid(rpc_error(lambda: stubs.catalog.RegisterFile(request)), "partitions")

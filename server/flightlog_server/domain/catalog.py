@@ -28,6 +28,7 @@ MAX_TOPIC_NAME_CHARS = 512
 MAX_SCHEMA_NAME_CHARS = 512
 MAX_MESSAGE_ENCODING_CHARS = 64
 MAX_RECOVERY_DETAIL_CHARS = 1000
+INT64_MAX = 2**63 - 1
 RECOVERY_REASONS = ("truncated", "corrupt")
 # A SHA-256 as the API carries it, once lowercased: 64 hexadecimal characters.
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -208,6 +209,13 @@ def check_file_spec(v: Violations, spec: FileSpec) -> None:
         v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE} partitions")
         return
     partitions_ok = _check_partitions(v, spec.partitions)
+    if spec.recovery is not None:
+        # The recovery stores the partitions' total, which must fit its int64 column.
+        v.check(
+            sum(max(p.message_count, 0) for p in spec.partitions) <= INT64_MAX,
+            "partitions",
+            "the message counts of a recovered file must add up to at most 2^63-1",
+        )
     if partitions_ok:
         check_offset(
             v, "unix_epoch_offset_ns", extents_range(spec.partitions), spec.unix_epoch_offset_ns
