@@ -306,9 +306,11 @@ def register_recording(
             client=c,
         )
     except ConflictError as error:
-        # The path is taken: by this very content (a concurrent ingest won the race), or by
-        # another recording.
+        # The path is taken: by this very content (a concurrent ingest won the race), by a
+        # registration made before files had content hashes, or by another recording.
         existing = _file_with_content(dataset_id, summary.content_sha256, org_id, c)
+        if existing is None:
+            existing = _legacy_file_at(dataset_id, path, summary.size_bytes, org_id, c)
         if existing is not None:
             return IngestedFile(summary.path, summary, existing, already_present=True)
         raise ConflictError(
@@ -318,6 +320,19 @@ def register_recording(
             metadata=error.metadata,
         ) from error
     return IngestedFile(summary.path, summary, file)
+
+
+def _legacy_file_at(
+    dataset_id: str, path: str, size_bytes: int, org_id: str | None, client: FlightlogClient
+) -> File | None:
+    """The dataset's file at ``path`` if it was registered without a content hash (before
+    ingest recorded them) with this size: then it is taken for the same recording, as ingest
+    used to decide. Reads the dataset's files, which only a path conflict costs."""
+    for file in catalog.list_files(dataset_id, org_id=org_id, client=client):
+        if file.relative_path == path:
+            legacy = file.content_sha256 is None and file.size_bytes == size_bytes
+            return file if legacy else None
+    return None
 
 
 def _file_with_content(

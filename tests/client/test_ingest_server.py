@@ -399,3 +399,21 @@ def test_the_python_api_reports_added_and_already_present_files(
     assert again.files[0].file == first.files[0].file
     assert first.session is not None and again.session is not None
     assert again.session.session_id == first.session.session_id
+
+
+def test_a_recording_registered_before_content_hashes_is_already_present(
+    flightlog_client: FlightlogClient, fresh_dataset: catalog.Dataset
+) -> None:
+    talker = EXAMPLES_DIR / "rosbag2_talker.mcap"
+    legacy = catalog.register_file(  # as ingest did before it hashed recordings
+        fresh_dataset.dataset_id,
+        talker.name,
+        talker.stat().st_size,
+        client=flightlog_client,
+    )
+    assert legacy.content_sha256 is None
+
+    result = ingest_recordings([talker], fresh_dataset.dataset_id, client=flightlog_client)
+
+    assert result.failures == []
+    assert [(f.file.file_id, f.already_present) for f in result.files] == [(legacy.file_id, True)]
