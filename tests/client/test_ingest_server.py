@@ -19,7 +19,14 @@ from flightlog.cli._app import (
     EXIT_NOTHING_INGESTED,
     EXIT_PARTIAL,
 )
-from flightlog.ingest import find_session, ingest_recordings, read_recording
+from flightlog.errors import NotFoundError
+from flightlog.ingest import (
+    IngestedFile,
+    IngestFailure,
+    find_session,
+    ingest_recordings,
+    read_recording,
+)
 from tests.client.cli_support import Result, flightlog, one_error_line
 from tests.client.conftest import EnsureDevice, unique
 from tests.client.recordings import (
@@ -417,3 +424,25 @@ def test_a_recording_registered_before_content_hashes_is_already_present(
 
     assert result.failures == []
     assert [(f.file.file_id, f.already_present) for f in result.files] == [(legacy.file_id, True)]
+
+
+def test_a_session_created_for_files_it_cannot_hold_is_deleted_again(
+    flightlog_client: FlightlogClient,
+) -> None:
+    name = unique("no-debris")
+
+    def delete_it(outcome: IngestedFile | IngestFailure) -> None:
+        # The file goes away before the session is filled: adding it must fail.
+        assert isinstance(outcome, IngestedFile)
+        catalog.delete_file(outcome.file.file_id, client=flightlog_client)
+
+    result = ingest_recordings(
+        [EXAMPLES_DIR / "rosbag2_talker.mcap"],
+        session_name=name,
+        client=flightlog_client,
+        on_file=delete_it,
+    )
+
+    assert isinstance(result.error, NotFoundError)
+    assert result.session is None
+    assert find_session(name, client=flightlog_client) is None
