@@ -241,6 +241,11 @@ def test_a_truncated_recording_is_salvaged_marked_and_listed_as_recovered(
     }
     intact_files = flightlog("--json", "files", "ls", "--dataset", dataset.dataset_id, "--intact")
     assert [f["relative_path"] for f in intact_files.json_lines()] == ["rosbag2_talker.mcap"]
+    table = flightlog("files", "ls", "--dataset", name).stdout.splitlines()
+    assert table[0].split()[-1] == "RECOVERED"
+    assert [row.split()[-1] for row in table[1:]] == ["truncated", "-"]
+    shown = flightlog("files", "get", listed[0]["file_id"]).stdout
+    assert '"reason": "truncated"' in shown
     file_id = listed[0]["file_id"]
     (partition,) = catalog.list_file_topics(file_id, client=flightlog_client)
     assert partition.message_count == recovered.message_count

@@ -586,6 +586,7 @@ _FILE_COLUMNS: list[Column[catalog.File]] = [
     Column("DEVICE", lambda f: f.device_id),
     Column("START", lambda f: format_ns(f.min_timestamp_ns)),
     Column("DURATION", lambda f: format_duration(f.min_timestamp_ns, f.max_timestamp_ns), "right"),
+    Column("RECOVERED", lambda f: f.recovery.reason if f.recovery else None),
 ]
 
 

@@ -382,6 +382,8 @@ def _cell_text(value: object) -> Text:
         return Text(", ".join(str(v) for v in value) or "-")
     if isinstance(value, dict):
         return Text(json.dumps(to_jsonable(value), ensure_ascii=False) if value else "-")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return Text(json.dumps(to_jsonable(value), ensure_ascii=False))
     if isinstance(value, dt.datetime):
         return Text(format_datetime(value))
     return Text(str(value))
