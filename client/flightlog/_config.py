@@ -15,7 +15,8 @@
 ``FLIGHTLOG_TLS_CERT``, ``FLIGHTLOG_TLS_KEY``
     PEM client certificate and key, for mutual TLS; both or neither.
 ``FLIGHTLOG_TIMEOUT``
-    Default deadline of unary calls, in seconds; default 30.
+    Default deadline of unary calls, and how long a stream may take to deliver its first
+    batch, in seconds; default 30 (5 for the ``flightlog`` command).
 
 ``make run`` writes the development values to ``.data/dev.env``; load them into the shell (for
 example ``set -a; . .data/dev.env; set +a``) before using the CLI or the client.
@@ -24,6 +25,7 @@ example ``set -a; . .data/dev.env; set +a``) before using the CLI or the client.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,17 +84,25 @@ class ClientConfig:
             raise ConfigurationError(
                 "FLIGHTLOG_TLS_CERT and FLIGHTLOG_TLS_KEY must be set together for mutual TLS"
             )
-        if not self.timeout > 0:
-            raise ConfigurationError(f"the timeout must be positive, got {self.timeout}")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise ConfigurationError(
+                f"the timeout must be a positive number of seconds, got {self.timeout}"
+            )
         if not self.endpoint:
             raise ConfigurationError("the endpoint is empty")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientConfig:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        default_timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> ClientConfig:
         """Build a configuration from ``FLIGHTLOG_*`` environment variables.
 
         Args:
             environ: The variables to read; defaults to :data:`os.environ`.
+            default_timeout: The timeout when ``FLIGHTLOG_TIMEOUT`` is not set.
 
         Raises:
             ConfigurationError: A variable has an unusable value.
@@ -123,7 +133,7 @@ class ClientConfig:
             tls = any(p is not None for p in (tls_ca, tls_cert, tls_key))
 
         timeout_text = get("FLIGHTLOG_TIMEOUT")
-        timeout = DEFAULT_TIMEOUT_S
+        timeout = default_timeout
         if timeout_text is not None:
             try:
                 timeout = float(timeout_text)

@@ -7,7 +7,7 @@ environment, see :func:`flightlog.get_default_client`).
 
 Example:
     >>> from flightlog import catalog
-    >>> catalog.create_device("dv_robot01", name="Robot 01")
+    >>> catalog.create_device("dv_robot01", name="Robot 01", exist_ok=True)
     >>> dataset = catalog.create_dataset(name="2026-04-23 uploads", device_id="dv_robot01")
     >>> f = catalog.register_file(
     ...     dataset.dataset_id,
@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import uuid
 from collections.abc import Iterator, Sequence
 
 from flightlog._client import FlightlogClient, resolve_client
 from flightlog._values import datetime_from_proto
+from flightlog.errors import AmbiguousNameError, ConflictError, NotFoundError
 from flightlog.v1 import catalog_service_pb2 as pb
 from flightlog.v1 import common_pb2
 
@@ -35,6 +37,7 @@ __all__ = [
     "Dataset",
     "Device",
     "File",
+    "FileRecovery",
     "TimelineExtent",
     "Topic",
     "TopicPartition",
@@ -43,6 +46,7 @@ __all__ = [
     "create_device",
     "delete_device",
     "delete_file",
+    "find_dataset",
     "get_dataset",
     "get_device",
     "get_file",
@@ -226,6 +230,62 @@ class Dataset:
         )
 
 
+RECOVERY_REASONS: dict[str, pb.RecoveryReason.ValueType] = {
+    "truncated": pb.RECOVERY_REASON_TRUNCATED,
+    "corrupt": pb.RECOVERY_REASON_CORRUPT,
+}
+"""The reasons a file can be recovered for, by their client name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecovery:
+    """How much of a damaged recording was salvaged into a file.
+
+    Attributes:
+        reason: ``"truncated"`` (the recording ends early, without its footer: its recorder
+            stopped before closing it) or ``"corrupt"`` (a record is damaged; reading stopped
+            there).
+        detail: One line on the damage, for example ``"ends inside a Chunk record at byte
+            1048576"``.
+        message_count: The number of messages recovered (computed by the server from the
+            partitions; ignored when registering).
+        readable_bytes: The bytes read from the start of the file up to the damage.
+    """
+
+    reason: str
+    detail: str = ""
+    message_count: int = 0
+    readable_bytes: int = 0
+
+    def to_proto(self) -> pb.FileRecovery:
+        """Return the wire form.
+
+        Raises:
+            ValueError: ``reason`` is not one of :data:`RECOVERY_REASONS`.
+        """
+        if self.reason not in RECOVERY_REASONS:
+            raise ValueError(
+                f"unknown recovery reason {self.reason!r}; one of {', '.join(RECOVERY_REASONS)}"
+            )
+        return pb.FileRecovery(
+            reason=RECOVERY_REASONS[self.reason],
+            detail=self.detail,
+            message_count=self.message_count,
+            readable_bytes=self.readable_bytes,
+        )
+
+    @classmethod
+    def from_proto(cls, message: pb.FileRecovery) -> FileRecovery:
+        """Build from a ``flightlog.v1.FileRecovery`` message."""
+        names = {number: name for name, number in RECOVERY_REASONS.items()}
+        return cls(
+            reason=names.get(message.reason, "unspecified"),
+            detail=message.detail,
+            message_count=message.message_count,
+            readable_bytes=message.readable_bytes,
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class File:
     """A file of a dataset; pass it (or its ``file_id``) to ``Session.add_file``.
@@ -243,6 +303,10 @@ class File:
         max_timestamp_ns: End of the file's time window (offset applied), or ``None``.
         created: When the file was registered.
         created_by: Principal that registered it.
+        content_sha256: The SHA-256 of its content (lowercase hex), or ``None`` when it was
+            registered without one.
+        recovery: How it was salvaged from a damaged recording, or ``None`` for a file read
+            whole.
     """
 
     file_id: str
@@ -256,6 +320,8 @@ class File:
     max_timestamp_ns: int | None = None
     created: dt.datetime | None = None
     created_by: str = ""
+    content_sha256: str | None = None
+    recovery: FileRecovery | None = None
 
     @classmethod
     def from_proto(cls, message: pb.File) -> File:
@@ -276,6 +342,10 @@ class File:
             ),
             created=_optional_datetime(message),
             created_by=message.created_by,
+            content_sha256=message.content_sha256 or None,
+            recovery=(
+                FileRecovery.from_proto(message.recovery) if message.HasField("recovery") else None
+            ),
         )
 
 
@@ -286,18 +356,32 @@ def create_device(
     device_id: str,
     name: str | None = None,
     *,
+    exist_ok: bool = False,
     org_id: str | None = None,
     client: FlightlogClient | None = None,
 ) -> Device:
     """Register a device under an ID of your choice, unique in the org.
 
+    Args:
+        device_id: The ID.
+        name: A display name.
+        exist_ok: Return the existing device when the ID is taken, instead of raising (its
+            name is left as it is), so that a script can run again.
+        org_id: The acting org; ``None`` keeps the client's default.
+        client: The client; ``None`` uses the ambient one.
+
     Raises:
-        ConflictError: The ID is taken.
+        ConflictError: The ID is taken (unless ``exist_ok``).
         InvalidRequestError: The ID is malformed.
     """
     c = resolve_client(client)
     request = pb.CreateDeviceRequest(device_id=device_id, name=name or "")
-    return Device.from_proto(c.call(c.catalog.CreateDevice, request, org_id=org_id).device)
+    try:
+        return Device.from_proto(c.call(c.catalog.CreateDevice, request, org_id=org_id).device)
+    except ConflictError:
+        if not exist_ok:
+            raise
+    return get_device(device_id, org_id=org_id, client=c)
 
 
 def get_device(
@@ -372,13 +456,51 @@ def get_dataset(
 
 
 def list_datasets(
-    *, page_size: int = 0, org_id: str | None = None, client: FlightlogClient | None = None
+    *,
+    name: str | None = None,
+    page_size: int = 0,
+    org_id: str | None = None,
+    client: FlightlogClient | None = None,
 ) -> Iterator[Dataset]:
-    """Iterate the org's datasets, newest first, following the stream across batches."""
+    """Iterate the org's datasets, newest first, following the stream across batches.
+
+    Args:
+        name: Only the datasets with exactly this name (names are not unique).
+        page_size: Datasets per streamed batch; 0 lets the server choose.
+        org_id: The acting org; ``None`` keeps the client's default.
+        client: The client; ``None`` uses the ambient one.
+    """
     c = resolve_client(client)
-    request = pb.ListDatasetsRequest(page_size=page_size)
+    request = pb.ListDatasetsRequest(name=name or "", page_size=page_size)
     for message in c.iterate(c.catalog.ListDatasets, request, lambda r: r.datasets, org_id=org_id):
         yield Dataset.from_proto(message)
+
+
+def find_dataset(
+    ref: str, *, org_id: str | None = None, client: FlightlogClient | None = None
+) -> Dataset:
+    """Return the dataset with this ID (``ds_...``) or, otherwise, exactly this name.
+
+    These are the rules by which the ``flightlog`` command resolves a dataset (as it does a
+    session): a reference starting with ``ds_`` is an ID, anything else a name that exactly one
+    dataset of the org must carry.
+
+    Raises:
+        NotFoundError: No dataset has that ID or name (reason ``DATASET_NOT_FOUND``).
+        AmbiguousNameError: Several datasets have that name; ``metadata["ids"]`` lists them.
+    """
+    c = resolve_client(client)
+    if ref.startswith("ds_"):
+        return get_dataset(ref, org_id=org_id, client=c)
+    shown = 10  # an ambiguity names up to this many candidates
+    matches = list(
+        itertools.islice(list_datasets(name=ref, page_size=shown, org_id=org_id, client=c), shown)
+    )
+    if not matches:
+        raise NotFoundError(f"no dataset is named {ref!r}", reason="DATASET_NOT_FOUND")
+    if len(matches) > 1:
+        raise AmbiguousNameError("dataset", ref, [d.dataset_id for d in matches])
+    return matches[0]
 
 
 # Files ---------------------------------------------------------------------------------------
@@ -392,6 +514,8 @@ def register_file(
     device_id: str | None = None,
     unix_epoch_offset_ns: int = 0,
     partitions: Sequence[TopicPartitionSpec] = (),
+    content_sha256: str | None = None,
+    recovery: FileRecovery | None = None,
     org_id: str | None = None,
     client: FlightlogClient | None = None,
 ) -> File:
@@ -404,6 +528,10 @@ def register_file(
         device_id: The device that recorded the file; ``None``: the dataset's.
         unix_epoch_offset_ns: Offset added to the extents to place them on the Unix epoch.
         partitions: One partition per topic.
+        content_sha256: The SHA-256 of the file's content (hex), by which
+            :func:`list_files` finds it again.
+        recovery: Set when the file is salvaged from a damaged recording; the partitions then
+            hold what was recovered.
         org_id: The acting org; ``None`` keeps the client's default.
         client: The client; ``None`` uses the ambient one.
 
@@ -421,6 +549,8 @@ def register_file(
         unix_epoch_offset_ns=unix_epoch_offset_ns,
         partitions=[partition.to_proto() for partition in partitions],
         request_id=uuid.uuid4().hex,  # makes the automatic retry of a lost call safe
+        content_sha256=content_sha256 or "",
+        recovery=recovery.to_proto() if recovery is not None else None,
     )
     return File.from_proto(c.call(c.catalog.RegisterFile, request, org_id=org_id).file)
 
@@ -441,14 +571,31 @@ def get_file(
 def list_files(
     dataset_id: str | None = None,
     *,
+    content_sha256: str | None = None,
+    recovered: bool | None = None,
     page_size: int = 0,
     org_id: str | None = None,
     client: FlightlogClient | None = None,
 ) -> Iterator[File]:
-    """Iterate a dataset's files ordered by path, or every file of the org when ``dataset_id``
-    is ``None``."""
+    """Iterate a dataset's files ordered by path, or every file of the org (ordered by ID) when
+    ``dataset_id`` is ``None``.
+
+    Args:
+        dataset_id: The dataset; ``None`` lists the whole org.
+        content_sha256: Only the files registered with this content hash.
+        recovered: Only the files recovered from a damaged recording (``True``) or only the
+            others (``False``); ``None`` does not filter.
+        page_size: Files per streamed batch; 0 lets the server choose.
+        org_id: The acting org; ``None`` keeps the client's default.
+        client: The client; ``None`` uses the ambient one.
+    """
     c = resolve_client(client)
-    request = pb.ListFilesRequest(dataset_id=dataset_id or "", page_size=page_size)
+    request = pb.ListFilesRequest(
+        dataset_id=dataset_id or "",
+        content_sha256=content_sha256 or "",
+        recovered=recovered,
+        page_size=page_size,
+    )
     for message in c.iterate(c.catalog.ListFiles, request, lambda r: r.files, org_id=org_id):
         yield File.from_proto(message)
 

@@ -32,6 +32,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "AmbiguousNameError",
     "ConfigurationError",
     "ConflictError",
     "DeadlineExceededError",
@@ -91,11 +92,17 @@ class FlightlogError(Exception):
         self.request_id = request_id
 
     def __str__(self) -> str:
-        """Return the message followed by the field violations, as in ``msg [field: why]``."""
+        """Return the message followed by the field violations it does not already state, as
+        in ``msg [field: why]``."""
         text = self.message or self.code.name
-        if self.field_violations:
-            details = "; ".join(f"{field}: {why}" for field, why in self.field_violations)
-            text = f"{text} [{details}]"
+        # The server's message already names the first violations; repeat none of them.
+        unstated = [
+            f"{field}: {why}"
+            for field, why in self.field_violations
+            if f"{field}: {why}" not in text
+        ]
+        if unstated:
+            text = f"{text} [{'; '.join(unstated)}]"
         if self.request_id:
             text = f"{text} (request id {self.request_id})"
         return text
@@ -131,6 +138,22 @@ class PermissionDeniedError(FlightlogError):
 class ConflictError(FlightlogError):
     """The request conflicts with the resource's state: ALREADY_EXISTS (an identity is taken,
     a ``request_id`` was reused) or ABORTED (an expected revision is stale)."""
+
+
+class AmbiguousNameError(ConflictError):
+    """A name given where one resource was expected is carried by several; use an ID.
+
+    ``reason`` is ``"AMBIGUOUS_NAME"`` and ``metadata["ids"]`` lists the candidates.
+    """
+
+    def __init__(self, kind: str, name: str, ids: Sequence[str]) -> None:
+        listed = ", ".join(ids)
+        super().__init__(
+            f"several {kind}s are named {name!r} ({listed}); use an ID",
+            code=grpc.StatusCode.FAILED_PRECONDITION,
+            reason="AMBIGUOUS_NAME",
+            metadata={"ids": listed},
+        )
 
 
 class UnavailableError(FlightlogError):

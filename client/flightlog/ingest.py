@@ -1,430 +1,153 @@
-"""Ingest of MCAP recordings: read what a file holds, register it, group files into a session.
+"""Ingest of MCAP recordings: read them, register them as files of a dataset, group them into a
+session. This is what ``flightlog ingest`` does.
 
-Reading is a pure function, :func:`read_recording`, that needs no server. For each file it
-returns the file-wide start and end (the minimum and maximum message ``log_time``) and one
-:class:`TopicSummary` per topic with its schema name, message encoding, message count and
-log-time extent.
+Reading (:func:`read_recording`, no server needed) is described in the documentation of
+:class:`RecordingSummary`'s module: it hashes every byte, reads the topics from the summary or by
+scanning, and salvages what a damaged recording still holds.
 
-How a file is read:
+Ingesting (:func:`ingest_recordings`) is safe to repeat: running it twice leaves what running
+it once leaves.
 
-1. **Summary and message indexes** (the normal case, cheap): the summary section gives the
-   channels, schemas and ``Statistics.channel_message_counts``. Per-topic extents are exact:
-   they come from the ``MessageIndex`` records stored after each chunk, which list the
-   ``log_time`` of every message of every channel in the chunk. Those records are read without
-   decompressing any chunk, at 16 bytes per message. The message counts of the indexes must agree
-   with the statistics.
-2. **Scan** (fallback): when the file has no summary, no statistics, no chunk indexes, no
-   message indexes, or anything in them is inconsistent, every record is read in file order with
-   the stream reader (CRCs checked), counting messages and taking the minimum and maximum
-   ``log_time`` per channel. Messages out of ``log_time`` order are fine either way.
-
-Several channels with the same topic name in one file are merged into one topic: counts are
-added, extents united, and the schema name and encoding are those of the lowest channel ID that
-has them. A channel declared without messages yields a topic with ``message_count == 0`` and no
-extent.
-
-A truncated or corrupt file raises :class:`RecordingError` with a one-line reason.
+- **Paths.** Directories are expanded to the ``*.mcap`` files below them. Each file is
+  registered under its path relative to a root directory: ``root`` when given, else the deepest
+  directory that holds every path given (a directory given counts as holding itself). Files of
+  the same name in different folders therefore keep different paths.
+- **The dataset** is given by ID (``ds_...``) or by name. A name is reused when exactly one
+  dataset of the org carries it and created, with the first file registered, when none does.
+  Without one, the dataset is named after the session, else after the root directory.
+- **Identity is content.** A recording whose SHA-256 the dataset already holds is not
+  registered again: it is reported as already present, whatever its path.
+- **The session**, when a name is given, is the org's session of that name, created (with the
+  files) when there is none. Files already in it are not added again.
+- **No debris.** Nothing is created before a recording has been read: a run in which no file
+  can be read creates no dataset and no session, and a session is only created to receive
+  files (it is deleted again if adding them fails).
 """
 
 from __future__ import annotations
 
-import array
+import contextlib
 import dataclasses
-import struct
-import sys
+import itertools
+import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import IO, Any
+from pathlib import Path, PurePath
 
-from mcap import records as mcap_records
-from mcap.exceptions import EndOfFile, InvalidMagic, McapError
-from mcap.opcode import Opcode
-from mcap.reader import SeekingReader
-from mcap.stream_reader import StreamReader
-
+from flightlog import catalog
 from flightlog._client import FlightlogClient, resolve_client
-from flightlog.catalog import File, TimelineExtent, TopicPartitionSpec, list_files, register_file
-from flightlog.errors import ConflictError, InvalidRequestError
+from flightlog._mcap import (
+    ProgressCallback,
+    RecordingError,
+    RecordingSummary,
+    Recovery,
+    TopicSummary,
+    read_recording,
+)
+from flightlog.catalog import Dataset, File
+from flightlog.errors import (
+    AmbiguousNameError,
+    ConflictError,
+    FlightlogError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from flightlog.session import Session
 
 __all__ = [
-    "AmbiguousSessionError",
     "IngestFailure",
     "IngestResult",
     "IngestedFile",
+    "PlannedFile",
     "RecordingError",
     "RecordingSummary",
+    "Recovery",
     "TopicSummary",
-    "find_or_create_session",
+    "find_session",
     "ingest_recordings",
+    "plan_files",
     "read_recording",
     "register_recording",
 ]
 
 _MAX_FILES_PER_ADD = 10_000  # AddSessionFiles accepts at most this many files per call.
-
-
-class RecordingError(Exception):
-    """A recording cannot be read: it is missing, truncated, corrupt or not MCAP.
-
-    Attributes:
-        path: The file.
-        reason: Why, in one line.
-    """
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+_DEFAULT_DATASET_NAME = "recordings"
 
 
 @dataclasses.dataclass(frozen=True)
-class TopicSummary:
-    """One topic of a recording.
+class PlannedFile:
+    """A recording to ingest.
 
     Attributes:
-        topic_name: The channel topic, for example ``/odom``.
-        schema_name: The schema name; ``""`` when the channel has no schema.
-        message_encoding: The channel's message encoding, for example ``cdr`` or ``json``.
-        message_count: The number of messages.
-        min_timestamp_ns: The smallest message ``log_time``, or ``None`` without messages.
-        max_timestamp_ns: The largest message ``log_time``, or ``None`` without messages.
-    """
-
-    topic_name: str
-    schema_name: str
-    message_encoding: str
-    message_count: int
-    min_timestamp_ns: int | None
-    max_timestamp_ns: int | None
-
-    def to_partition_spec(self) -> TopicPartitionSpec:
-        """Return the partition registered for this topic: one extent, or none without
-        messages."""
-        extents: list[TimelineExtent] = []
-        if self.min_timestamp_ns is not None and self.max_timestamp_ns is not None:
-            extents.append(TimelineExtent(self.min_timestamp_ns, self.max_timestamp_ns))
-        return TopicPartitionSpec(
-            topic_name=self.topic_name,
-            schema_name=self.schema_name,
-            message_encoding=self.message_encoding,
-            message_count=self.message_count,
-            extents=extents,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordingSummary:
-    """What an MCAP file holds.
-
-    Attributes:
-        path: The file.
-        size_bytes: Its size in bytes.
-        profile: The header's profile, for example ``ros2``; may be ``""``.
-        library: The header's library string.
-        start_ns: The smallest message ``log_time``, or ``None`` for a file without messages.
-        end_ns: The largest message ``log_time``, or ``None``.
-        message_count: The number of messages.
-        channel_count: The number of channels declared.
-        topics: One entry per topic, in the order of their first channel ID.
-        source: ``"index"`` when read from the summary and message indexes, ``"scan"`` when
-            every record was read.
+        path: The local file.
+        relative_path: Its path in the dataset: relative to the root, with ``/`` separators.
     """
 
     path: Path
-    size_bytes: int
-    profile: str
-    library: str
-    start_ns: int | None
-    end_ns: int | None
-    message_count: int
-    channel_count: int
-    topics: tuple[TopicSummary, ...]
-    source: str
-
-    @property
-    def duration_ns(self) -> int:
-        """``end_ns - start_ns``, or 0 without messages."""
-        if self.start_ns is None or self.end_ns is None:
-            return 0
-        return self.end_ns - self.start_ns
-
-    def topic(self, name: str) -> TopicSummary:
-        """Return the topic of this name.
-
-        Raises:
-            KeyError: The recording has no such topic.
-        """
-        for topic in self.topics:
-            if topic.topic_name == name:
-                return topic
-        raise KeyError(name)
-
-    def partition_specs(self) -> list[TopicPartitionSpec]:
-        """Return the partitions to register, one per topic."""
-        return [topic.to_partition_spec() for topic in self.topics]
+    relative_path: str
 
 
-@dataclasses.dataclass
-class _ChannelStats:
-    """Per-channel accumulator."""
-
-    topic: str
-    schema_name: str
-    message_encoding: str
-    count: int = 0
-    min_ns: int | None = None
-    max_ns: int | None = None
-
-    def add_times(self, count: int, low: int, high: int) -> None:
-        """Account for ``count`` messages whose log times span ``[low, high]``."""
-        self.count += count
-        self.min_ns = low if self.min_ns is None else min(self.min_ns, low)
-        self.max_ns = high if self.max_ns is None else max(self.max_ns, high)
-
-
-class _Inconsistent(Exception):
-    """The summary or indexes cannot be trusted; scan the file instead."""
-
-
-def read_recording(path: str | Path, *, use_index: bool = True) -> RecordingSummary:
-    """Read an MCAP file's topics, counts and extents (see the module documentation).
+def plan_files(
+    paths: Sequence[str | Path], root: str | Path | None = None
+) -> tuple[Path, list[PlannedFile]]:
+    """Expand directories into their ``*.mcap`` files and give each file its dataset path.
 
     Args:
-        path: The file.
-        use_index: Read the summary and message indexes when present (the default). ``False``
-            always scans every record, which gives the same result more slowly.
+        paths: Files and directories. A directory stands for every ``*.mcap`` file below it,
+            in path order. A file named twice is planned once.
+        root: The directory the dataset paths are relative to; default: the deepest directory
+            holding every path given (a directory holds itself).
+
+    Returns:
+        The root and the files, in the order given.
 
     Raises:
-        RecordingError: The file is missing, truncated, corrupt or not MCAP.
+        ValueError: No paths, a directory without recordings, or a file outside ``root``.
     """
-    path = Path(path)
-    try:
-        with path.open("rb") as stream:
-            size = path.stat().st_size
-            if use_index:
-                try:
-                    return _read_from_index(path, size, stream)
-                except (_Inconsistent, McapError, struct.error, ValueError, KeyError):
-                    # A missing or damaged summary is not an error by itself: the scan decides.
-                    pass
-            stream.seek(0)
-            return _read_by_scan(path, size, stream)
-    except RecordingError:
-        raise
-    except OSError as error:
-        raise RecordingError(path, f"cannot read: {error.strerror or error}") from error
-    except InvalidMagic as error:
-        raise RecordingError(path, "not an MCAP file (bad magic bytes)") from error
-    except (EndOfFile, struct.error) as error:
-        raise RecordingError(
-            path, "truncated: the file ends in the middle of a record (no footer)"
-        ) from error
-    except McapError as error:
-        raise RecordingError(path, f"corrupt: {error}") from error
-    except Exception as error:
-        # Recordings are untrusted input: a decompressor or decoder failing on garbage (zstd,
-        # lz4, CRC mismatch, bad UTF-8) means the file is corrupt, whatever the exception type.
-        raise RecordingError(path, f"corrupt: {type(error).__name__}: {error}") from error
-
-
-def _header_strings(header: Any) -> tuple[str, str]:
-    """Return the profile and library of an MCAP header record."""
-    return str(getattr(header, "profile", "")), str(getattr(header, "library", ""))
-
-
-def _read_from_index(path: Path, size: int, stream: IO[bytes]) -> RecordingSummary:
-    """Read a file through its summary and message indexes, or raise :class:`_Inconsistent`."""
-    reader = SeekingReader(stream)
-    summary = reader.get_summary()
-    if summary is None or summary.statistics is None:
-        raise _Inconsistent("no summary or no statistics")
-    statistics = summary.statistics
-    counts: dict[int, int] = dict(statistics.channel_message_counts)
-    if sum(counts.values()) != statistics.message_count:
-        raise _Inconsistent("per-channel counts do not add up")
-    if statistics.message_count > 0 and not summary.chunk_indexes:
-        raise _Inconsistent("messages outside chunks")
-
-    channels = {
-        channel_id: _ChannelStats(
-            topic=channel.topic,
-            schema_name=_schema_name(summary.schemas.get(channel.schema_id)),
-            message_encoding=channel.message_encoding,
-        )
-        for channel_id, channel in summary.channels.items()
-    }
-    if set(counts) - set(channels):
-        raise _Inconsistent("counts for undeclared channels")
-
-    for chunk_index in summary.chunk_indexes:
-        start = chunk_index.chunk_start_offset + chunk_index.chunk_length
-        length = chunk_index.message_index_length
-        if length == 0 or start + length > size:
-            raise _Inconsistent("missing message indexes")
-        stream.seek(start)
-        data = stream.read(length)
-        if len(data) != length:
-            raise _Inconsistent("short message index section")
-        for channel_id, times in _message_index_times(data):
-            if channel_id not in channels:
-                raise _Inconsistent("message index for an undeclared channel")
-            if len(times):
-                channels[channel_id].add_times(len(times), min(times), max(times))
-
-    for channel_id, stats in channels.items():
-        if stats.count != counts.get(channel_id, 0):
-            raise _Inconsistent("message indexes disagree with statistics")
-
-    start_ns = statistics.message_start_time if statistics.message_count else None
-    end_ns = statistics.message_end_time if statistics.message_count else None
-    lows = [s.min_ns for s in channels.values() if s.min_ns is not None]
-    highs = [s.max_ns for s in channels.values() if s.max_ns is not None]
-    if (min(lows, default=None), max(highs, default=None)) != (start_ns, end_ns):
-        raise _Inconsistent("message indexes disagree with the statistics' time range")
-    profile, library = _header_strings(reader.get_header())
-    return _summarize(path, size, profile, library, channels, start_ns, end_ns, source="index")
-
-
-def _message_index_times(data: bytes) -> Iterable[tuple[int, array.array[int]]]:
-    """Yield ``(channel_id, log_times)`` for each MessageIndex record in ``data``.
-
-    Layout (little-endian): opcode u8, record length u64, then channel id u16, records length
-    u32 and ``(log_time u64, offset u64)`` pairs.
-    """
-    view = memoryview(data)
-    position = 0
-    while position < len(view):
-        if position + 9 > len(view):
-            raise _Inconsistent("truncated message index record")
-        opcode = view[position]
-        (record_length,) = struct.unpack_from("<Q", view, position + 1)
-        body = position + 9
-        end = body + record_length
-        if end > len(view):
-            raise _Inconsistent("truncated message index record")
-        if opcode == Opcode.MESSAGE_INDEX:
-            channel_id, entries_length = struct.unpack_from("<HI", view, body)
-            entries_start = body + 6
-            if entries_length % 16 or entries_start + entries_length > end:
-                raise _Inconsistent("malformed message index record")
-            pairs = array.array("Q")
-            pairs.frombytes(view[entries_start : entries_start + entries_length])
-            if sys.byteorder != "little":
-                pairs.byteswap()
-            yield channel_id, pairs[0::2]
-        position = end
-
-
-def _schema_name(schema: Any) -> str:
-    """Return a schema record's name, or ``""`` for none."""
-    return "" if schema is None else str(schema.name)
-
-
-def _read_by_scan(path: Path, size: int, stream: IO[bytes]) -> RecordingSummary:
-    """Read every record in file order (CRCs checked) and accumulate per-channel statistics."""
-    schemas: dict[int, str] = {}
-    channels: dict[int, _ChannelStats] = {}
-    profile = library = ""
-    start_ns: int | None = None
-    end_ns: int | None = None
-    reader = StreamReader(stream, validate_crcs=True)
-    for record in reader.records:
-        if isinstance(record, mcap_records.Message):
-            stats = channels.get(record.channel_id)
-            if stats is None:
-                raise McapError(f"message on undeclared channel {record.channel_id}")
-            t = record.log_time
-            stats.add_times(1, t, t)
-            start_ns = t if start_ns is None else min(start_ns, t)
-            end_ns = t if end_ns is None else max(end_ns, t)
-        elif isinstance(record, mcap_records.Channel):
-            if record.id not in channels:
-                if record.schema_id != 0 and record.schema_id not in schemas:
-                    raise McapError(f"channel {record.id} names unknown schema {record.schema_id}")
-                channels[record.id] = _ChannelStats(
-                    topic=record.topic,
-                    schema_name=schemas.get(record.schema_id, ""),
-                    message_encoding=record.message_encoding,
-                )
-        elif isinstance(record, mcap_records.Schema):
-            schemas.setdefault(record.id, record.name)
-        elif isinstance(record, mcap_records.Header):
-            profile, library = _header_strings(record)
-    return _summarize(path, size, profile, library, channels, start_ns, end_ns, source="scan")
-
-
-def _summarize(
-    path: Path,
-    size: int,
-    profile: str,
-    library: str,
-    channels: dict[int, _ChannelStats],
-    start_ns: int | None,
-    end_ns: int | None,
-    *,
-    source: str,
-) -> RecordingSummary:
-    """Merge channels by topic name (in channel-ID order) into a :class:`RecordingSummary`."""
-    merged: dict[str, _ChannelStats] = {}
-    for channel_id in sorted(channels):
-        stats = channels[channel_id]
-        topic = merged.get(stats.topic)
-        if topic is None:
-            merged[stats.topic] = dataclasses.replace(stats)
-            continue
-        topic.schema_name = topic.schema_name or stats.schema_name
-        topic.message_encoding = topic.message_encoding or stats.message_encoding
-        if stats.count and stats.min_ns is not None and stats.max_ns is not None:
-            topic.add_times(stats.count, stats.min_ns, stats.max_ns)
-    topics = tuple(
-        TopicSummary(
-            topic_name=name,
-            schema_name=stats.schema_name,
-            message_encoding=stats.message_encoding,
-            message_count=stats.count,
-            min_timestamp_ns=stats.min_ns,
-            max_timestamp_ns=stats.max_ns,
-        )
-        for name, stats in merged.items()
-    )
-    return RecordingSummary(
-        path=path,
-        size_bytes=size,
-        profile=profile,
-        library=library,
-        start_ns=start_ns,
-        end_ns=end_ns,
-        message_count=sum(t.message_count for t in topics),
-        channel_count=len(channels),
-        topics=topics,
-        source=source,
-    )
-
-
-# Registration --------------------------------------------------------------------------------
-
-
-class AmbiguousSessionError(ConflictError):
-    """Several sessions of the org carry the name given to ``ingest --session``."""
+    if not paths:
+        raise ValueError("no recordings given")
+    # Absolute but not resolved: a symlinked folder keeps the name the user sees.
+    given = [Path(os.path.abspath(p)) for p in paths]
+    if root is not None:
+        base = Path(os.path.abspath(root))
+    else:
+        base = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in given]))
+    planned: dict[Path, PlannedFile] = {}
+    for path in given:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.mcap") if p.is_file())
+            if not found:
+                raise ValueError(f"no MCAP files (*.mcap) in {path}")
+        else:
+            found = [path]
+        for file in found:
+            if not file.is_relative_to(base):
+                raise ValueError(f"{file} is not inside the root directory {base}")
+            relative = PurePath(file.relative_to(base)).as_posix()
+            planned.setdefault(file, PlannedFile(file, relative))
+    return base, list(planned.values())
 
 
 @dataclasses.dataclass(frozen=True)
 class IngestedFile:
-    """A recording registered in the catalog.
+    """A recording that is in the catalog after the ingest.
 
     Attributes:
         path: The local file.
-        summary: What it holds.
+        summary: What it holds (what was recovered, for a damaged recording).
         file: The catalog file.
-        already_registered: ``True`` when the dataset already had this file (same path and
-            size) from an earlier ingest, which was reused.
+        already_present: ``True`` when the dataset already held this content, from an earlier
+            ingest, so that nothing was registered.
     """
 
     path: Path
     summary: RecordingSummary
     file: File
-    already_registered: bool = False
+    already_present: bool = False
+
+    @property
+    def status(self) -> str:
+        """``"added"`` or ``"already present"``."""
+        return "already present" if self.already_present else "added"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,11 +156,19 @@ class IngestFailure:
 
     Attributes:
         path: The local file.
-        reason: Why, in one line.
+        error: Why: a :class:`RecordingError` for a file that cannot be read, or the
+            :class:`~flightlog.errors.FlightlogError` with which the server refused it.
     """
 
     path: Path
-    reason: str
+    error: RecordingError | FlightlogError
+
+    @property
+    def reason(self) -> str:
+        """Why, in one line."""
+        if isinstance(self.error, RecordingError):
+            return self.error.reason
+        return str(self.error)
 
 
 @dataclasses.dataclass
@@ -445,182 +176,333 @@ class IngestResult:
     """The outcome of :func:`ingest_recordings`.
 
     Attributes:
-        files: The recordings registered, in the order given.
-        failures: The recordings that failed, in the order given.
-        session: The session that holds the files, when one was asked for.
+        root: The directory the dataset paths are relative to.
+        dataset: The dataset, or ``None`` when none existed and nothing was registered.
+        dataset_created: Whether this run created the dataset.
+        files: The recordings in the catalog after the run, in the order given.
+        failures: The recordings that could not be ingested, in the order given.
+        session: The session holding the files, when one was asked for and there were files.
+        session_created: Whether this run created the session.
+        error: A failure that stopped the run part-way (the server became unreachable...);
+            the files before it were ingested.
     """
 
+    root: Path
+    dataset: Dataset | None = None
+    dataset_created: bool = False
     files: list[IngestedFile] = dataclasses.field(default_factory=list)
     failures: list[IngestFailure] = dataclasses.field(default_factory=list)
     session: Session | None = None
+    session_created: bool = False
+    error: FlightlogError | None = None
+
+    @property
+    def added(self) -> list[IngestedFile]:
+        """The recordings registered by this run."""
+        return [f for f in self.files if not f.already_present]
+
+    @property
+    def already_present(self) -> list[IngestedFile]:
+        """The recordings the dataset already held."""
+        return [f for f in self.files if f.already_present]
 
 
-def register_recording(
-    summary: RecordingSummary,
-    dataset_id: str,
-    *,
-    device_id: str | None = None,
-    relative_path: str | None = None,
-    unix_epoch_offset_ns: int = 0,
-    org_id: str | None = None,
-    client: FlightlogClient | None = None,
-) -> IngestedFile:
-    """Register a read recording as a file of a dataset, one partition per topic.
-
-    If the dataset already has a file at that path with the same size (an earlier ingest of
-    the same recording), that file is reused. A lost call is retried by the client's channel.
-
-    Args:
-        summary: The recording, from :func:`read_recording`.
-        dataset_id: The dataset.
-        device_id: The device that recorded it; ``None``: the dataset's.
-        relative_path: The path within the dataset; default: the file name.
-        unix_epoch_offset_ns: Offset to place the recording's times on the Unix epoch.
-        org_id: The acting org; ``None`` keeps the client's default.
-        client: The client; ``None`` uses the ambient one.
+def find_session(
+    name: str, *, org_id: str | None = None, client: FlightlogClient | None = None
+) -> Session | None:
+    """Return the org's session with exactly this name, or ``None`` when there is none.
 
     Raises:
-        ConflictError: The dataset has a different file at that path.
-        FlightlogError: Any other failure of the call.
-    """
-    c = resolve_client(client)
-    path = relative_path or summary.path.name
-    try:
-        # The channel retries a lost RegisterFile (it carries a request_id). A file already at
-        # the path is an earlier ingest of the same recording when the size matches (below).
-        file = register_file(
-            dataset_id,
-            path,
-            summary.size_bytes,
-            device_id=device_id,
-            unix_epoch_offset_ns=unix_epoch_offset_ns,
-            partitions=summary.partition_specs(),
-            org_id=org_id,
-            client=c,
-        )
-        return IngestedFile(summary.path, summary, file)
-    except ConflictError as error:
-        for existing in list_files(dataset_id, org_id=org_id, client=c):
-            if existing.relative_path == path:
-                if existing.size_bytes == summary.size_bytes:
-                    return IngestedFile(summary.path, summary, existing, already_registered=True)
-                break
-        raise ConflictError(
-            f"the dataset already has a different file at {path!r}",
-            code=error.code,
-            reason=error.reason,
-            metadata=error.metadata,
-        ) from error
-
-
-def find_or_create_session(
-    name: str,
-    *,
-    device_id: str | None = None,
-    org_id: str | None = None,
-    client: FlightlogClient | None = None,
-) -> tuple[Session, bool]:
-    """Return the org's session with exactly this name, creating it when there is none.
-
-    Args:
-        name: The session name.
-        device_id: A device to attach, at creation or to the existing session.
-        org_id: The acting org; ``None`` keeps the client's default.
-        client: The client; ``None`` uses the ambient one.
-
-    Returns:
-        The session and whether it was created.
-
-    Raises:
-        AmbiguousSessionError: Several sessions carry this name.
+        AmbiguousNameError: Several sessions carry this name.
     """
     c = resolve_client(client)
     matches = [
         s for s in Session.query(name_contains=name, org_id=org_id, client=c) if s.name == name
     ]
     if len(matches) > 1:
-        ids = ", ".join(s.session_id for s in matches)
-        raise AmbiguousSessionError(
-            f"{len(matches)} sessions are named {name!r} ({ids})",
-            reason="AMBIGUOUS_SESSION_NAME",
+        raise AmbiguousNameError("session", name, [s.session_id for s in matches])
+    return matches[0] if matches else None
+
+
+class _DatasetTarget:
+    """The dataset of an ingest: found up front, created only when a first file needs it."""
+
+    def __init__(
+        self,
+        ref: str,
+        device_id: str | None,
+        org_id: str | None,
+        client: FlightlogClient,
+        result: IngestResult,
+    ) -> None:
+        self._name = ref
+        self._device_id = device_id
+        self._org_id = org_id
+        self._client = client
+        self._result = result
+        try:
+            result.dataset = catalog.find_dataset(ref, org_id=org_id, client=client)
+        except NotFoundError:
+            if ref.startswith("ds_"):
+                raise  # an ID must exist; a name is created on first use
+
+    def dataset_id(self) -> str:
+        """The dataset's ID, creating the dataset on first use."""
+        if self._result.dataset is None:
+            self._result.dataset = catalog.create_dataset(
+                self._name, self._device_id, org_id=self._org_id, client=self._client
+            )
+            self._result.dataset_created = True
+        return self._result.dataset.dataset_id
+
+
+def register_recording(
+    summary: RecordingSummary,
+    dataset_id: str,
+    *,
+    relative_path: str | None = None,
+    device_id: str | None = None,
+    unix_epoch_offset_ns: int = 0,
+    org_id: str | None = None,
+    client: FlightlogClient | None = None,
+) -> IngestedFile:
+    """Register a read recording as a file of a dataset, one partition per topic, unless the
+    dataset already holds its content.
+
+    Args:
+        summary: The recording, from :func:`read_recording`.
+        dataset_id: The dataset.
+        relative_path: The path within the dataset; default: the file name.
+        device_id: The device that recorded it; ``None``: the dataset's.
+        unix_epoch_offset_ns: Offset that places the recording's times on the Unix epoch.
+        org_id: The acting org; ``None`` keeps the client's default.
+        client: The client; ``None`` uses the ambient one.
+
+    Returns:
+        The file: the one registered, or (``already_present``) the dataset's file with the same
+        content (SHA-256), whatever its path.
+
+    Raises:
+        ConflictError: The dataset has a different recording at that path.
+        FlightlogError: Any other failure of the calls.
+    """
+    c = resolve_client(client)
+    path = relative_path or summary.path.name
+    existing = _file_with_content(dataset_id, summary.content_sha256, org_id, c)
+    if existing is not None:
+        return IngestedFile(summary.path, summary, existing, already_present=True)
+    try:
+        # The channel retries a lost RegisterFile: it carries a request_id.
+        file = catalog.register_file(
+            dataset_id,
+            path,
+            summary.size_bytes,
+            device_id=device_id,
+            unix_epoch_offset_ns=unix_epoch_offset_ns,
+            partitions=summary.partition_specs(),
+            content_sha256=summary.content_sha256,
+            recovery=summary.recovery.to_file_recovery() if summary.recovery else None,
+            org_id=org_id,
+            client=c,
         )
-    if matches:
-        session = matches[0]
-        if device_id is not None:
-            session.attach_to_device(device_id)
-        return session, False
-    devices = [device_id] if device_id is not None else []
-    return Session.create(name=name, device_ids=devices, caller_org_id=org_id, client=c), True
+    except ConflictError as error:
+        # The path is taken: by this very content (a concurrent ingest won the race), by a
+        # registration made before files had content hashes, or by another recording.
+        existing = _file_with_content(dataset_id, summary.content_sha256, org_id, c)
+        if existing is None:
+            existing = _legacy_file_at(dataset_id, path, summary.size_bytes, org_id, c)
+        if existing is not None:
+            return IngestedFile(summary.path, summary, existing, already_present=True)
+        raise ConflictError(
+            f"the dataset already has a different recording at {path!r}",
+            code=error.code,
+            reason=error.reason,
+            metadata=error.metadata,
+        ) from error
+    return IngestedFile(summary.path, summary, file)
 
 
-_PER_FILE_ERRORS = (InvalidRequestError, ConflictError)
+def _legacy_file_at(
+    dataset_id: str, path: str, size_bytes: int, org_id: str | None, client: FlightlogClient
+) -> File | None:
+    """The dataset's file at ``path`` if it was registered without a content hash (before
+    ingest recorded them) with this size: then it is taken for the same recording, as ingest
+    used to decide. Reads the dataset's files, which only a path conflict costs."""
+    for file in catalog.list_files(dataset_id, org_id=org_id, client=client):
+        if file.relative_path == path:
+            legacy = file.content_sha256 is None and file.size_bytes == size_bytes
+            return file if legacy else None
+    return None
+
+
+def _file_with_content(
+    dataset_id: str, content_sha256: str, org_id: str | None, client: FlightlogClient
+) -> File | None:
+    """The dataset's file with this content, if any."""
+    found = catalog.list_files(
+        dataset_id, content_sha256=content_sha256, page_size=1, org_id=org_id, client=client
+    )
+    return next(iter(found), None)
 
 
 def ingest_recordings(
     paths: Sequence[str | Path],
-    dataset_id: str,
+    dataset: str | None = None,
     *,
+    root: str | Path | None = None,
     device_id: str | None = None,
     session_name: str | None = None,
     unix_epoch_offset_ns: int = 0,
     org_id: str | None = None,
     client: FlightlogClient | None = None,
     on_file: Callable[[IngestedFile | IngestFailure], None] | None = None,
+    on_progress: Callable[[PlannedFile, int], None] | None = None,
 ) -> IngestResult:
-    """Read and register recordings, optionally grouping them into a named session.
+    """Read recordings, register them in a dataset, and optionally group them into a session.
 
-    A recording that cannot be read, or that the server rejects on its own (invalid, or a
-    different file at the same path), is recorded in ``failures`` and the others go on. A
-    failure that concerns every file (authentication, an unknown dataset or device, the
-    server being unavailable) is raised.
-
-    With ``session_name``, the session of that name is found or created and every registered
-    file is added to it whole.
+    See the module documentation for how paths, the dataset, content identity and the session
+    are decided. A recording that cannot be read, or that the server refuses on its own
+    (invalid, or a different file at its path), is recorded in ``failures`` and the others go
+    on. A damaged recording with complete messages is registered with what they hold, marked
+    with its recovery.
 
     Args:
-        paths: The MCAP files.
-        dataset_id: The dataset to register them in.
-        device_id: The device that recorded them; also attached to the session.
+        paths: MCAP files and directories.
+        dataset: The dataset's ID or name; default: the session name, else the root
+            directory's name.
+        root: The directory dataset paths are relative to (see :func:`plan_files`).
+        device_id: The device that recorded the files; set on a created dataset and attached
+            to the session.
         session_name: The session to create or extend.
-        unix_epoch_offset_ns: Offset to place the recordings' times on the Unix epoch.
+        unix_epoch_offset_ns: Offset that places the recordings' times on the Unix epoch.
         org_id: The acting org; ``None`` keeps the client's default.
         client: The client; ``None`` uses the ambient one.
-        on_file: Called after each file, with its outcome (for progress reporting).
+        on_file: Called after each recording, with its outcome.
+        on_progress: Called as a recording is read, with the bytes read so far.
+
+    Returns:
+        What was ingested. A failure that concerns every file but happens after some were
+        ingested (the server going away) stops the run and is returned in ``error``.
 
     Raises:
-        FlightlogError: A failure that is not specific to one file.
+        ValueError: No recordings to ingest (see :func:`plan_files`).
+        FlightlogError: Before anything is ingested, a failure that concerns every file: the
+            device or the dataset ID does not exist, a dataset or session name is ambiguous,
+            the server cannot be reached, the API key is refused...
     """
     c = resolve_client(client)
-    result = IngestResult()
-    for raw_path in paths:
-        path = Path(raw_path)
-        outcome: IngestedFile | IngestFailure
-        try:
-            summary = read_recording(path)
-            outcome = register_recording(
-                summary,
-                dataset_id,
-                device_id=device_id,
-                unix_epoch_offset_ns=unix_epoch_offset_ns,
-                org_id=org_id,
-                client=c,
-            )
-            result.files.append(outcome)
-        except RecordingError as error:
-            outcome = IngestFailure(path, error.reason)
-            result.failures.append(outcome)
-        except _PER_FILE_ERRORS as error:
-            outcome = IngestFailure(path, str(error))
-            result.failures.append(outcome)
-        if on_file is not None:
-            on_file(outcome)
+    base, planned = plan_files(paths, root)
+    result = IngestResult(root=base)
+    # What would make every file fail is checked before anything is read or created.
+    if device_id is not None:
+        catalog.get_device(device_id, org_id=org_id, client=c)
+    target = _DatasetTarget(
+        dataset or session_name or base.name or _DEFAULT_DATASET_NAME, device_id, org_id, c, result
+    )
+    session = find_session(session_name, org_id=org_id, client=c) if session_name else None
 
-    if session_name is not None and result.files:
-        session, _ = find_or_create_session(
-            session_name, device_id=device_id, org_id=org_id, client=c
-        )
-        file_ids = [ingested.file.file_id for ingested in result.files]
-        for start in range(0, len(file_ids), _MAX_FILES_PER_ADD):
-            session.add_files(file_ids[start : start + _MAX_FILES_PER_ADD])
-        result.session = session
+    try:
+        for item in planned:
+            outcome = _ingest_one(
+                item, base, target, device_id, unix_epoch_offset_ns, org_id, c, on_progress
+            )
+            if isinstance(outcome, IngestFailure):
+                result.failures.append(outcome)
+            else:
+                result.files.append(outcome)
+            if on_file is not None:
+                on_file(outcome)
+        if session_name is not None and result.files:
+            result.session, result.session_created = _fill_session(
+                session, session_name, result.files, device_id, org_id, c
+            )
+    except FlightlogError as error:
+        if not result.files and not result.dataset_created:
+            raise
+        result.error = error
     return result
+
+
+def _ingest_one(
+    item: PlannedFile,
+    root: Path,
+    target: _DatasetTarget,
+    device_id: str | None,
+    unix_epoch_offset_ns: int,
+    org_id: str | None,
+    client: FlightlogClient,
+    on_progress: Callable[[PlannedFile, int], None] | None,
+) -> IngestedFile | IngestFailure:
+    """Read and register one recording; a failure specific to it is returned, not raised."""
+    progress: ProgressCallback | None = None
+    if on_progress is not None:
+        report = on_progress
+
+        def progress(done: int) -> None:
+            report(item, done)
+
+    try:
+        summary = read_recording(item.path, on_progress=progress)
+    except RecordingError as error:
+        return IngestFailure(item.path, error)
+    dataset_id = target.dataset_id()  # a failure here concerns every file: it is raised
+    try:
+        return register_recording(
+            summary,
+            dataset_id,
+            relative_path=item.relative_path,
+            device_id=device_id,
+            unix_epoch_offset_ns=unix_epoch_offset_ns,
+            org_id=org_id,
+            client=client,
+        )
+    except ConflictError as error:
+        return IngestFailure(
+            item.path,
+            ConflictError(
+                f"{error.message} (paths are relative to {root}; ingest from a common parent "
+                "directory to keep the folders in the paths)",
+                code=error.code,
+                reason=error.reason,
+                metadata=error.metadata,
+            ),
+        )
+    except InvalidRequestError as error:
+        return IngestFailure(item.path, error)
+
+
+def _fill_session(
+    session: Session | None,
+    name: str,
+    files: Sequence[IngestedFile],
+    device_id: str | None,
+    org_id: str | None,
+    client: FlightlogClient,
+) -> tuple[Session, bool]:
+    """Add the files to the session (created when ``session`` is None); returns it and
+    whether it was created. A session created here is deleted again if adding fails."""
+    wanted = list(dict.fromkeys(f.file.file_id for f in files))
+    if session is not None:
+        if device_id is not None:
+            session.attach_to_device(device_id)  # a no-op when attached
+        present = {f.file_id for f in session.list_files()}
+        _add_files(session, [file_id for file_id in wanted if file_id not in present])
+        return session, False
+    devices = [device_id] if device_id is not None else []
+    session = Session.create(name=name, device_ids=devices, caller_org_id=org_id, client=client)
+    try:
+        _add_files(session, wanted)
+    except FlightlogError:
+        # Best effort: if the server is gone, the next run finds the session by name and
+        # fills it.
+        with contextlib.suppress(FlightlogError):
+            session.delete()
+        raise
+    return session, True
+
+
+def _add_files(session: Session, file_ids: Iterable[str]) -> None:
+    """AddSessionFiles in batches of the most the server accepts per call."""
+    pending = iter(file_ids)
+    while batch := list(itertools.islice(pending, _MAX_FILES_PER_ADD)):
+        session.add_files(batch)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import socket
+import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from flightlog import FlightlogClient, catalog, set_default_client
-from flightlog.errors import ConflictError
 from flightlog.ingest import read_recording, register_recording
 from tests.client.recordings import BY_NAME
 
@@ -49,8 +49,7 @@ def ensure_device(flightlog_client: FlightlogClient) -> EnsureDevice:
 
     def ensure(device_id: str) -> str:
         # A device registered by an earlier test of this run is all we need.
-        with contextlib.suppress(ConflictError):
-            catalog.create_device(device_id, name=device_id, client=flightlog_client)
+        catalog.create_device(device_id, name=device_id, exist_ok=True, client=flightlog_client)
         return device_id
 
     return ensure
@@ -94,16 +93,45 @@ def cli_env(
         "FLIGHTLOG_API_KEY": api_key,
         "FLIGHTLOG_ORG_ID": org_id,
     }
-    for name in ("FLIGHTLOG_TLS", "FLIGHTLOG_TLS_CA", "FLIGHTLOG_TLS_CERT", "FLIGHTLOG_TLS_KEY"):
+    for name in (
+        "FLIGHTLOG_TIMEOUT",
+        "FLIGHTLOG_TLS",
+        "FLIGHTLOG_TLS_CA",
+        "FLIGHTLOG_TLS_CERT",
+        "FLIGHTLOG_TLS_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
 
 
-def truncated_copy(source: Path, folder: Path) -> Path:
-    """Write the first half of ``source`` to ``folder`` under the same name."""
-    data = source.read_bytes()
-    target = folder / source.name
-    target.write_bytes(data[: len(data) // 2])
-    return target
+@pytest.fixture
+def refused_endpoint() -> str:
+    """``127.0.0.1:PORT`` of a port nobody listens on: connections are refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a server that accepts connections and never says a word, as a
+    stuck server (or one behind a black hole) does: only a deadline ends a call to it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener is closed at teardown
+            while True:
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+    listener.close()
+    for connection in accepted:
+        connection.close()
+    thread.join(5)

@@ -1,7 +1,9 @@
-"""The shared MCAP recordings and the facts their MANIFEST.md states about them.
+"""The MCAP recordings of the tests and the facts their MANIFEST.md states about them.
 
-The folder is ``FLIGHTLOG_RECORDINGS_DIR`` when set, else ``../shared/data/recordings`` next to
-the repository root.
+Four of them ship in the repository (``examples/recordings``, see ``examples/README.md``) and are
+read from there. The others are the shared recordings, read from ``FLIGHTLOG_RECORDINGS_DIR``
+when set, else from ``../shared/data/recordings`` next to the repository root; a test that needs
+one is skipped, saying so, when that folder is absent (a fresh clone).
 """
 
 from __future__ import annotations
@@ -9,8 +11,29 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
+
+import pytest
+from mcap.reader import make_reader
+from mcap.records import Channel, Chunk, Message
+from mcap.stream_reader import StreamReader, breakup_chunk
+from mcap.writer import CompressionType, IndexType, Writer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# The recordings shipped in the repository (examples/recordings, Apache-2.0), which every clone
+# has: the damaged-recording tests build their fixtures from them.
+
+EXAMPLES_DIR = REPO_ROOT / "examples" / "recordings"
+"""The example recordings of the repository (see examples/README.md)."""
+
+EXAMPLE_FILES = (
+    "rosbag2_multiple_files_0.mcap",
+    "rosbag2_multiple_files_1.mcap",
+    "rosbag2_multiple_files_2.mcap",
+    "rosbag2_talker.mcap",
+)
 
 
 def recordings_dir() -> Path:
@@ -46,7 +69,19 @@ class ExpectedRecording:
 
     @property
     def path(self) -> Path:
-        return recordings_dir() / self.file_name
+        """The file: the repository's copy for an example, else the shared one (the test is
+        skipped when the shared recordings are absent)."""
+        if self.file_name in EXAMPLE_FILES:
+            return EXAMPLES_DIR / self.file_name
+        return shared_recording(self.file_name)
+
+
+def shared_recording(file_name: str) -> Path:
+    """A shared recording's path; skips the calling test when the shared folder is absent."""
+    folder = recordings_dir()
+    if not (folder / "MANIFEST.md").is_file():
+        pytest.skip(f"needs the shared recordings: set FLIGHTLOG_RECORDINGS_DIR (not in {folder})")
+    return folder / file_name
 
 
 def _t(name: str, schema: str, count: int) -> ExpectedTopic:
@@ -171,3 +206,115 @@ SPLIT_RECORDING = tuple(BY_NAME[f"rosbag2_multiple_files_{i}.mcap"] for i in ran
 SPLIT_START_NS = 1616653333034080451
 SPLIT_END_NS = 1616653339386193357
 SPLIT_MESSAGES = 3_177
+
+
+def rechunked(
+    source: Path,
+    target: Path,
+    *,
+    chunk_size: int = 2048,
+    compression: CompressionType = CompressionType.ZSTD,
+    with_summary: bool = True,
+    library: str | None = None,
+) -> Path:
+    """Rewrite a recording as a long one is written: in many small chunks, every schema,
+    channel and message kept, in file order. ``with_summary=False`` writes no summary section
+    (and no message indexes), as some recorders do; the footer is still there. ``library``
+    replaces the header's library string (the same length gives another file of the same
+    size)."""
+    summary_options: dict[str, Any] = {}
+    if not with_summary:
+        summary_options = {
+            "index_types": IndexType.NONE,
+            "use_statistics": False,
+            "use_summary_offsets": False,
+            "repeat_channels": False,
+            "repeat_schemas": False,
+        }
+    with source.open("rb") as stream, target.open("wb") as out:
+        reader = make_reader(stream)
+        header = reader.get_header()
+        summary = reader.get_summary()
+        assert summary is not None
+        writer = Writer(out, chunk_size=chunk_size, compression=compression, **summary_options)
+        writer.start(profile=header.profile, library=library or header.library)
+        schema_ids = {
+            schema.id: writer.register_schema(schema.name, schema.encoding, schema.data)
+            for schema in summary.schemas.values()
+        }
+        channel_ids = {
+            channel.id: writer.register_channel(
+                channel.topic,
+                channel.message_encoding,
+                schema_ids.get(channel.schema_id, 0),
+                channel.metadata,
+            )
+            for channel in summary.channels.values()
+        }
+        for _, channel, message in reader.iter_messages(log_time_order=False):
+            writer.add_message(
+                channel_id=channel_ids[channel.id],
+                log_time=message.log_time,
+                data=message.data,
+                publish_time=message.publish_time,
+                sequence=message.sequence,
+            )
+        writer.finish()  # type: ignore[no-untyped-call]
+    return target
+
+
+def cut_copy(intact: Path, cut: int, folder: Path) -> Path:
+    """The first ``cut`` bytes of ``intact``, as a recorder that stopped there leaves them."""
+    target = folder / f"cut-{cut}-{intact.name}"
+    target.write_bytes(intact.read_bytes()[:cut])
+    return target
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicContent:
+    """What a topic's messages amount to: how many, and their log-time extent."""
+
+    count: int
+    min_ns: int
+    max_ns: int
+
+
+def _chunks_and_topics(recording: Path) -> tuple[list[tuple[int, int, Chunk]], dict[int, str]]:
+    """Every chunk of an intact recording with its ``(start, end)`` byte offsets, and the topic
+    of every channel, as the mcap library's stream reader finds them."""
+    chunks: list[tuple[int, int, Chunk]] = []
+    topics: dict[int, str] = {}
+    with recording.open("rb") as stream:
+        start = 8  # after the leading magic
+        for record in StreamReader(stream, emit_chunks=True).records:
+            end = stream.tell()  # the reader has just read the whole record
+            if isinstance(record, Chunk):
+                chunks.append((start, end, record))
+                records = breakup_chunk(record)
+            else:
+                records = [record]
+            topics.update((r.id, r.topic) for r in records if isinstance(r, Channel))
+            start = end
+    return chunks, topics
+
+
+def chunk_spans(intact: Path) -> list[tuple[int, int]]:
+    """``(start, end)`` byte offsets of every chunk of an intact recording."""
+    return [(start, end) for start, end, _ in _chunks_and_topics(intact)[0]]
+
+
+def messages_before(intact: Path, cut: int) -> dict[str, TopicContent]:
+    """The reference for a damaged copy of ``intact`` that is whole up to byte ``cut``: per
+    topic, the messages a full read of the intact file yields whose chunk lies wholly before
+    ``cut``, as the mcap library decodes them, independently of the code under test."""
+    chunks, topics = _chunks_and_topics(intact)
+    per_topic: dict[str, list[int]] = {}
+    for _, end, chunk in chunks:
+        if end <= cut:
+            for record in breakup_chunk(chunk):
+                if isinstance(record, Message):
+                    per_topic.setdefault(topics[record.channel_id], []).append(record.log_time)
+    return {
+        topic: TopicContent(len(times), min(times), max(times))
+        for topic, times in per_topic.items()
+    }

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from flightlog import FlightlogClient, catalog
+from flightlog.cli import build_parser
+from flightlog.cli._output import format_duration_ns
 from tests.client.cli_support import flightlog, one_error_line
 from tests.client.conftest import EnsureDevice, RegisterRecording, unique
 from tests.client.recordings import BY_NAME, REPO_ROOT
@@ -104,8 +110,8 @@ def test_invalid_argument_prints_the_field_and_exits_4(cli_env: dict[str, str]) 
     result = flightlog("sessions", "create", "--name", "x" * 121)
 
     assert result.code == 4
-    line = one_error_line(result)
-    assert "[name: " in line
+    # The field is named once: the server's message states it, so it is not repeated.
+    assert one_error_line(result) == "error: invalid request: name: must be at most 120 characters"
 
 
 def test_conflicts_exit_6(cli_env: dict[str, str]) -> None:
@@ -123,10 +129,164 @@ def test_a_bad_key_exits_5(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPa
     one_error_line(result)
 
 
-def test_an_unreachable_server_exits_7(cli_env: dict[str, str]) -> None:
-    result = flightlog("--endpoint", "127.0.0.1:1", "--timeout", "2", "devices", "get", "dv_x")
+# A server that is down, unreachable or stuck -----------------------------------------------
+
+# A listing and a unary call: both must end within the timeout.
+_CALLS = [("devices", "get", "dv_x"), ("sessions", "ls"), ("datasets", "ls")]
+
+
+@pytest.mark.parametrize("command", _CALLS, ids=lambda c: " ".join(c))
+def test_a_refused_connection_is_one_line_naming_the_endpoint(
+    cli_env: dict[str, str], refused_endpoint: str, command: tuple[str, ...]
+) -> None:
+    result = flightlog("--endpoint", refused_endpoint, "--timeout", "20", *command)
+
     assert result.code == 7
-    one_error_line(result)
+    assert one_error_line(result) == (
+        f"error: cannot reach the Flightlog server at {refused_endpoint} (connection refused)"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.timeout(60)  # without a deadline on the stream's start, gRPC waits far longer
+@pytest.mark.parametrize("command", _CALLS, ids=lambda c: " ".join(c))
+def test_a_server_that_never_answers_fails_at_the_timeout_for_calls_and_listings(
+    cli_env: dict[str, str], silent_endpoint: str, command: tuple[str, ...]
+) -> None:
+    result = flightlog("--endpoint", silent_endpoint, "--timeout", "0.5", *command)
+
+    assert result.code == 7
+    assert one_error_line(result) == (
+        f"error: no answer from the Flightlog server at {silent_endpoint} within 0.5s"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_with_json_an_unreachable_server_is_a_json_error(
+    cli_env: dict[str, str], silent_endpoint: str
+) -> None:
+    result = flightlog(
+        "--json", "--endpoint", silent_endpoint, "--timeout", "0.5", "sessions", "ls"
+    )
+
+    assert result.code == 7
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    error = json.loads(line)["error"]
+    assert (error["code"], error["reason"]) == ("DEADLINE_EXCEEDED", "NO_ANSWER")
+    assert error["metadata"]["endpoint"] == silent_endpoint
+    assert silent_endpoint in error["message"]
+
+
+class _DeadlineRecorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Records the deadline each call is made with."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.timeouts.append(details.timeout)
+        return continuation(details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details, request)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "deadline"),
+    [
+        ((), {}, 5.0),
+        (("--timeout", "2.5"), {}, 2.5),
+        ((), {"FLIGHTLOG_TIMEOUT": "7"}, 7.0),
+        (("--timeout", "1.5"), {"FLIGHTLOG_TIMEOUT": "7"}, 1.5),
+    ],
+    ids=["default", "option", "environment", "option over environment"],
+)
+def test_the_timeout_is_the_deadline_of_every_call(
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: tuple[str, ...],
+    environment: dict[str, str],
+    deadline: float,
+) -> None:
+    recorder = _DeadlineRecorder()
+    made: list[FlightlogClient] = []
+    original = FlightlogClient.from_config
+
+    def with_recorder(config: Any, **kwargs: Any) -> FlightlogClient:
+        client = original(config, interceptors=[recorder], **kwargs)
+        made.append(client)
+        return client
+
+    monkeypatch.setattr(FlightlogClient, "from_config", with_recorder)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    result = flightlog(*arguments, "devices", "get", "dv_none")
+
+    assert result.code == 3, result.stderr
+    assert recorder.timeouts == [deadline]
+    (client,) = made
+    assert client.timeout == deadline  # also the wait for a listing's first batch
+
+
+def test_a_missing_api_key_is_named_before_any_call(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, silent_endpoint: str
+) -> None:
+    monkeypatch.delenv("FLIGHTLOG_API_KEY")
+
+    # A call to the silent server could only end at the timeout; none is made.
+    result = flightlog("--endpoint", silent_endpoint, "--timeout", "600", "sessions", "ls")
+
+    assert result.code == 2
+    assert one_error_line(result).startswith("error: FLIGHTLOG_API_KEY is not set")
+    json_result = flightlog("--json", "sessions", "ls")
+    error = json.loads(json_result.stderr)["error"]
+    assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "CLIENT_CONFIGURATION")
+    assert "FLIGHTLOG_API_KEY" in error["message"]
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_is_a_usage_error(
+    cli_env: dict[str, str], timeout: str
+) -> None:
+    result = flightlog("--timeout", timeout, "sessions", "ls")
+    assert result.code == 2
+    assert "timeout" in one_error_line(result)
+
+
+# Errors with --json ------------------------------------------------------------------------------
+
+
+def test_with_json_errors_are_json_objects_on_stderr(cli_env: dict[str, str]) -> None:
+    invalid = flightlog("--json", "sessions", "ls", "--page-size", "5000")
+    missing = flightlog("--json", "sessions", "get", "ss_doesnotexist")
+    usage = flightlog("--json", "sessions", "frobnicate")
+
+    assert (invalid.code, missing.code, usage.code) == (4, 3, 2)
+    assert invalid.stdout == missing.stdout == usage.stdout == ""
+    assert json.loads(invalid.stderr) == {
+        "error": {
+            "code": "INVALID_ARGUMENT",
+            "reason": "INVALID_REQUEST",
+            "message": "invalid request: page_size: must be 0 to 1000",
+            "field_violations": [{"field": "page_size", "description": "must be 0 to 1000"}],
+            "metadata": {},
+        }
+    }
+    error = json.loads(missing.stderr)["error"]
+    assert (error["code"], error["reason"]) == ("NOT_FOUND", "SESSION_NOT_FOUND")
+    assert error["metadata"] == {"ids": "ss_doesnotexist"}
+    error = json.loads(usage.stderr)["error"]
+    assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "USAGE")
+    assert "frobnicate" in error["message"]
+
+
+def test_a_violation_the_message_states_is_not_repeated(cli_env: dict[str, str]) -> None:
+    result = flightlog("sessions", "ls", "--page-size", "5000")
+
+    assert result.code == 4
+    assert one_error_line(result) == "error: invalid request: page_size: must be 0 to 1000"
 
 
 def test_bad_usage_exits_2(cli_env: dict[str, str]) -> None:
@@ -245,3 +405,150 @@ def test_the_installed_entry_point_runs(cli_env: dict[str, str]) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == ""
+
+
+# Polish ------------------------------------------------------------------------------------------
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (sub)command's parser, with its command line."""
+    found = [(parser.prog, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_parsers(sub))
+    return found
+
+
+def test_every_option_and_argument_has_help_text() -> None:
+    missing = [
+        f"{prog}: {action.option_strings or action.dest}"
+        for prog, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction)
+        and (not action.help or action.help == argparse.SUPPRESS)
+    ]
+    assert missing == []
+    assert len(_parsers(build_parser())) >= 40  # every command was walked
+
+
+def test_help_documents_the_exit_codes_and_the_json_errors() -> None:
+    text = build_parser().format_help()
+    for code in range(10):
+        assert f"\n  {code}  " in text
+    assert '{"error": {"code", "reason", "message", "field_violations", "metadata"}}' in text
+    assert "nothing" in (_ingest_help := _subcommand_help("ingest"))
+    assert "  9  none could be ingested" in _ingest_help
+
+
+def _subcommand_help(name: str) -> str:
+    for prog, parser in _parsers(build_parser()):
+        if prog == f"flightlog {name}":
+            return parser.format_help()
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (0, "0ns"),
+        (850, "850ns"),
+        (12_500, "12.5µs"),
+        (3_200_000, "3.2ms"),
+        (4_531_096_768, "4.531s"),
+        (59_999_000_000, "59.999s"),
+        (97_355_296_000, "1m 37.4s"),
+        (3_599_900_000_000, "59m 59.9s"),
+        ((2 * 3600 + 3 * 60 + 10) * 10**9, "2h 03m 10s"),
+        ((3 * 86400 + 4 * 3600 + 12 * 60) * 10**9, "3d 04h 12m"),
+        (-1_500_000_000, "-1.500s"),
+    ],
+)
+def test_durations_read_like_a_person_would_write_them(ns: int, text: str) -> None:
+    assert format_duration_ns(ns) == text
+
+
+def test_tables_show_durations_for_people_and_json_keeps_nanoseconds(
+    cli_env: dict[str, str], flightlog_client: FlightlogClient
+) -> None:
+    dataset = catalog.create_dataset(unique("durations"), client=flightlog_client)
+    file = catalog.register_file(
+        dataset.dataset_id,
+        "run.mcap",
+        partitions=[
+            catalog.TopicPartitionSpec(
+                "/odom", extents=[catalog.TimelineExtent(1_000, 1_000 + 97_355_296_000)]
+            )
+        ],
+        client=flightlog_client,
+    )
+    name = unique("long-run")
+    session = flightlog("--json", "sessions", "create", "--name", name).json()
+    flightlog("sessions", "add-file", name, file.file_id)
+
+    table = flightlog("sessions", "ls", "--name-contains", name)
+    record = flightlog("--json", "sessions", "get", session["session_id"]).json()
+
+    assert "1m 37.4s" in table.stdout
+    assert record["max_timestamp_ns"] - record["min_timestamp_ns"] == 97_355_296_000
+    assert "1m 37.4s" in flightlog("files", "ls", "--dataset", dataset.dataset_id).stdout
+
+
+def test_datasets_get_accepts_a_name_by_the_rules_of_sessions_get(
+    cli_env: dict[str, str], flightlog_client: FlightlogClient
+) -> None:
+    name = unique("named")
+    dataset = catalog.create_dataset(name, client=flightlog_client)
+
+    by_name = flightlog("--json", "datasets", "get", name)
+    by_id = flightlog("--json", "datasets", "get", dataset.dataset_id)
+    unknown = flightlog("datasets", "get", unique("nobody"))
+    twin = catalog.create_dataset(name, client=flightlog_client)
+    ambiguous = flightlog("datasets", "get", name)
+
+    assert by_name.code == 0, by_name.stderr
+    assert by_name.json() == by_id.json()
+    assert by_name.json()["dataset_id"] == dataset.dataset_id
+    assert unknown.code == 3
+    assert "no dataset is named" in one_error_line(unknown)
+    assert ambiguous.code == 6
+    line = one_error_line(ambiguous)
+    assert f"several datasets are named {name!r}" in line
+    assert dataset.dataset_id in line and twin.dataset_id in line
+    assert "use an ID" in line
+
+
+def test_a_dataset_name_works_wherever_a_dataset_is_given(
+    cli_env: dict[str, str], flightlog_client: FlightlogClient
+) -> None:
+    name = unique("anywhere")
+    dataset = catalog.create_dataset(name, client=flightlog_client)
+
+    registered = flightlog("--json", "files", "register", name, "a.mcap", "--size", "3")
+    listed = flightlog("--json", "files", "ls", "--dataset", name)
+    created = flightlog("--json", "sessions", "create", "--dataset", name, "--name", name)
+    sessions = flightlog("--json", "sessions", "ls", "--dataset", name)
+    datasets = flightlog("--json", "datasets", "ls", "--name", name)
+
+    assert registered.code == 0, registered.stderr
+    assert registered.json()["dataset_id"] == dataset.dataset_id
+    assert [f["relative_path"] for f in listed.json_lines()] == ["a.mcap"]
+    assert created.code == 0, created.stderr
+    assert [s["session_id"] for s in sessions.json_lines()] == [created.json()["session_id"]]
+    assert [d["dataset_id"] for d in datasets.json_lines()] == [dataset.dataset_id]
+
+
+def test_files_ls_finds_a_file_by_its_content_hash(
+    cli_env: dict[str, str], flightlog_client: FlightlogClient
+) -> None:
+    name = unique("by-hash")
+    dataset = catalog.create_dataset(name, client=flightlog_client)
+    sha = "0123456789abcdef" * 4
+    file = catalog.register_file(
+        dataset.dataset_id, "x.mcap", content_sha256=sha, client=flightlog_client
+    )
+
+    listed = flightlog("--json", "files", "ls", "--sha256", sha.upper())
+
+    assert [f["file_id"] for f in listed.json_lines()] == [file.file_id]
+    assert listed.json_lines()[0]["content_sha256"] == sha

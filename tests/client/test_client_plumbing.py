@@ -126,17 +126,19 @@ class ScriptedCatalog(catalog_service_pb2_grpc.CatalogServiceServicer):
         context.abort(grpc.StatusCode.ALREADY_EXISTS, "the dataset has a file at that path")
 
     def ListFiles(self, request: Any, context: Any) -> Any:
-        first = self.register_calls[0]
-        yield catalog_service_pb2.ListFilesResponse(
-            files=[
-                catalog_service_pb2.File(
-                    file_id="fl_registered",
-                    dataset_id=first.dataset_id,
-                    relative_path=first.relative_path,
-                    size_bytes=first.size_bytes,
-                )
-            ]
-        )
+        # Only the first registration "committed": it is found by its content hash.
+        committed = [
+            catalog_service_pb2.File(
+                file_id="fl_registered",
+                dataset_id=r.dataset_id,
+                relative_path=r.relative_path,
+                size_bytes=r.size_bytes,
+                content_sha256=r.content_sha256,
+            )
+            for r in self.register_calls[:1]
+            if r.content_sha256 == request.content_sha256
+        ]
+        yield catalog_service_pb2.ListFilesResponse(files=committed)
 
 
 @dataclasses.dataclass
@@ -255,7 +257,7 @@ def test_a_registration_whose_answer_was_lost_is_found_and_reused(harness: Harne
 
     ingested = register_recording(summary, "ds_1", client=harness.client)
 
-    assert ingested.already_registered
+    assert ingested.already_present
     assert ingested.file.file_id == "fl_registered"
     first, retry = harness.catalog.register_calls
     assert first == retry

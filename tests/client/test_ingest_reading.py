@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -10,25 +11,34 @@ from pathlib import Path
 import pytest
 from mcap.writer import CompressionType, IndexType, Writer
 
-from flightlog.ingest import RecordingError, RecordingSummary, read_recording
+from flightlog.ingest import RecordingSummary, read_recording
 from tests.client.recordings import (
     BY_NAME,
+    EXAMPLE_FILES,
+    EXAMPLES_DIR,
     MANIFEST,
     SPLIT_END_NS,
     SPLIT_MESSAGES,
     SPLIT_RECORDING,
     SPLIT_START_NS,
     ExpectedRecording,
-    recordings_dir,
+    shared_recording,
 )
 
 _IDS = [recording.file_name for recording in MANIFEST]
 
 
 def test_the_recordings_folder_holds_the_eight_manifest_files() -> None:
-    folder = recordings_dir()
-    assert (folder / "MANIFEST.md").is_file(), f"set FLIGHTLOG_RECORDINGS_DIR (looked in {folder})"
+    folder = shared_recording("MANIFEST.md").parent
     assert sorted(p.name for p in folder.glob("*.mcap")) == sorted(_IDS)
+
+
+def test_the_example_recordings_are_the_ones_examples_readme_documents() -> None:
+    readme = (EXAMPLES_DIR.parent / "README.md").read_text()
+    for name in EXAMPLE_FILES:
+        digest = hashlib.sha256((EXAMPLES_DIR / name).read_bytes()).hexdigest()
+        assert f"`recordings/{name}` | {BY_NAME[name].size_bytes:,} | `{digest}`" in readme
+    assert (EXAMPLES_DIR / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
 
 
 @pytest.mark.parametrize("expected", MANIFEST, ids=_IDS)
@@ -146,51 +156,7 @@ def test_partition_specs_carry_one_extent_per_topic_with_messages() -> None:
         ]
 
 
-# Damaged files ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("expected", MANIFEST, ids=_IDS)
-def test_a_file_cut_in_half_is_reported_as_truncated(
-    expected: ExpectedRecording, tmp_path: Path
-) -> None:
-    data = expected.path.read_bytes()
-    cut = tmp_path / expected.file_name
-    cut.write_bytes(data[: len(data) // 2])
-
-    with pytest.raises(RecordingError) as caught:
-        read_recording(cut)
-
-    assert caught.value.path == cut
-    assert "truncated" in caught.value.reason
-    assert str(cut) in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_a_file_that_is_not_mcap_is_reported(tmp_path: Path) -> None:
-    path = tmp_path / "notes.mcap"
-    path.write_text("these are not the bytes you are looking for\n" * 10)
-
-    with pytest.raises(RecordingError, match="not an MCAP file"):
-        read_recording(path)
-
-
-def test_a_missing_file_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(RecordingError, match="cannot read"):
-        read_recording(tmp_path / "absent.mcap")
-
-
-def test_a_corrupt_chunk_is_reported(tmp_path: Path) -> None:
-    expected = BY_NAME["rosbag2_talker.mcap"]
-    data = bytearray(expected.path.read_bytes())
-    # Flip bytes in the middle of the only (compressed) chunk; the summary is intact, so the
-    # index path succeeds and a scan must find the damage.
-    for offset in range(300, 340):
-        data[offset] ^= 0xFF
-    path = tmp_path / "damaged.mcap"
-    path.write_bytes(bytes(data))
-
-    with pytest.raises(RecordingError, match="corrupt"):
-        read_recording(path, use_index=False)
+# Damaged and foreign files: see test_damaged_recordings.py.
 
 
 # Synthetic files for the fallbacks ---------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_a_name_over_120_characters_names_the_field(flightlog_client: FlightlogC
         Session.create(name="x" * 121, client=flightlog_client)
     assert caught.value.reason == "INVALID_REQUEST"
     assert "name" in dict(caught.value.field_violations)
-    assert "[name: " in str(caught.value)
+    assert str(caught.value) == "invalid request: name: must be at most 120 characters"
 
 
 def test_a_bad_api_key_is_unauthorized(grpc_target: str, org_id: str) -> None:

@@ -926,3 +926,279 @@ def test_a_request_id_over_128_characters_is_invalid(stubs: Stubs) -> None:
     )
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "request_id" in failure.fields
+
+
+# --- content identity and recovered files --------------------------------------------------------
+
+SHA_A = "a" * 63 + "1"
+SHA_B = "b" * 63 + "2"
+
+
+def _recovery(
+    reason: int = pb.RECOVERY_REASON_TRUNCATED, readable_bytes: int = 10, detail: str = "cut"
+) -> pb.FileRecovery:
+    return pb.FileRecovery(reason=reason, detail=detail, readable_bytes=readable_bytes)
+
+
+def _list_files(stubs: Stubs, **fields: Any) -> list[pb.File]:
+    files, _ = drain(stubs.catalog.ListFiles(pb.ListFilesRequest(**fields)), "files")
+    return files
+
+
+def test_register_file_stores_its_content_hash_in_lowercase(stubs: Stubs) -> None:
+    dataset = make_dataset(stubs)
+    request = register_file_request(dataset.dataset_id)
+    request.content_sha256 = SHA_A.upper()
+
+    file = stubs.catalog.RegisterFile(request).file
+
+    assert file.content_sha256 == SHA_A
+    assert get_file(stubs, file.file_id).content_sha256 == SHA_A
+    assert not file.HasField("recovery")
+
+
+def test_a_file_registered_without_a_hash_has_an_empty_one(stubs: Stubs) -> None:
+    file = register_file(stubs, make_dataset(stubs).dataset_id)
+    assert file.content_sha256 == ""
+
+
+def test_list_files_finds_files_by_content_hash_in_a_dataset_and_in_the_org(fresh: Stubs) -> None:
+    first, second = make_dataset(fresh), make_dataset(fresh)
+    wanted = []
+    for dataset, sha in ((first, SHA_A), (first, SHA_B), (second, SHA_A), (first, SHA_A)):
+        request = register_file_request(dataset.dataset_id)
+        request.content_sha256 = sha
+        file = fresh.catalog.RegisterFile(request).file
+        if sha == SHA_A:
+            wanted.append(file)
+
+    in_first = [f for f in wanted if f.dataset_id == first.dataset_id]
+    check_paging(
+        fresh.catalog.ListFiles,
+        pb.ListFilesRequest,
+        "files",
+        lambda f: f.file_id,
+        [f.file_id for f in sorted(in_first, key=lambda f: f.relative_path)],
+        dataset_id=first.dataset_id,
+        content_sha256=SHA_A,
+    )
+    check_paging(
+        fresh.catalog.ListFiles,
+        pb.ListFilesRequest,
+        "files",
+        lambda f: f.file_id,
+        sorted(f.file_id for f in wanted),
+        content_sha256=SHA_A.upper(),  # either case finds them
+    )
+    assert _list_files(fresh, content_sha256="c" * 64) == []
+
+
+def test_another_org_cannot_find_a_file_by_its_content_hash(
+    stubs: Stubs, other_stubs: Stubs
+) -> None:
+    request = register_file_request(make_dataset(stubs).dataset_id)
+    request.content_sha256 = unique("").replace("-", "").ljust(64, "0")[:64]
+    stubs.catalog.RegisterFile(request)
+
+    assert _list_files(other_stubs, content_sha256=request.content_sha256) == []
+
+
+@pytest.mark.parametrize("sha", ["abc", "a" * 63, "a" * 65, "g" * 64, " " + "a" * 63])
+def test_register_file_and_list_files_reject_a_malformed_content_hash(
+    stubs: Stubs, sha: str
+) -> None:
+    request = register_file_request(make_dataset(stubs).dataset_id)
+    request.content_sha256 = sha
+    assert_invalid(rpc_error(lambda: stubs.catalog.RegisterFile(request)), "content_sha256")
+    failure = rpc_error(lambda: _list_files(stubs, content_sha256=sha))
+    assert_invalid(failure, "content_sha256")
+
+
+def test_a_recovered_file_carries_its_recovery_and_the_message_count_of_its_partitions(
+    stubs: Stubs,
+) -> None:
+    dataset = make_dataset(stubs)
+    request = register_file_request(
+        dataset.dataset_id,
+        [partition("/a", [(T0, T0 + 5)], message_count=7), partition("/b", message_count=0)],
+        size_bytes=1000,
+    )
+    request.recovery.CopyFrom(
+        pb.FileRecovery(
+            reason=pb.RECOVERY_REASON_CORRUPT,
+            detail="Chunk at byte 512 does not decompress",
+            message_count=999,  # output only: ignored
+            readable_bytes=512,
+        )
+    )
+
+    file = stubs.catalog.RegisterFile(request).file
+
+    expected = pb.FileRecovery(
+        reason=pb.RECOVERY_REASON_CORRUPT,
+        detail="Chunk at byte 512 does not decompress",
+        message_count=7,
+        readable_bytes=512,
+    )
+    assert file.recovery == expected
+    assert get_file(stubs, file.file_id).recovery == expected
+
+
+def test_list_files_filters_recovered_and_intact_files(fresh: Stubs) -> None:
+    dataset = make_dataset(fresh)
+    recovered, intact = [], []
+    for n in range(5):
+        request = register_file_request(dataset.dataset_id, path=f"run/{n}.mcap", size_bytes=100)
+        if n % 2 == 0:
+            request.recovery.CopyFrom(_recovery())
+        file = fresh.catalog.RegisterFile(request).file
+        (recovered if n % 2 == 0 else intact).append(file)
+
+    for flag, files in ((True, recovered), (False, intact)):
+        check_paging(
+            fresh.catalog.ListFiles,
+            pb.ListFilesRequest,
+            "files",
+            lambda f: f.file_id,
+            [f.file_id for f in files],
+            dataset_id=dataset.dataset_id,
+            recovered=flag,
+        )
+        check_paging(
+            fresh.catalog.ListFiles,
+            pb.ListFilesRequest,
+            "files",
+            lambda f: f.file_id,
+            sorted(f.file_id for f in files),
+            recovered=flag,
+        )
+    assert all(f.HasField("recovery") for f in _list_files(fresh, recovered=True))
+    assert len(_list_files(fresh)) == 5
+
+
+def test_list_files_tokens_are_bound_to_the_hash_and_recovery_filters(fresh: Stubs) -> None:
+    dataset = make_dataset(fresh)
+    for _ in range(3):
+        request = register_file_request(dataset.dataset_id, size_bytes=100)
+        request.content_sha256 = SHA_A
+        request.recovery.CopyFrom(_recovery())
+        fresh.catalog.RegisterFile(request)
+
+    def token(**fields: Any) -> str:
+        request = pb.ListFilesRequest(page_size=1, **fields)
+        return str(first_batch(fresh.catalog.ListFiles(request)).next_page_token)
+
+    for issued, other in (
+        ({"recovered": True}, {"recovered": False}),
+        ({"recovered": True}, {}),
+        ({"content_sha256": SHA_A}, {"content_sha256": SHA_B}),
+        ({"content_sha256": SHA_A}, {}),
+    ):
+        page_token = token(**issued)
+        failure = rpc_error(
+            lambda: _list_files(fresh, page_token=page_token, **other)  # noqa: B023
+        )
+        assert failure.reason == "INVALID_PAGE_TOKEN", (issued, other)
+
+
+def test_register_file_names_every_bad_recovery_field_at_once(stubs: Stubs) -> None:
+    request = register_file_request(make_dataset(stubs).dataset_id, size_bytes=100)
+    request.recovery.CopyFrom(
+        pb.FileRecovery(reason=pb.RECOVERY_REASON_UNSPECIFIED, detail="a\nb", readable_bytes=101)
+    )
+    failure = rpc_error(lambda: stubs.catalog.RegisterFile(request))
+    assert_invalid(failure, "recovery.reason", "recovery.detail", "recovery.readable_bytes")
+
+
+@pytest.mark.parametrize(
+    ("recovery", "field"),
+    [
+        (_recovery(reason=99), "recovery.reason"),
+        (_recovery(readable_bytes=-1), "recovery.readable_bytes"),
+        (_recovery(detail="x" * 1001), "recovery.detail"),
+        (_recovery(detail="nul\x00"), "recovery.detail"),
+    ],
+)
+def test_register_file_rejects_a_bad_recovery(
+    stubs: Stubs, recovery: pb.FileRecovery, field: str
+) -> None:
+    request = register_file_request(make_dataset(stubs).dataset_id, size_bytes=100)
+    request.recovery.CopyFrom(recovery)
+    assert_invalid(rpc_error(lambda: stubs.catalog.RegisterFile(request)), field)
+
+
+def test_a_recovery_may_cover_every_byte_or_none(stubs: Stubs) -> None:
+    dataset = make_dataset(stubs)
+    for readable in (0, 100):
+        request = register_file_request(dataset.dataset_id, size_bytes=100)
+        request.recovery.CopyFrom(_recovery(readable_bytes=readable))
+        assert stubs.catalog.RegisterFile(request).file.recovery.readable_bytes == readable
+
+
+def test_a_replayed_registration_with_another_recovery_is_a_reused_request_id(
+    stubs: Stubs,
+) -> None:
+    request = register_file_request(make_dataset(stubs).dataset_id, size_bytes=100)
+    request.request_id = unique("recovered")
+    request.recovery.CopyFrom(_recovery(readable_bytes=50))
+    first = stubs.catalog.RegisterFile(request).file
+    assert stubs.catalog.RegisterFile(request).file == first
+
+    request.recovery.readable_bytes = 60
+    failure = rpc_error(lambda: stubs.catalog.RegisterFile(request))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+
+
+# --- datasets by name ----------------------------------------------------------------------------
+
+
+def test_list_datasets_by_name_streams_only_the_datasets_of_that_name(fresh: Stubs) -> None:
+    name = unique("flights")
+    named = []
+    for n in range(5):
+        named.append(make_dataset(fresh, name=name).dataset_id)
+        make_dataset(fresh, name=f"{name}-{n}")  # a longer name is not that name
+    make_dataset(fresh, name=name.upper())
+
+    check_paging(
+        fresh.catalog.ListDatasets,
+        pb.ListDatasetsRequest,
+        "datasets",
+        lambda d: d.dataset_id,
+        named[::-1],
+        name=name,
+    )
+    datasets, _ = drain(
+        fresh.catalog.ListDatasets(pb.ListDatasetsRequest(name=unique("none"))), "datasets"
+    )
+    assert datasets == []
+
+
+def test_list_datasets_token_is_bound_to_the_name(fresh: Stubs) -> None:
+    name = unique("bound")
+    for _ in range(2):
+        make_dataset(fresh, name=name)
+    page_token = first_batch(
+        fresh.catalog.ListDatasets(pb.ListDatasetsRequest(name=name, page_size=1))
+    ).next_page_token
+    failure = rpc_error(
+        lambda: list(fresh.catalog.ListDatasets(pb.ListDatasetsRequest(page_token=page_token)))
+    )
+    assert failure.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_list_datasets_rejects_a_name_over_120_characters(stubs: Stubs) -> None:
+    failure = rpc_error(
+        lambda: list(stubs.catalog.ListDatasets(pb.ListDatasetsRequest(name="n" * 121)))
+    )
+    assert_invalid(failure, "name")
+
+
+def test_a_recovered_file_whose_message_counts_overflow_int64_is_invalid(stubs: Stubs) -> None:
+    request = register_file_request(
+        make_dataset(stubs).dataset_id,
+        [partition("/a", message_count=INT64_MAX), partition("/b", message_count=1)],
+        size_bytes=100,
+    )
+    request.recovery.CopyFrom(_recovery())
+    assert_invalid(rpc_error(lambda: stubs.catalog.RegisterFile(request)), "partitions")

@@ -1,10 +1,12 @@
 """The ``flightlog`` command-line tool.
 
 ``flightlog sessions|devices|datasets|files|fields|ingest ...``; run ``flightlog --help``.
-Results print as aligned tables, or with ``--json`` as one JSON object per line. Errors print as
-one ``error: ...`` line on stderr, and the exit code says what happened: 0 ok, 1 error,
-2 usage, 3 not found, 4 invalid argument, 5 unauthenticated or permission denied, 6 conflict,
-7 unavailable, 8 partial failure.
+Results print on stdout as aligned tables, or with ``--json`` as one JSON object per line. Errors
+print on stderr as one ``error: ...`` line, or with ``--json`` as one JSON object per line
+(``{"error": {"code", "reason", "message", "field_violations", "metadata"}}``). The exit code
+says what happened: 0 ok, 1 error, 2 usage or configuration, 3 not found, 4 invalid argument,
+5 unauthenticated or permission denied, 6 conflict, 7 unavailable, 8 partial failure,
+9 nothing ingested.
 """
 
 from __future__ import annotations

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from flightlog import catalog, custom_fields
 from flightlog._client import FlightlogClient
@@ -38,7 +45,17 @@ from flightlog.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from flightlog.ingest import IngestedFile, IngestFailure, ingest_recordings
+from flightlog.ingest import (
+    IngestedFile,
+    IngestFailure,
+    IngestResult,
+    PlannedFile,
+    RecordingSummary,
+    Recovery,
+    find_session,
+    ingest_recordings,
+    plan_files,
+)
 from flightlog.metrics import Metric, MetricEntry
 from flightlog.session import (
     SESSION_CHANGE_KINDS,
@@ -50,9 +67,11 @@ from flightlog.session import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "EXIT_CONFLICT",
     "EXIT_ERROR",
     "EXIT_INVALID",
+    "EXIT_NOTHING_INGESTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_PARTIAL",
@@ -81,12 +100,17 @@ EXIT_CONFLICT = 6
 EXIT_UNAVAILABLE = 7
 """The server could not be reached in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
 EXIT_PARTIAL = 8
-"""Some items failed, the others succeeded (ingest)."""
+"""Some items failed, the others succeeded (ingest: some recordings were ingested)."""
+EXIT_NOTHING_INGESTED = 9
+"""``ingest``: no recording could be ingested (each one failed on its own)."""
+
+DEFAULT_TIMEOUT_S = 5.0
+"""The command's default ``--timeout``: a down server is reported within seconds."""
 
 
 def exit_code_for(error: BaseException) -> int:
     """Return the exit code for an error."""
-    if isinstance(error, UsageError | ConfigurationError):
+    if isinstance(error, ValueError | ConfigurationError):  # UsageError is a ValueError
         return EXIT_USAGE
     if isinstance(error, NotFoundError):
         return EXIT_NOT_FOUND
@@ -112,9 +136,13 @@ class _Context:
 
     @property
     def client(self) -> FlightlogClient:
-        """The client, configured from the environment and the global options."""
+        """The client, configured from the environment and the global options.
+
+        Raises:
+            ConfigurationError: A setting is unusable, or no API key is set.
+        """
         if self._client is None:
-            config = ClientConfig.from_env()
+            config = ClientConfig.from_env(default_timeout=DEFAULT_TIMEOUT_S)
             overrides: dict[str, Any] = {}
             if self.args.endpoint:
                 overrides["endpoint"] = self.args.endpoint
@@ -124,6 +152,11 @@ class _Context:
                 overrides["timeout"] = self.args.timeout
             if overrides:
                 config = dataclasses.replace(config, **overrides)
+            if config.api_key is None:
+                raise ConfigurationError(
+                    "FLIGHTLOG_API_KEY is not set: export the API key of your principal "
+                    "(make run writes a development key to .data/dev.env)"
+                )
             self._client = FlightlogClient.from_config(config)
         return self._client
 
@@ -145,17 +178,29 @@ class _Context:
 
         Raises:
             NotFoundError: No session has that ID or name.
-            ConflictError: Several sessions have that name.
+            AmbiguousNameError: Several sessions have that name.
         """
         if ref.startswith("ss_"):
             return Session.from_id(ref, client=self.client)
-        matches = [s for s in Session.query(name_contains=ref, client=self.client) if s.name == ref]
-        if not matches:
+        session = find_session(ref, client=self.client)
+        if session is None:
             raise NotFoundError(f"no session is named {ref!r}", reason="SESSION_NOT_FOUND")
-        if len(matches) > 1:
-            ids = ", ".join(s.session_id for s in matches)
-            raise ConflictError(f"several sessions are named {ref!r}: {ids}; use an ID")
-        return matches[0]
+        return session
+
+    def dataset(self, ref: str) -> catalog.Dataset:
+        """Load a dataset by ID (``ds_...``) or by exact name, by the rules of :meth:`session`.
+
+        Raises:
+            NotFoundError: No dataset has that ID or name.
+            AmbiguousNameError: Several datasets have that name.
+        """
+        return catalog.find_dataset(ref, client=self.client)
+
+    def dataset_id(self, ref: str | None) -> str | None:
+        """The ID of the dataset given by ID or name, or ``None`` when none is given."""
+        if ref is None:
+            return None
+        return ref if ref.startswith("ds_") else self.dataset(ref).dataset_id
 
 
 # Records -------------------------------------------------------------------------------------
@@ -236,7 +281,7 @@ def _sessions_create(ctx: _Context) -> int:
     if a.dataset:
         if a.device:
             raise UsageError("--dataset infers the devices; do not combine it with --device")
-        session = Session.create_from_dataset(a.dataset, **common)
+        session = Session.create_from_dataset(ctx.dataset(a.dataset).dataset_id, **common)
     else:
         session = Session.create(device_ids=a.device or (), **common)
     ctx.out.record(session, _session_fields(session))
@@ -264,7 +309,7 @@ def _sessions_ls(ctx: _Context) -> int:
         tags_all=a.tag or (),
         tags_any=a.any_tag or (),
         device_id=a.device,
-        dataset_id=a.dataset,
+        dataset_id=ctx.dataset_id(a.dataset),
         overlaps=overlaps,
         custom_fields=conditions,
         name_contains=a.name_contains,
@@ -515,14 +560,14 @@ def _datasets_create(ctx: _Context) -> int:
 
 
 def _datasets_get(ctx: _Context) -> int:
-    dataset = catalog.get_dataset(ctx.args.dataset, client=ctx.client)
+    dataset = ctx.dataset(ctx.args.dataset)
     ctx.out.record(dataset, _dataclass_fields(dataset))
     return EXIT_OK
 
 
 def _datasets_ls(ctx: _Context) -> int:
     ctx.out.rows(
-        catalog.list_datasets(page_size=ctx.args.page_size, client=ctx.client),
+        catalog.list_datasets(name=ctx.args.name, page_size=ctx.args.page_size, client=ctx.client),
         [
             Column[catalog.Dataset]("DATASET", lambda d: d.dataset_id),
             Column[catalog.Dataset]("NAME", lambda d: d.name),
@@ -541,6 +586,7 @@ _FILE_COLUMNS: list[Column[catalog.File]] = [
     Column("DEVICE", lambda f: f.device_id),
     Column("START", lambda f: format_ns(f.min_timestamp_ns)),
     Column("DURATION", lambda f: format_duration(f.min_timestamp_ns, f.max_timestamp_ns), "right"),
+    Column("RECOVERED", lambda f: f.recovery.reason if f.recovery else None),
 ]
 
 
@@ -571,7 +617,7 @@ def _files_register(ctx: _Context) -> int:
     a = ctx.args
     partitions = _load_partitions(a.partitions) if a.partitions else []
     file = catalog.register_file(
-        a.dataset,
+        ctx.dataset(a.dataset).dataset_id,
         a.path,
         a.size,
         device_id=a.device,
@@ -590,7 +636,14 @@ def _files_get(ctx: _Context) -> int:
 
 
 def _files_ls(ctx: _Context) -> int:
-    files = catalog.list_files(ctx.args.dataset, page_size=ctx.args.page_size, client=ctx.client)
+    a = ctx.args
+    files = catalog.list_files(
+        ctx.dataset_id(a.dataset),
+        content_sha256=a.sha256,
+        recovered=a.recovered,
+        page_size=a.page_size,
+        client=ctx.client,
+    )
     ctx.out.rows(files, _FILE_COLUMNS)
     return EXIT_OK
 
@@ -699,66 +752,110 @@ def _fields_rm(ctx: _Context) -> int:
 
 def _ingest(ctx: _Context) -> int:
     a = ctx.args
-    paths = [Path(p) for p in a.paths]
-    client = ctx.client
-    # Fail fast, before reading anything, on what would make every file fail.
-    if a.device:
-        catalog.get_device(a.device, client=client)
-    if a.dataset:
-        dataset_id = catalog.get_dataset(a.dataset, client=client).dataset_id
-    else:
-        name = a.dataset_name or a.session or paths[0].parent.resolve().name
-        dataset = catalog.create_dataset(name, a.device, client=client)
-        dataset_id = dataset.dataset_id
-        if not ctx.out.json_mode:
-            ctx.out.error_console.print(
-                f"created dataset {dataset_id} ({name})", markup=False, soft_wrap=True
-            )
-
+    out = ctx.out
+    client = ctx.client  # a configuration error stops the command before anything is read
+    root, planned = plan_files(a.paths, a.root)
+    sizes = {item.path: _size_of(item.path) for item in planned}
     progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(file=ctx.out.stderr),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=out.stderr),
         transient=True,
-        disable=len(paths) < 2 or not ctx.out.stderr.isatty(),
+        redirect_stdout=False,  # results stay on stdout; stderr lines print above the bar
+        disable=not out.stderr.isatty(),
     )
-    done: list[IngestedFile] = []
+    done_bytes = 0
+    done_files = 0
+
+    def on_progress(item: PlannedFile, read: int) -> None:
+        progress.update(
+            task,
+            completed=done_bytes + read,
+            description=f"{done_files + 1}/{len(planned)} {item.relative_path}",
+        )
+
+    def on_file(outcome: IngestedFile | IngestFailure) -> None:
+        nonlocal done_bytes, done_files
+        done_bytes += sizes[outcome.path]
+        done_files += 1
+        progress.update(task, completed=done_bytes)
+        if isinstance(outcome, IngestFailure):
+            out.failure(outcome.error, path=str(outcome.path))
+            return
+        recovery = outcome.summary.recovery
+        if recovery is not None:
+            out.warning(_recovery_line(outcome.summary, recovery), path=str(outcome.path))
+        if out.json_mode:
+            out.json(_ingested_json(outcome))
 
     with progress:
-        task = progress.add_task("ingesting", total=len(paths))
-
-        def on_file(outcome: IngestedFile | IngestFailure) -> None:
-            progress.advance(task)
-            if isinstance(outcome, IngestFailure):
-                # One line per failed file, printed above the bar.
-                progress.console.print(
-                    f"error: {outcome.path}: {outcome.reason}",
-                    highlight=False,
-                    markup=False,
-                    soft_wrap=True,  # never wrapped: one line per file, whatever the width
-                )
-                return
-            done.append(outcome)
-            if ctx.out.json_mode:
-                ctx.out.json(_ingested_json(outcome))
-
+        task = progress.add_task(f"0/{len(planned)}", total=sum(sizes.values()))
         result = ingest_recordings(
-            paths,
-            dataset_id,
+            a.paths,
+            a.dataset,
+            root=root,
             device_id=a.device,
             session_name=a.session,
             unix_epoch_offset_ns=a.offset,
             client=client,
             on_file=on_file,
+            on_progress=on_progress,
         )
+    _print_ingest_result(ctx, result)
+    if result.error is not None:
+        out.failure(result.error)
+        return EXIT_PARTIAL if result.files else exit_code_for(result.error)
+    if result.failures:
+        return EXIT_PARTIAL if result.files else EXIT_NOTHING_INGESTED
+    return EXIT_OK
 
-    if not ctx.out.json_mode and done:
-        ctx.out.rows(
-            done,
+
+def _size_of(path: Path) -> int:
+    """A file's size, or 0 when it cannot be read (its failure is reported when read)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _recovery_line(summary: RecordingSummary, recovery: Recovery) -> str:
+    """The one line that says a recording was salvaged."""
+    return (
+        f"recovered {summary.message_count:,} messages from a {recovery.reason} recording "
+        f"({format_bytes(recovery.readable_bytes)} of {format_bytes(recovery.size_bytes)} "
+        f"readable; {recovery.detail})"
+    )
+
+
+def _print_ingest_result(ctx: _Context, result: IngestResult) -> None:
+    """The table of ingested files and the summary lines (one JSON object with --json)."""
+    out = ctx.out
+    dataset = result.dataset
+    session = result.session
+    if out.json_mode:
+        out.json(
+            {
+                "summary": {
+                    "added": len(result.added),
+                    "already_present": len(result.already_present),
+                    "failed": len(result.failures),
+                    "recovered": sum(1 for f in result.files if f.summary.recovery),
+                    "dataset": dataset,
+                    "dataset_created": result.dataset_created,
+                    "session": session,
+                    "session_created": result.session_created,
+                }
+            }
+        )
+        return
+    if result.files:
+        out.rows(
+            result.files,
             [
-                Column[IngestedFile]("PATH", lambda f: str(f.path)),
+                Column[IngestedFile]("PATH", lambda f: f.file.relative_path),
                 Column[IngestedFile]("FILE", lambda f: f.file.file_id),
                 Column[IngestedFile]("TOPICS", lambda f: len(f.summary.topics), "right"),
                 Column[IngestedFile]("MESSAGES", lambda f: f.summary.message_count, "right"),
@@ -769,38 +866,57 @@ def _ingest(ctx: _Context) -> int:
                     "right",
                 ),
                 Column[IngestedFile](
-                    "STATUS", lambda f: "already registered" if f.already_registered else "new"
+                    "STATUS",
+                    lambda f: (
+                        f.status + (f", {f.summary.recovery.reason}" if f.summary.recovery else "")
+                    ),
                 ),
             ],
         )
-    if result.session is not None:
-        session = result.session
-        if ctx.out.json_mode:
-            ctx.out.json({"session": session})
-        else:
-            ctx.out.info(
-                f"session {session.session_id} ({session.name}): {len(result.files)} file(s) "
-                f"added, {format_ns(session.min_timestamp_ns)} -> "
-                f"{format_ns(session.max_timestamp_ns)} "
-                f"({format_duration(session.min_timestamp_ns, session.max_timestamp_ns)})"
-            )
-    return EXIT_PARTIAL if result.failures else EXIT_OK
+    counts = (
+        f"{len(result.added)} added, {len(result.already_present)} already present, "
+        f"{len(result.failures)} failed"
+    )
+    if result.dataset_created and not result.files and dataset is not None:
+        out.warning(
+            f"dataset {dataset.dataset_id} ({dataset.name}) was created but holds no file; "
+            "an ingest into the same name reuses it"
+        )
+    if dataset is None:
+        out.info(f"nothing ingested: {counts}")
+    else:
+        created = "created " if result.dataset_created else ""
+        out.info(f"{created}dataset {dataset.dataset_id} ({dataset.name or '-'}): {counts}")
+    if session is not None:
+        created = "created " if result.session_created else ""
+        out.info(
+            f"{created}session {session.session_id} ({session.name}): "
+            f"{format_ns(session.min_timestamp_ns)} -> {format_ns(session.max_timestamp_ns)} "
+            f"({format_duration(session.min_timestamp_ns, session.max_timestamp_ns)})"
+        )
+
+
+def _ingest_status(ingested: IngestedFile) -> str:
+    """``added``, ``already present``, followed by the recovery reason of a damaged one."""
+    recovery = ingested.summary.recovery
+    return ingested.status if recovery is None else f"{ingested.status}, {recovery.reason}"
 
 
 def _ingested_json(ingested: IngestedFile) -> dict[str, Any]:
-    """The JSON line of one ingested file."""
+    """The JSON line of one ingested file (times and durations in exact nanoseconds)."""
     summary = ingested.summary
     return {
         "path": str(ingested.path),
-        "file_id": ingested.file.file_id,
-        "dataset_id": ingested.file.dataset_id,
-        "relative_path": ingested.file.relative_path,
+        "status": "already_present" if ingested.already_present else "added",
+        "file": ingested.file,
         "size_bytes": summary.size_bytes,
+        "content_sha256": summary.content_sha256,
         "start_ns": summary.start_ns,
         "end_ns": summary.end_ns,
+        "duration_ns": summary.duration_ns,
         "message_count": summary.message_count,
         "topics": [dataclasses.asdict(topic) for topic in summary.topics],
-        "already_registered": ingested.already_registered,
+        "recovery": summary.recovery,
     }
 
 
@@ -808,217 +924,380 @@ def _ingested_json(ingested: IngestedFile) -> dict[str, Any]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one ``error:`` line and exit code 2."""
+    """An argument parser whose errors are raised as :class:`UsageError`, so that they are
+    reported like every other error (one line, or JSON with ``--json``) with exit code 2."""
 
-    def error(self, message: str) -> Any:  # argparse declares NoReturn; it exits.
-        """Print the usage error on one line and exit with :data:`EXIT_USAGE`."""
-        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+    def error(self, message: str) -> Any:  # argparse declares NoReturn; it raises.
+        """Raise the usage error."""
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 Handler = Callable[[_Context], int]
+
+_DESCRIPTION = """\
+Flightlog command-line tool: sessions, devices, datasets, files, custom fields and MCAP ingest.
+
+Connection settings come from FLIGHTLOG_ENDPOINT (default localhost:50051), FLIGHTLOG_API_KEY
+(required), FLIGHTLOG_ORG_ID, FLIGHTLOG_TIMEOUT and FLIGHTLOG_TLS*; the options below override
+them. A session or a dataset may be given by ID or by exact name (several with that name:
+exit code 6, use the ID).
+
+Results go to stdout: aligned tables, or with --json one JSON object per line (times and
+durations in exact nanoseconds). Errors go to stderr: one "error: ..." line, or with --json one
+JSON object per line, {"error": {"code", "reason", "message", "field_violations", "metadata"}}.
+"""
+
+_EPILOG = """\
+exit codes:
+  0  ok
+  1  any other error
+  2  bad command line or configuration (e.g. FLIGHTLOG_API_KEY not set)
+  3  not found
+  4  invalid argument
+  5  unauthenticated or permission denied
+  6  conflict (already exists, stale revision, ambiguous name)
+  7  server unavailable or unreachable, or no answer within --timeout
+  8  partial failure: some items failed, the others succeeded
+     (ingest: some recordings were ingested, see the errors for the others)
+  9  ingest: no recording could be ingested (each one failed on its own);
+     any code other than 0 and 8 means ingest added nothing
+"""
+
+_INGEST_DESCRIPTION = """\
+Register MCAP recordings as files of a dataset, with their topics, message counts and time
+extents, and optionally group them into a session. Running it again leaves what one run leaves:
+recordings are known by their content (SHA-256), so a recording the dataset already holds is
+reported as already present, and files already in the session are not added twice.
+
+Each file is registered under its path relative to --root, by default the deepest directory
+holding every PATH given, so that files of the same name in different folders are all kept.
+A truncated or damaged recording is salvaged: its complete records are registered and the file
+is marked as recovered (flightlog files ls --recovered lists them). Only a file with nothing
+readable (empty, not MCAP, damaged before its first message) is refused. Nothing is created
+before a recording has been read: a run that ingests nothing leaves no empty dataset or session.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``flightlog`` argument parser."""
     parser = _Parser(
         prog="flightlog",
-        description=(
-            "Flightlog command-line tool: sessions, devices, datasets, files, custom fields "
-            "and MCAP ingest. Connection settings come from FLIGHTLOG_ENDPOINT, "
-            "FLIGHTLOG_API_KEY, FLIGHTLOG_ORG_ID and FLIGHTLOG_TLS*."
-        ),
-        epilog=(
-            "exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, "
-            "5 unauthenticated or permission denied, 6 conflict, 7 unavailable, "
-            "8 partial failure"
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print results as JSON, one object per line, and errors as JSON objects on stderr",
+    )
+    parser.add_argument(
+        "--endpoint", metavar="HOST:PORT", help="the server (default: FLIGHTLOG_ENDPOINT)"
+    )
+    parser.add_argument("--org", metavar="ORG_ID", help="acting org (default: FLIGHTLOG_ORG_ID)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            "deadline of each call, and the longest wait for a listing's first batch "
+            f"(default: FLIGHTLOG_TIMEOUT, else {DEFAULT_TIMEOUT_S:g})"
         ),
     )
-    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
-    parser.add_argument("--endpoint", help="host:port of the server (FLIGHTLOG_ENDPOINT)")
-    parser.add_argument("--org", help="acting org ID (FLIGHTLOG_ORG_ID)")
-    parser.add_argument("--timeout", type=float, help="deadline of each call, in seconds")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
-    def command(sub: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    def group(name: str, help_text: str) -> Any:
+        sub = groups.add_parser(name, help=help_text, description=help_text)
+        return sub.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        sub: Any, name: str, handler: Handler, help_text: str, **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_text, description=kwargs.pop("description", help_text), **kwargs
+        )
         p.set_defaults(handler=handler)
         return p
 
     def page_size(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--page-size", type=int, default=0, help="items per streamed batch")
+        p.add_argument(
+            "--page-size",
+            type=int,
+            default=0,
+            metavar="N",
+            help="items per streamed batch, 1 to 1000 (default: the server's, 500)",
+        )
+
+    def session_ref(p: argparse.ArgumentParser) -> None:
+        p.add_argument("session", help="session ID (ss_...) or exact name")
 
     # sessions
-    sessions = groups.add_parser("sessions", help="manage sessions").add_subparsers(
-        dest="command", required=True, metavar="COMMAND"
-    )
+    sessions = group("sessions", "manage sessions")
     p = command(sessions, "create", _sessions_create, "create a session")
-    p.add_argument("--name")
-    p.add_argument("--description")
+    p.add_argument("--name", help="short name, at most 120 characters")
+    p.add_argument("--description", help="description")
     p.add_argument("--device", action="append", help="attach this device (repeatable)")
-    p.add_argument("--dataset", help="create the session from this dataset's files")
+    p.add_argument(
+        "--dataset",
+        help="create the session from this dataset's files (ID or name); infers the devices",
+    )
     p.add_argument("--tag", action="append", help="tag (repeatable)")
-    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
-    p.add_argument("--field", action="append", metavar="NAME=VALUE", help="custom field value")
+    p.add_argument(
+        "--meta", action="append", metavar="KEY=VALUE", help="metadata; VALUE may be JSON"
+    )
+    p.add_argument(
+        "--field", action="append", metavar="NAME=VALUE", help="custom field value (repeatable)"
+    )
 
     p = command(sessions, "get", _sessions_get, "show a session (by ID or exact name)")
-    p.add_argument("session")
+    session_ref(p)
 
     p = command(sessions, "ls", _sessions_ls, "list sessions, streaming")
-    p.add_argument("--tag", action="append", help="carrying every such tag")
+    p.add_argument("--tag", action="append", help="carrying every such tag (repeatable)")
     p.add_argument("--any-tag", action="append", help="carrying at least one such tag")
     p.add_argument("--device", help="with this device attached")
-    p.add_argument("--dataset", help="with a file of this dataset")
-    p.add_argument("--name-contains", help="whose name contains this text")
+    p.add_argument("--dataset", help="with a file of this dataset (ID or name)")
+    p.add_argument("--name-contains", metavar="TEXT", help="whose name contains TEXT")
     p.add_argument(
-        "--overlaps", nargs=2, metavar=("START", "END"), help="bounds overlap [START, END]"
+        "--overlaps",
+        nargs=2,
+        metavar=("START", "END"),
+        help="whose bounds overlap [START, END] (ns or ISO 8601)",
     )
     p.add_argument(
         "--where",
         action="append",
         metavar="CONDITION",
-        help="custom-field condition: 'f=v', 'f>=v', 'f in a,b', 'f is null'",
+        help="custom-field condition: 'f=v', 'f>=v', 'f in a,b', 'f is null' (repeatable)",
     )
     p.add_argument(
-        "--sort", help="created, name, start_time, duration or field:NAME (default created)"
+        "--sort", help="created, name, start_time, duration or field:NAME (default: created)"
     )
     direction = p.add_mutually_exclusive_group()
-    direction.add_argument("--desc", dest="descending", action="store_true", default=None)
-    direction.add_argument("--asc", dest="descending", action="store_false")
+    direction.add_argument(
+        "--desc", dest="descending", action="store_true", default=None, help="descending order"
+    )
+    direction.add_argument("--asc", dest="descending", action="store_false", help="ascending order")
     page_size(p)
 
     p = command(sessions, "update", _sessions_update, "change a session")
-    p.add_argument("session")
+    session_ref(p)
     name = p.add_mutually_exclusive_group()
-    name.add_argument("--name")
-    name.add_argument("--clear-name", action="store_true")
+    name.add_argument("--name", help="new name")
+    name.add_argument("--clear-name", action="store_true", help="remove the name")
     description = p.add_mutually_exclusive_group()
-    description.add_argument("--description")
-    description.add_argument("--clear-description", action="store_true")
-    p.add_argument("--add-tag", action="append")
-    p.add_argument("--rm-tag", action="append")
+    description.add_argument("--description", help="new description")
+    description.add_argument(
+        "--clear-description", action="store_true", help="remove the description"
+    )
+    p.add_argument("--add-tag", action="append", metavar="TAG", help="add a tag (repeatable)")
+    p.add_argument("--rm-tag", action="append", metavar="TAG", help="remove a tag (repeatable)")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="put metadata")
-    p.add_argument("--rm-meta", action="append", metavar="KEY", help="remove metadata key")
-    p.add_argument("--field", action="append", metavar="NAME=VALUE", help="set custom field")
-    p.add_argument("--clear-field", action="append", metavar="NAME", help="clear custom field")
-    p.add_argument("--expected-revision", type=int)
+    p.add_argument("--rm-meta", action="append", metavar="KEY", help="remove a metadata key")
+    p.add_argument("--field", action="append", metavar="NAME=VALUE", help="set a custom field")
+    p.add_argument("--clear-field", action="append", metavar="NAME", help="clear a custom field")
+    p.add_argument(
+        "--expected-revision",
+        type=int,
+        metavar="N",
+        help="change only if the session is at this revision (else exit 6)",
+    )
 
     p = command(sessions, "rm", _sessions_rm, "delete a session")
-    p.add_argument("session")
-    p.add_argument("--expected-revision", type=int)
+    session_ref(p)
+    p.add_argument(
+        "--expected-revision",
+        type=int,
+        metavar="N",
+        help="delete only if the session is at this revision (else exit 6)",
+    )
 
     p = command(sessions, "add-file", _sessions_add_file, "add files to a session")
-    p.add_argument("session")
-    p.add_argument("file", nargs="+")
+    session_ref(p)
+    p.add_argument("file", nargs="+", help="file ID (fl_...)")
     p.add_argument(
-        "--range", nargs=2, metavar=("START", "END"), help="contribute only [START, END]"
+        "--range",
+        nargs=2,
+        metavar=("START", "END"),
+        help="contribute only [START, END] of each file (ns or ISO 8601)",
     )
 
     p = command(sessions, "rm-file", _sessions_rm_file, "remove files from a session")
-    p.add_argument("session")
-    p.add_argument("file", nargs="+")
+    session_ref(p)
+    p.add_argument("file", nargs="+", help="file ID (fl_...)")
 
     p = command(sessions, "attach", _sessions_attach, "attach a device to a session")
-    p.add_argument("session")
-    p.add_argument("device")
+    session_ref(p)
+    p.add_argument("device", help="device ID")
 
     p = command(sessions, "detach", _sessions_detach, "detach a device from a session")
-    p.add_argument("session")
-    p.add_argument("device")
+    session_ref(p)
+    p.add_argument("device", help="device ID")
 
     for name_, handler, text in (
         ("devices", _sessions_devices, "list a session's devices"),
         ("files", _sessions_files, "list a session's files"),
         ("metrics", _sessions_metrics, "list a session's metrics"),
     ):
-        command(sessions, name_, handler, text).add_argument("session")
+        session_ref(command(sessions, name_, handler, text))
 
     p = command(sessions, "topics", _sessions_topics, "list a session's topics")
-    p.add_argument("session")
+    session_ref(p)
     p.add_argument("name", nargs="?", help="show only the topic of this name")
 
     p = command(sessions, "publish", _sessions_publish, "publish metrics to a session")
-    p.add_argument("session")
-    p.add_argument("metric", nargs="+", metavar="NAME=VALUE")
+    session_ref(p)
+    p.add_argument("metric", nargs="+", metavar="NAME=VALUE", help="metric value (a number)")
     device = p.add_mutually_exclusive_group()
     device.add_argument("--device", help="associate the values with this device")
     device.add_argument("--no-device", action="store_true", help="associate no device")
 
     p = command(sessions, "watch", _sessions_watch, "follow session changes")
-    p.add_argument("--after", type=int, default=-1, help="revision to replay after (-1: now)")
-    p.add_argument("--session", action="append", help="only this session (repeatable)")
-    p.add_argument("--tag", action="append", help="only sessions with this tag")
+    p.add_argument(
+        "--after", type=int, default=-1, metavar="REVISION", help="replay after it (-1: now)"
+    )
+    p.add_argument("--session", action="append", help="only this session ID (repeatable)")
+    p.add_argument("--tag", action="append", help="only sessions with this tag (repeatable)")
     p.add_argument("--device", help="only sessions with this device")
-    p.add_argument("--kind", action="append", help="only this kind of change")
-    p.add_argument("--limit", type=int, default=0, help="stop after this many changes")
+    p.add_argument(
+        "--kind",
+        action="append",
+        help=f"only this kind of change (repeatable): {', '.join(SESSION_CHANGE_KINDS)}",
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="stop after N changes (0: never)"
+    )
 
     # devices
-    devices = groups.add_parser("devices", help="manage devices").add_subparsers(
-        dest="command", required=True, metavar="COMMAND"
-    )
+    devices = group("devices", "manage devices")
     p = command(devices, "create", _devices_create, "register a device")
-    p.add_argument("device")
-    p.add_argument("--name")
-    command(devices, "get", _devices_get, "show a device").add_argument("device")
+    p.add_argument("device", help="device ID of your choice, unique in the org")
+    p.add_argument("--name", help="display name")
+    command(devices, "get", _devices_get, "show a device").add_argument("device", help="device ID")
     page_size(command(devices, "ls", _devices_ls, "list devices"))
-    command(devices, "rm", _devices_rm, "delete a device").add_argument("device")
+    command(devices, "rm", _devices_rm, "delete a device").add_argument("device", help="device ID")
 
     # datasets
-    datasets = groups.add_parser("datasets", help="manage datasets").add_subparsers(
-        dest="command", required=True, metavar="COMMAND"
-    )
+    datasets = group("datasets", "manage datasets")
     p = command(datasets, "create", _datasets_create, "create a dataset")
-    p.add_argument("--name")
-    p.add_argument("--device")
-    command(datasets, "get", _datasets_get, "show a dataset").add_argument("dataset")
-    page_size(command(datasets, "ls", _datasets_ls, "list datasets"))
+    p.add_argument("--name", help="display name (need not be unique)")
+    p.add_argument("--device", help="the device that recorded it")
+    command(datasets, "get", _datasets_get, "show a dataset (by ID or exact name)").add_argument(
+        "dataset", help="dataset ID (ds_...) or exact name"
+    )
+    p = command(datasets, "ls", _datasets_ls, "list datasets, newest first")
+    p.add_argument("--name", help="only the datasets with exactly this name")
+    page_size(p)
 
     # files
-    files = groups.add_parser("files", help="manage files").add_subparsers(
-        dest="command", required=True, metavar="COMMAND"
-    )
+    files = group("files", "manage files")
     p = command(files, "register", _files_register, "register a file of a dataset")
-    p.add_argument("dataset")
+    p.add_argument("dataset", help="dataset ID or exact name")
     p.add_argument("path", help="path relative to the dataset")
-    p.add_argument("--size", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--offset", type=int, default=0, help="unix epoch offset, ns")
+    p.add_argument("--size", type=int, default=0, metavar="BYTES", help="size in bytes")
+    p.add_argument("--device", help="device that recorded it (default: the dataset's)")
+    p.add_argument(
+        "--offset", type=int, default=0, metavar="NS", help="unix epoch offset, nanoseconds"
+    )
     p.add_argument("--partitions", metavar="JSON_FILE", help="partitions as JSON ('-': stdin)")
-    command(files, "get", _files_get, "show a file").add_argument("file")
-    p = command(files, "ls", _files_ls, "list files")
-    p.add_argument("--dataset")
+    command(files, "get", _files_get, "show a file").add_argument("file", help="file ID")
+    p = command(files, "ls", _files_ls, "list files: a dataset's by path, else the org's by ID")
+    p.add_argument("--dataset", help="only this dataset's files (ID or name)")
+    p.add_argument("--sha256", metavar="HEX", help="only the files with this content hash")
+    recovered = p.add_mutually_exclusive_group()
+    recovered.add_argument(
+        "--recovered",
+        dest="recovered",
+        action="store_true",
+        default=None,
+        help="only files salvaged from damaged recordings",
+    )
+    recovered.add_argument(
+        "--intact",
+        dest="recovered",
+        action="store_false",
+        help="only files read whole",
+    )
     page_size(p)
-    command(files, "topics", _files_topics, "list a file's topic partitions").add_argument("file")
+    command(files, "topics", _files_topics, "list a file's topic partitions").add_argument(
+        "file", help="file ID"
+    )
     p = command(files, "set-offset", _files_set_offset, "change a file's timeline offset")
-    p.add_argument("file")
-    p.add_argument("offset", type=int, help="nanoseconds")
-    command(files, "rm", _files_rm, "delete a file").add_argument("file")
+    p.add_argument("file", help="file ID")
+    p.add_argument("offset", type=int, help="unix epoch offset, nanoseconds")
+    command(files, "rm", _files_rm, "delete a file").add_argument("file", help="file ID")
 
     # custom fields
-    fields = groups.add_parser("fields", help="manage custom fields").add_subparsers(
-        dest="command", required=True, metavar="COMMAND"
-    )
+    fields = group("fields", "manage custom fields")
     p = command(fields, "create", _fields_create, "define a custom field for sessions")
-    p.add_argument("name")
-    p.add_argument("--type", required=True, choices=list(custom_fields.CUSTOM_FIELD_TYPES))
-    p.add_argument("--enum-value", action="append", help="allowed value (repeatable)")
-    p.add_argument("--description")
-    p.add_argument("--status", choices=["creating", "ready"])
-    command(fields, "get", _fields_get, "show a custom field (ID or name)").add_argument("field")
+    p.add_argument("name", help="field name: lowercase letters, digits and _")
+    p.add_argument(
+        "--type", required=True, choices=list(custom_fields.CUSTOM_FIELD_TYPES), help="value type"
+    )
+    p.add_argument(
+        "--enum-value", action="append", metavar="VALUE", help="allowed value (repeatable)"
+    )
+    p.add_argument("--description", help="description")
+    p.add_argument(
+        "--status", choices=["creating", "ready"], help="initial status (default: ready)"
+    )
+    command(fields, "get", _fields_get, "show a custom field (ID or name)").add_argument(
+        "field", help="custom field ID (cf_...) or name"
+    )
     page_size(command(fields, "ls", _fields_ls, "list custom fields"))
     p = command(fields, "update", _fields_update, "change a custom field's status or values")
-    p.add_argument("field")
-    p.add_argument("--status", choices=list(custom_fields.CUSTOM_FIELD_STATUSES))
-    p.add_argument("--add-enum-value", action="append")
-    command(fields, "rm", _fields_rm, "delete a custom field").add_argument("field")
+    p.add_argument("field", help="custom field ID (cf_...) or name")
+    p.add_argument("--status", choices=list(custom_fields.CUSTOM_FIELD_STATUSES), help="new status")
+    p.add_argument(
+        "--add-enum-value", action="append", metavar="VALUE", help="allow this value too"
+    )
+    command(fields, "rm", _fields_rm, "delete a custom field").add_argument(
+        "field", help="custom field ID (cf_...) or name"
+    )
 
     # ingest
-    p = command(groups, "ingest", _ingest, "register MCAP recordings (and group them)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--dataset", help="dataset ID; default: create one")
-    p.add_argument("--dataset-name", help="name of the dataset created without --dataset")
-    p.add_argument("--device", help="device that recorded the files")
-    p.add_argument("--session", metavar="NAME", help="create or extend the session of this name")
-    p.add_argument("--offset", type=int, default=0, help="unix epoch offset, ns")
+    p = command(
+        groups,
+        "ingest",
+        _ingest,
+        "register MCAP recordings (and group them into a session)",
+        description=_INGEST_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "exit codes:\n"
+            "  0  every recording was ingested, or was already present\n"
+            "  8  some recordings were ingested, the others not (see the errors)\n"
+            "  9  none could be ingested (each one failed on its own)\n"
+            "  any other non-zero code: nothing was ingested (see flightlog --help)"
+        ),
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="MCAP file, or directory of *.mcap files"
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="ID_OR_NAME",
+        help=(
+            "dataset ID, or name: reused when one dataset has it, created when none does "
+            "(default: the session name, else the root directory's name)"
+        ),
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="register paths relative to DIR (default: the deepest directory holding every PATH)",
+    )
+    p.add_argument("--device", help="device that recorded the files; attached to the session")
+    p.add_argument(
+        "--session", metavar="NAME", help="add the files to the session of this name, or create it"
+    )
+    p.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        metavar="NS",
+        help="unix epoch offset of the recordings' times, nanoseconds",
+    )
     return parser
 
 
@@ -1029,29 +1308,27 @@ def run(
     stderr: IO[str] | None = None,
 ) -> int:
     """Run the ``flightlog`` command and return its exit code."""
-    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # --json is known before parsing, so that a bad command line is reported as JSON too.
+    out = Output("--json" in arguments, stdout=stdout, stderr=stderr)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
-    out = Output(args.json, stdout=stdout, stderr=stderr)
+        args = build_parser().parse_args(arguments)
+    except UsageError as error:
+        out.failure(error)
+        return EXIT_USAGE
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else EXIT_OK
     ctx = _Context(args, out)
     try:
         handler: Handler = args.handler
         return handler(ctx)
-    except FlightlogError as error:
-        out.error(str(error))
+    # ValueError: values the client refuses before sending (bad metadata type, unknown
+    # operator, a directory without recordings...), like usage errors.
+    except (FlightlogError, ValueError) as error:
+        out.failure(error)
         return exit_code_for(error)
-    except UsageError as error:
-        out.error(str(error))
-        return EXIT_USAGE
-    except ValueError as error:
-        # Invalid values caught by the client before sending (bad metadata type, unknown
-        # operator...).
-        out.error(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        out.error("interrupted")
+    except KeyboardInterrupt as error:
+        out.failure(error)
         return 130
     finally:
         ctx.close()

@@ -21,9 +21,21 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flightlog._mcap import RecordingError
+from flightlog.errors import FlightlogError
 from flightlog.session import Session
 
-__all__ = ["Column", "Output", "arrivals", "format_bytes", "format_ns", "to_jsonable"]
+__all__ = [
+    "Column",
+    "Output",
+    "arrivals",
+    "error_object",
+    "format_bytes",
+    "format_duration",
+    "format_duration_ns",
+    "format_ns",
+    "to_jsonable",
+]
 
 _T = TypeVar("_T")
 
@@ -61,10 +73,41 @@ def format_ns(ns: int | None) -> str:
 
 
 def format_duration(start_ns: int | None, end_ns: int | None) -> str:
-    """Format the span between two nanosecond times in seconds, or ``-``."""
+    """Format the span between two nanosecond times for people (see
+    :func:`format_duration_ns`), or ``-``."""
     if start_ns is None or end_ns is None:
         return "-"
-    return f"{(end_ns - start_ns) / 1e9:.3f}s"
+    return format_duration_ns(end_ns - start_ns)
+
+
+def format_duration_ns(ns: int) -> str:
+    """Format nanoseconds for people, to about four significant digits: ``850ns``,
+    ``12.5µs``, ``3.2ms``, ``4.531s``, ``1m 37.4s``, ``2h 03m 10s``, ``3d 04h 12m``.
+
+    Tables use it; ``--json`` output keeps the exact nanoseconds.
+    """
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    if ns < 1_000:
+        text = f"{ns}ns"
+    elif ns < 1_000_000:
+        text = f"{ns / 1e3:.1f}µs"
+    elif ns < 1_000_000_000:
+        text = f"{ns / 1e6:.1f}ms"
+    elif ns < 60 * 1_000_000_000:
+        text = f"{ns / 1e9:.3f}s"
+    else:
+        seconds = ns / 1e9
+        minutes, rest = divmod(seconds, 60)
+        if minutes < 60:
+            text = f"{int(minutes)}m {rest:.1f}s"
+        else:
+            hours, minutes = divmod(int(minutes), 60)
+            if hours < 24:
+                text = f"{hours}h {minutes:02d}m {int(rest):02d}s"
+            else:
+                days, hours = divmod(hours, 24)
+                text = f"{days}d {hours:02d}h {minutes:02d}m"
+    return sign + text
 
 
 def format_bytes(size: int) -> str:
@@ -155,7 +198,9 @@ class Output:
     Args:
         json_mode: Print one JSON object per line instead of tables.
         stdout: Where results go.
-        stderr: Where errors and progress go.
+        stderr: Where errors, warnings and progress go; default: whatever ``sys.stderr`` is
+            when writing, so that a progress display that redirects it prints them above
+            itself.
     """
 
     def __init__(
@@ -166,7 +211,7 @@ class Output:
     ) -> None:
         self.json_mode = json_mode
         self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
+        self._stderr = stderr
         terminal = self.stdout.isatty()
         self._terminal = terminal
         # Off a terminal, rich would squeeze tables into 80 columns; let them be as wide as
@@ -177,7 +222,11 @@ class Output:
             highlight=False,
             soft_wrap=not terminal,
         )
-        self.error_console = Console(file=self.stderr, highlight=False, soft_wrap=True)
+
+    @property
+    def stderr(self) -> IO[str]:
+        """Where errors, warnings and progress go."""
+        return self._stderr or sys.stderr
 
     def json(self, value: Any) -> None:
         """Print one JSON object on a line and flush it."""
@@ -187,6 +236,29 @@ class Output:
     def error(self, message: str) -> None:
         """Print ``error: <message>`` on stderr, on one line."""
         self.stderr.write(f"error: {' '.join(message.splitlines())}\n")
+        self.stderr.flush()
+
+    def failure(self, error: BaseException, **context: object) -> None:
+        """Report an error on stderr: one ``error: ...`` line, or with ``--json`` one JSON
+        object ``{"error": {...}}`` (see :func:`error_object`) holding ``context`` too."""
+        if self.json_mode:
+            self.stderr.write(
+                json.dumps({"error": {**error_object(error), **to_jsonable(context)}}) + "\n"
+            )
+            self.stderr.flush()
+            return
+        prefix = "".join(f"{value}: " for value in context.values())
+        self.error(prefix + _one_line(error))
+
+    def warning(self, message: str, **context: object) -> None:
+        """Report a warning on stderr: one ``warning: ...`` line, or with ``--json`` one JSON
+        object ``{"warning": {"message": ..., ...context}}``."""
+        if self.json_mode:
+            payload = {"message": message, **to_jsonable(context)}
+            self.stderr.write(json.dumps({"warning": payload}) + "\n")
+        else:
+            prefix = "".join(f"{value}: " for value in context.values())
+            self.stderr.write(f"warning: {' '.join((prefix + message).splitlines())}\n")
         self.stderr.flush()
 
     def info(self, message: str) -> None:
@@ -252,6 +324,49 @@ class Output:
         return count
 
 
+def error_object(error: BaseException) -> dict[str, Any]:
+    """The JSON form of an error: ``code`` (a gRPC status code name), ``reason`` (an
+    UPPER_SNAKE cause: the server's ``ErrorInfo`` reason, or the client's own such as
+    ``SERVER_UNREACHABLE``, ``USAGE``, ``RECORDING_TRUNCATED``), ``message``,
+    ``field_violations`` (``[{"field": ..., "description": ...}]``), ``metadata`` and, for an
+    internal error, ``request_id``."""
+    if isinstance(error, FlightlogError):
+        result: dict[str, Any] = {
+            "code": error.code.name,
+            "reason": error.reason,
+            "message": error.message,
+            "field_violations": [
+                {"field": field, "description": why} for field, why in error.field_violations
+            ],
+            "metadata": error.metadata,
+        }
+        if error.request_id:
+            result["request_id"] = error.request_id
+        return result
+    if isinstance(error, RecordingError):
+        code, reason, message = "INVALID_ARGUMENT", error.error_reason, error.reason
+    elif isinstance(error, KeyboardInterrupt):
+        code, reason, message = "CANCELLED", "INTERRUPTED", "interrupted"
+    else:
+        code, reason, message = "INVALID_ARGUMENT", "USAGE", str(error)
+    return {
+        "code": code,
+        "reason": reason,
+        "message": message,
+        "field_violations": [],
+        "metadata": {},
+    }
+
+
+def _one_line(error: BaseException) -> str:
+    """The human form of an error, on one line."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, RecordingError):
+        return error.reason  # its path is given as context
+    return str(error)
+
+
 def _strip_trailing_spaces(text: str) -> str:
     """Remove the padding rich leaves at the end of table lines."""
     return "".join(line.rstrip() + "\n" for line in text.splitlines())
@@ -267,6 +382,8 @@ def _cell_text(value: object) -> Text:
         return Text(", ".join(str(v) for v in value) or "-")
     if isinstance(value, dict):
         return Text(json.dumps(to_jsonable(value), ensure_ascii=False) if value else "-")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return Text(json.dumps(to_jsonable(value), ensure_ascii=False))
     if isinstance(value, dt.datetime):
         return Text(format_datetime(value))
     return Text(str(value))

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RecoveryReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecoveryReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecoveryReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOVERY_REASON_UNSPECIFIED: _RecoveryReason.ValueType  # 0
+    """Not a valid reason; a `FileRecovery` must name one of the others."""
+    RECOVERY_REASON_TRUNCATED: _RecoveryReason.ValueType  # 1
+    """The recording ends early, before its footer, often inside a record: the recorder stopped
+    (crashed, lost power) before closing it. The records complete before the end were recovered.
+    """
+    RECOVERY_REASON_CORRUPT: _RecoveryReason.ValueType  # 2
+    """A record of the recording is damaged (a checksum mismatch, data that does not decompress or
+    parse). The records before it were recovered; reading stopped there.
+    """
+
+class RecoveryReason(_RecoveryReason, metaclass=_RecoveryReasonEnumTypeWrapper):
+    """What was wrong with a recording salvaged into a file (see `FileRecovery`)."""
+
+RECOVERY_REASON_UNSPECIFIED: RecoveryReason.ValueType  # 0
+"""Not a valid reason; a `FileRecovery` must name one of the others."""
+RECOVERY_REASON_TRUNCATED: RecoveryReason.ValueType  # 1
+"""The recording ends early, before its footer, often inside a record: the recorder stopped
+(crashed, lost power) before closing it. The records complete before the end were recovered.
+"""
+RECOVERY_REASON_CORRUPT: RecoveryReason.ValueType  # 2
+"""A record of the recording is damaged (a checksum mismatch, data that does not decompress or
+parse). The records before it were recovered; reading stopped there.
+"""
+Global___RecoveryReason: _TypeAlias = RecoveryReason  # noqa: Y015
 
 @_typing.final
 class Device(_message.Message):
@@ -123,6 +156,8 @@ class File(_message.Message):
     MAX_TIMESTAMP_NS_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """Output only. Unique identifier, prefixed `fl_`."""
     org_id: _builtins.str
@@ -147,9 +182,22 @@ class File(_message.Message):
     """Output only. Upper end of the file's time window, offset applied; absent with no extents."""
     created_by: _builtins.str
     """Output only. Principal that registered the file."""
+    content_sha256: _builtins.str
+    """Output only. The SHA-256 of the file's content as given to RegisterFile: 64 lowercase
+    hexadecimal characters, or empty when the registration gave none. Files are found by it with
+    `ListFilesRequest.content_sha256`.
+    """
     @_builtins.property
     def created(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the file was registered."""
+
+    @_builtins.property
+    def recovery(self) -> Global___FileRecovery:
+        """Output only. Present when the file was salvaged from a damaged recording (for example one
+        whose recorder crashed before closing it): what was wrong and how much could be read. The
+        file's partitions and extents then describe the recovered messages only. Absent for a file
+        read whole.
+        """
 
     def __init__(
         self,
@@ -165,10 +213,12 @@ class File(_message.Message):
         max_timestamp_ns: _builtins.int | None = ...,
         created: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
+        content_sha256: _builtins.str = ...,
+        recovery: Global___FileRecovery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_timestamp_ns", b"_max_timestamp_ns", "_min_timestamp_ns", b"_min_timestamp_ns", "created", b"created", "max_timestamp_ns", b"max_timestamp_ns", "min_timestamp_ns", b"min_timestamp_ns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_timestamp_ns", b"_max_timestamp_ns", "_min_timestamp_ns", b"_min_timestamp_ns", "created", b"created", "max_timestamp_ns", b"max_timestamp_ns", "min_timestamp_ns", b"min_timestamp_ns", "recovery", b"recovery"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_timestamp_ns", b"_max_timestamp_ns", "_min_timestamp_ns", b"_min_timestamp_ns", "created", b"created", "created_by", b"created_by", "dataset_id", b"dataset_id", "device_id", b"device_id", "file_id", b"file_id", "max_timestamp_ns", b"max_timestamp_ns", "min_timestamp_ns", b"min_timestamp_ns", "org_id", b"org_id", "relative_path", b"relative_path", "size_bytes", b"size_bytes", "unix_epoch_offset_ns", b"unix_epoch_offset_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_timestamp_ns", b"_max_timestamp_ns", "_min_timestamp_ns", b"_min_timestamp_ns", "content_sha256", b"content_sha256", "created", b"created", "created_by", b"created_by", "dataset_id", b"dataset_id", "device_id", b"device_id", "file_id", b"file_id", "max_timestamp_ns", b"max_timestamp_ns", "min_timestamp_ns", b"min_timestamp_ns", "org_id", b"org_id", "recovery", b"recovery", "relative_path", b"relative_path", "size_bytes", b"size_bytes", "unix_epoch_offset_ns", b"unix_epoch_offset_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_timestamp_ns: _TypeAlias = _typing.Literal["max_timestamp_ns"]  # noqa: Y015
     _WhichOneofArgType__max_timestamp_ns: _TypeAlias = _typing.Literal["_max_timestamp_ns", b"_max_timestamp_ns"]  # noqa: Y015
@@ -180,6 +230,46 @@ class File(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_timestamp_ns) -> _WhichOneofReturnType__min_timestamp_ns | None: ...
 
 Global___File: _TypeAlias = File  # noqa: Y015
+
+@_typing.final
+class FileRecovery(_message.Message):
+    """How much of a damaged recording was recovered when its file was registered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    READABLE_BYTES_FIELD_NUMBER: _builtins.int
+    reason: Global___RecoveryReason.ValueType
+    """Required. What was wrong with the recording."""
+    detail: _builtins.str
+    """Optional one-line account of the damage, at most 1,000 characters, for example "ends inside
+    a Chunk record at byte 1048576".
+    """
+    message_count: _builtins.int
+    """Output only. The number of messages recovered: the sum of the `message_count` of the file's
+    partitions, computed by RegisterFile (a value sent in the request is ignored).
+    """
+    readable_bytes: _builtins.int
+    """The number of bytes that could be read, from the start of the file up to the damage: 0 to the
+    file's `size_bytes`.
+    """
+    def __init__(
+        self,
+        *,
+        reason: Global___RecoveryReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        message_count: _builtins.int = ...,
+        readable_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "message_count", b"message_count", "readable_bytes", b"readable_bytes", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileRecovery: _TypeAlias = FileRecovery  # noqa: Y015
 
 @_typing.final
 class TimelineExtent(_message.Message):
@@ -585,19 +675,25 @@ class ListDatasetsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Items per streamed batch, 1 to 1,000; 0 means 500."""
     page_token: _builtins.str
     """A resume token from an earlier response of the same request; empty starts at the beginning."""
+    name: _builtins.str
+    """Optional: only the datasets with exactly this name (at most 120 characters). Names are not
+    unique, so this may stream several datasets; empty lists every dataset.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,6 +740,8 @@ class RegisterFileRequest(_message.Message):
     UNIX_EPOCH_OFFSET_NS_FIELD_NUMBER: _builtins.int
     PARTITIONS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Required. The dataset the file belongs to."""
     relative_path: _builtins.str
@@ -658,9 +756,19 @@ class RegisterFileRequest(_message.Message):
     """Optional idempotency key, as in CreateDatasetRequest: a replay returns the file registered
     the first time.
     """
+    content_sha256: _builtins.str
+    """Optional SHA-256 of the file's content: 64 hexadecimal characters, either case (stored in
+    lowercase). It identifies the content, not the path: ListFiles can find the file by it.
+    """
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicPartitionSpec]:
         """The file's topic partitions, one per topic (at most 10,000)."""
+
+    @_builtins.property
+    def recovery(self) -> Global___FileRecovery:
+        """Optional. Set when the file is registered from a damaged recording, with the partitions and
+        extents of what could be recovered; see `File.recovery`.
+        """
 
     def __init__(
         self,
@@ -672,10 +780,12 @@ class RegisterFileRequest(_message.Message):
         unix_epoch_offset_ns: _builtins.int = ...,
         partitions: _abc.Iterable[Global___TopicPartitionSpec] | None = ...,
         request_id: _builtins.str = ...,
+        content_sha256: _builtins.str = ...,
+        recovery: Global___FileRecovery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery", b"recovery"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "device_id", b"device_id", "partitions", b"partitions", "relative_path", b"relative_path", "request_id", b"request_id", "size_bytes", b"size_bytes", "unix_epoch_offset_ns", b"unix_epoch_offset_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_sha256", b"content_sha256", "dataset_id", b"dataset_id", "device_id", b"device_id", "partitions", b"partitions", "recovery", b"recovery", "relative_path", b"relative_path", "request_id", b"request_id", "size_bytes", b"size_bytes", "unix_epoch_offset_ns", b"unix_epoch_offset_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -760,24 +870,38 @@ class ListFilesRequest(_message.Message):
     DATASET_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """The dataset whose files to list; empty lists every file of the org."""
     page_size: _builtins.int
     """Items per streamed batch, 1 to 1,000; 0 means 500."""
     page_token: _builtins.str
     """A resume token from an earlier response of the same request; empty starts at the beginning."""
+    content_sha256: _builtins.str
+    """Optional: only the files registered with this content hash (64 hexadecimal characters, either
+    case); empty does not filter.
+    """
+    recovered: _builtins.bool
+    """Optional: when set, only the files recovered from a damaged recording (true, the files with
+    a `recovery`) or only the others (false); unset does not filter.
+    """
     def __init__(
         self,
         *,
         dataset_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        content_sha256: _builtins.str = ...,
+        recovered: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_recovered", b"_recovered", "recovered", b"recovered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_recovered", b"_recovered", "content_sha256", b"content_sha256", "dataset_id", b"dataset_id", "page_size", b"page_size", "page_token", b"page_token", "recovered", b"recovered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__recovered: _TypeAlias = _typing.Literal["recovered"]  # noqa: Y015
+    _WhichOneofArgType__recovered: _TypeAlias = _typing.Literal["_recovered", b"_recovered"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__recovered) -> _WhichOneofReturnType__recovered | None: ...
 
 Global___ListFilesRequest: _TypeAlias = ListFilesRequest  # noqa: Y015
 

@@ -178,9 +178,9 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDatasets(self, request, context):
-        """Streams the org's datasets, newest first.
+        """Streams the org's datasets, newest first, optionally only those with a given name.
 
-        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a `name` outside its limits).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,8 +191,13 @@ class CatalogServiceServicer:
         transaction. Topics are matched to existing topic identities by (name, schema name) or
         created.
 
+        A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
+        recognises a recording it registered before, whatever its path), and, when it was salvaged
+        from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
+
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-        a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+        a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
+        recovery without a reason or with more readable bytes than the file has); NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
         that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
         a `request_id`, a replay returns the file registered the first time.
@@ -211,9 +216,11 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFiles(self, request, context):
-        """Streams a dataset's files ordered by relative path, or all of the org's files.
+        """Streams a dataset's files ordered by relative path, or all of the org's files ordered by ID;
+        optionally only the files with a given content hash, or only the recovered (or intact) ones.
 
-        Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a malformed
+        `content_sha256`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

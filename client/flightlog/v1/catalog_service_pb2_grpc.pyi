@@ -75,17 +75,22 @@ class CatalogServiceStub:
     Errors: NOT_FOUND (DATASET_NOT_FOUND).
     """
     ListDatasets: _grpc.UnaryStreamMultiCallable[_catalog_service_pb2.ListDatasetsRequest, _catalog_service_pb2.ListDatasetsResponse]
-    """Streams the org's datasets, newest first.
+    """Streams the org's datasets, newest first, optionally only those with a given name.
 
-    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a `name` outside its limits).
     """
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterFileRequest, _catalog_service_pb2.RegisterFileResponse]
     """Registers a file of a dataset with its topic partitions and their timeline extents, in one
     transaction. Topics are matched to existing topic identities by (name, schema name) or
     created.
 
+    A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
+    recognises a recording it registered before, whatever its path), and, when it was salvaged
+    from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
+
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-    a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+    a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
+    recovery without a reason or with more readable bytes than the file has); NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
     that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
     a `request_id`, a replay returns the file registered the first time.
@@ -96,9 +101,11 @@ class CatalogServiceStub:
     Errors: NOT_FOUND (FILE_NOT_FOUND).
     """
     ListFiles: _grpc.UnaryStreamMultiCallable[_catalog_service_pb2.ListFilesRequest, _catalog_service_pb2.ListFilesResponse]
-    """Streams a dataset's files ordered by relative path, or all of the org's files.
+    """Streams a dataset's files ordered by relative path, or all of the org's files ordered by ID;
+    optionally only the files with a given content hash, or only the recovered (or intact) ones.
 
-    Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a malformed
+    `content_sha256`).
     """
     ListFileTopics: _grpc.UnaryStreamMultiCallable[_catalog_service_pb2.ListFileTopicsRequest, _catalog_service_pb2.ListFileTopicsResponse]
     """Streams a file's topic partitions with their timeline extents, ordered by topic name.
@@ -166,17 +173,22 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     Errors: NOT_FOUND (DATASET_NOT_FOUND).
     """
     ListDatasets: _aio.UnaryStreamMultiCallable[_catalog_service_pb2.ListDatasetsRequest, _catalog_service_pb2.ListDatasetsResponse]  # type: ignore[assignment]
-    """Streams the org's datasets, newest first.
+    """Streams the org's datasets, newest first, optionally only those with a given name.
 
-    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a `name` outside its limits).
     """
     RegisterFile: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterFileRequest, _catalog_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
     """Registers a file of a dataset with its topic partitions and their timeline extents, in one
     transaction. Topics are matched to existing topic identities by (name, schema name) or
     created.
 
+    A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
+    recognises a recording it registered before, whatever its path), and, when it was salvaged
+    from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
+
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-    a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+    a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
+    recovery without a reason or with more readable bytes than the file has); NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
     that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
     a `request_id`, a replay returns the file registered the first time.
@@ -187,9 +199,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     Errors: NOT_FOUND (FILE_NOT_FOUND).
     """
     ListFiles: _aio.UnaryStreamMultiCallable[_catalog_service_pb2.ListFilesRequest, _catalog_service_pb2.ListFilesResponse]  # type: ignore[assignment]
-    """Streams a dataset's files ordered by relative path, or all of the org's files.
+    """Streams a dataset's files ordered by relative path, or all of the org's files ordered by ID;
+    optionally only the files with a given content hash, or only the recovered (or intact) ones.
 
-    Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a malformed
+    `content_sha256`).
     """
     ListFileTopics: _aio.UnaryStreamMultiCallable[_catalog_service_pb2.ListFileTopicsRequest, _catalog_service_pb2.ListFileTopicsResponse]  # type: ignore[assignment]
     """Streams a file's topic partitions with their timeline extents, ordered by topic name.
@@ -296,9 +310,9 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.ListDatasetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_catalog_service_pb2.ListDatasetsResponse], _abc.AsyncIterator[_catalog_service_pb2.ListDatasetsResponse]]:
-        """Streams the org's datasets, newest first.
+        """Streams the org's datasets, newest first, optionally only those with a given name.
 
-        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a `name` outside its limits).
         """
 
     @_abc_1.abstractmethod
@@ -311,8 +325,13 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         transaction. Topics are matched to existing topic identities by (name, schema name) or
         created.
 
+        A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
+        recognises a recording it registered before, whatever its path), and, when it was salvaged
+        from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
+
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-        a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+        a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
+        recovery without a reason or with more readable bytes than the file has); NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
         that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
         a `request_id`, a replay returns the file registered the first time.
@@ -335,9 +354,11 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.ListFilesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_catalog_service_pb2.ListFilesResponse], _abc.AsyncIterator[_catalog_service_pb2.ListFilesResponse]]:
-        """Streams a dataset's files ordered by relative path, or all of the org's files.
+        """Streams a dataset's files ordered by relative path, or all of the org's files ordered by ID;
+        optionally only the files with a given content hash, or only the recovered (or intact) ones.
 
-        Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN, or a malformed
+        `content_sha256`).
         """
 
     @_abc_1.abstractmethod

@@ -9,6 +9,7 @@ in SQL (``extents_min_ns + unix_epoch_offset_ns``, and a session's duration) can
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,11 @@ MAX_EXTENTS_PER_PARTITION = 1_000
 MAX_TOPIC_NAME_CHARS = 512
 MAX_SCHEMA_NAME_CHARS = 512
 MAX_MESSAGE_ENCODING_CHARS = 64
+MAX_RECOVERY_DETAIL_CHARS = 1000
+INT64_MAX = 2**63 - 1
+RECOVERY_REASONS = ("truncated", "corrupt")
+# A SHA-256 as the API carries it, once lowercased: 64 hexadecimal characters.
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,30 @@ class PartitionSpec:
 
 
 @dataclass(frozen=True)
+class RecoverySpec:
+    """What RegisterFile is told about a file salvaged from a damaged recording; ``reason`` is
+    None when the request named none of ``RECOVERY_REASONS``."""
+
+    reason: str | None
+    detail: str
+    readable_bytes: int
+
+
+@dataclass(frozen=True)
+class FileRecovery:
+    """A recovered file's damage and how much of it was read; ``message_count`` is the sum of
+    its partitions' message counts."""
+
+    reason: str
+    detail: str
+    message_count: int
+    readable_bytes: int
+
+
+@dataclass(frozen=True)
 class FileSpec:
-    """A file to register; ``device_id`` None means "the dataset's device"."""
+    """A file to register; ``device_id`` None means "the dataset's device"; ``content_sha256``
+    is lowercase hex, or None when not given."""
 
     dataset_id: str
     relative_path: str
@@ -57,6 +85,19 @@ class FileSpec:
     device_id: str | None
     unix_epoch_offset_ns: int
     partitions: tuple[PartitionSpec, ...]
+    content_sha256: str | None = None
+    recovery: RecoverySpec | None = None
+
+    def recovered(self) -> FileRecovery | None:
+        """The recovery stored with the file: the spec's, with its message count."""
+        if self.recovery is None or self.recovery.reason is None:
+            return None
+        return FileRecovery(
+            reason=self.recovery.reason,
+            detail=self.recovery.detail,
+            message_count=sum(p.message_count for p in self.partitions),
+            readable_bytes=self.recovery.readable_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +133,8 @@ class FileRecord:
     extents_max_ns: int | None
     created: dt.datetime
     created_by: str
+    content_sha256: str | None = None
+    recovery: FileRecovery | None = None
 
     @property
     def window(self) -> tuple[int, int] | None:
@@ -143,6 +186,11 @@ def check_offset(v: Violations, field: str, extents: tuple[int, int] | None, off
     )
 
 
+def check_content_sha256(v: Violations, field: str, value: str) -> None:
+    """A content hash: 64 hexadecimal characters (after lowercasing)."""
+    v.check(bool(_SHA256_HEX.fullmatch(value)), field, "must be 64 hexadecimal characters")
+
+
 def check_file_spec(v: Violations, spec: FileSpec) -> None:
     """Every rule of RegisterFile that needs no database, one violation per offending field."""
     check_id(v, "dataset_id", spec.dataset_id, "dataset")
@@ -153,14 +201,41 @@ def check_file_spec(v: Violations, spec: FileSpec) -> None:
     v.check(spec.size_bytes >= 0, "size_bytes", "must not be negative")
     if spec.device_id is not None:
         check_device_id(v, "device_id", spec.device_id)
+    if spec.content_sha256 is not None:
+        check_content_sha256(v, "content_sha256", spec.content_sha256)
+    if spec.recovery is not None:
+        _check_recovery(v, spec.recovery, spec.size_bytes)
     if len(spec.partitions) > MAX_PARTITIONS_PER_FILE:
         v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE} partitions")
         return
     partitions_ok = _check_partitions(v, spec.partitions)
+    if spec.recovery is not None:
+        # The recovery stores the partitions' total, which must fit its int64 column.
+        v.check(
+            sum(max(p.message_count, 0) for p in spec.partitions) <= INT64_MAX,
+            "partitions",
+            "the message counts of a recovered file must add up to at most 2^63-1",
+        )
     if partitions_ok:
         check_offset(
             v, "unix_epoch_offset_ns", extents_range(spec.partitions), spec.unix_epoch_offset_ns
         )
+
+
+def _check_recovery(v: Violations, recovery: RecoverySpec, size_bytes: int) -> None:
+    v.check(
+        recovery.reason is not None,
+        "recovery.reason",
+        "must be RECOVERY_REASON_TRUNCATED or RECOVERY_REASON_CORRUPT",
+    )
+    check_text(
+        v, "recovery.detail", recovery.detail, MAX_RECOVERY_DETAIL_CHARS, allow_newlines=False
+    )
+    v.check(
+        0 <= recovery.readable_bytes <= max(size_bytes, 0),
+        "recovery.readable_bytes",
+        f"must be 0 to size_bytes ({size_bytes})",
+    )
 
 
 def _check_partitions(v: Violations, partitions: Sequence[PartitionSpec]) -> bool:

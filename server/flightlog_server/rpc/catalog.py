@@ -124,14 +124,16 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         caller = current_caller()
         v = Violations()
         size = rules.check_page(v, request.page_size)
+        rules.check_name(v, "name", request.name)
         v.raise_if_any()
+        name = request.name or None
 
         async def fetch(after: list[Any] | None, limit: int) -> list[DatasetRecord]:
             position = pagination.checked_position(after, str, str)
             keyset = None
             if position is not None:
                 keyset = (_parse_time(position[0]), position[1])
-            return await self.catalog.datasets(caller, keyset, limit)
+            return await self.catalog.datasets(caller, name, keyset, limit)
 
         def build(rows: Sequence[DatasetRecord], token: str) -> pb.ListDatasetsResponse:
             return pb.ListDatasetsResponse(
@@ -139,7 +141,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             )
 
         async for response in pagination.stream_pages(
-            scope=pagination.fingerprint("ListDatasets", caller.org_id),
+            scope=pagination.fingerprint("ListDatasets", caller.org_id, request.name),
             page_token=request.page_token,
             page_size=size,
             fetch=fetch,
@@ -178,13 +180,22 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         v = Violations()
         rules.check_id(v, "dataset_id", request.dataset_id, "dataset", required=False)
         size = rules.check_page(v, request.page_size)
+        content_sha256 = convert.content_sha256(request.content_sha256)
+        if content_sha256 is not None:
+            catalog.check_content_sha256(v, "content_sha256", content_sha256)
         v.raise_if_any()
         dataset_id = request.dataset_id or None
+        recovered = request.recovered if request.HasField("recovered") else None
 
         async def fetch(after: list[Any] | None, limit: int) -> list[FileRecord]:
             position = pagination.checked_position(after, str)
             return await self.catalog.files(
-                caller, dataset_id, position[0] if position else None, limit
+                caller,
+                dataset_id,
+                position[0] if position else None,
+                limit,
+                content_sha256=content_sha256,
+                recovered=recovered,
             )
 
         def build(rows: Sequence[FileRecord], token: str) -> pb.ListFilesResponse:
@@ -193,7 +204,13 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             )
 
         async for response in pagination.stream_pages(
-            scope=pagination.fingerprint("ListFiles", caller.org_id, request.dataset_id),
+            scope=pagination.fingerprint(
+                "ListFiles",
+                caller.org_id,
+                request.dataset_id,
+                content_sha256 or "",
+                {None: "", True: "recovered", False: "intact"}[recovered],
+            ),
             page_token=request.page_token,
             page_size=size,
             fetch=fetch,

@@ -31,6 +31,7 @@ from flightlog_server.domain.catalog import (
     FileSpec,
     PartitionRecord,
     PartitionSpec,
+    RecoverySpec,
 )
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.domain.types import (
@@ -215,7 +216,30 @@ def file_message(file: FileRecord) -> catalog_service_pb2.File:
     window = file.window
     if window is not None:
         message.min_timestamp_ns, message.max_timestamp_ns = window
+    if file.content_sha256 is not None:
+        message.content_sha256 = file.content_sha256
+    if file.recovery is not None:
+        message.recovery.CopyFrom(
+            catalog_service_pb2.FileRecovery(
+                reason=_RECOVERY_REASON_VALUES[file.recovery.reason],
+                detail=file.recovery.detail,
+                message_count=file.recovery.message_count,
+                readable_bytes=file.recovery.readable_bytes,
+            )
+        )
     return message
+
+
+_RECOVERY_REASONS: dict[catalog_service_pb2.RecoveryReason.ValueType, str] = {
+    catalog_service_pb2.RECOVERY_REASON_TRUNCATED: "truncated",
+    catalog_service_pb2.RECOVERY_REASON_CORRUPT: "corrupt",
+}
+_RECOVERY_REASON_VALUES = {name: number for number, name in _RECOVERY_REASONS.items()}
+
+
+def content_sha256(value: str) -> str | None:
+    """A content hash as the domain holds it: lowercase, or None when empty."""
+    return value.lower() or None
 
 
 def topic_partition_message(partition: PartitionRecord) -> catalog_service_pb2.TopicPartition:
@@ -253,6 +277,16 @@ def file_spec(request: catalog_service_pb2.RegisterFileRequest) -> FileSpec:
                 extents=tuple(Extent(e.min_timestamp_ns, e.max_timestamp_ns) for e in p.extents),
             )
             for p in request.partitions
+        ),
+        content_sha256=content_sha256(request.content_sha256),
+        recovery=(
+            RecoverySpec(
+                reason=_RECOVERY_REASONS.get(request.recovery.reason),
+                detail=request.recovery.detail,
+                readable_bytes=request.recovery.readable_bytes,
+            )
+            if request.HasField("recovery")
+            else None
         ),
     )
 

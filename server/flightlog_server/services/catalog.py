@@ -76,10 +76,14 @@ class Catalog:
         return await self._run(caller, lambda repo: repo.get_dataset(dataset_id))
 
     async def datasets(
-        self, caller: Caller, after: tuple[dt.datetime, str] | None, limit: int
+        self,
+        caller: Caller,
+        name: str | None,
+        after: tuple[dt.datetime, str] | None,
+        limit: int,
     ) -> list[DatasetRecord]:
-        """Datasets newest first, after ``after``."""
-        return await self._run(caller, lambda repo: repo.list_datasets(after, limit))
+        """Datasets (only those named ``name`` when given) newest first, after ``after``."""
+        return await self._run(caller, lambda repo: repo.list_datasets(name, after, limit))
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -92,15 +96,25 @@ class Catalog:
         return await self._run(caller, lambda repo: repo.get_file(file_id))
 
     async def files(
-        self, caller: Caller, dataset_id: str | None, after: str | None, limit: int
+        self,
+        caller: Caller,
+        dataset_id: str | None,
+        after: str | None,
+        limit: int,
+        *,
+        content_sha256: str | None = None,
+        recovered: bool | None = None,
     ) -> list[FileRecord]:
         """A dataset's files by relative path (NOT_FOUND for a dataset not in the org, checked
-        with the first page), or the org's files by ID, after ``after``."""
+        with the first page), or the org's files by ID, after ``after``; only those with that
+        content, or recovered (or not), when asked."""
 
         async def work(repo: CatalogRepository) -> list[FileRecord]:
             if dataset_id is not None and after is None:
                 await repo.get_dataset(dataset_id)
-            return await repo.list_files(dataset_id, after, limit)
+            return await repo.list_files(
+                dataset_id, after, limit, content_sha256=content_sha256, recovered=recovered
+            )
 
         return await self._run(caller, work)
 

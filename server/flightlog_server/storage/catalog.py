@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Table, Text, and_, bindparam, delete, func, select, tuple_, update
@@ -22,6 +23,7 @@ from flightlog_server.domain.catalog import (
     DeviceRecord,
     Extent,
     FileRecord,
+    FileRecovery,
     FileSpec,
     PartitionRecord,
     PartitionSpec,
@@ -79,6 +81,17 @@ def _file(row: Any) -> FileRecord:
         extents_max_ns=row.extents_max_ns,
         created=row.created,
         created_by=row.created_by,
+        content_sha256=row.content_sha256,
+        recovery=(
+            None
+            if row.recovery_reason is None
+            else FileRecovery(
+                reason=row.recovery_reason,
+                detail=row.recovery_detail,
+                message_count=row.recovery_message_count,
+                readable_bytes=row.recovery_readable_bytes,
+            )
+        ),
     )
 
 
@@ -232,15 +245,18 @@ class CatalogRepository:
         return _dataset(row)
 
     async def list_datasets(
-        self, after: tuple[dt.datetime, str] | None, limit: int
+        self, name: str | None, after: tuple[dt.datetime, str] | None, limit: int
     ) -> list[DatasetRecord]:
-        """Datasets newest first (ties by ID, descending), after the keyset position ``after``."""
+        """Datasets newest first (ties by ID, descending), after the keyset position ``after``;
+        only those named ``name`` unless it is None."""
         query = (
             select(DS)
             .where(DS.c.org_id == self.org_id)
             .order_by(DS.c.created.desc(), DS.c.dataset_id.desc())
             .limit(limit)
         )
+        if name is not None:
+            query = query.where(DS.c.name == name)
         if after is not None:
             query = query.where(tuple_(DS.c.created, DS.c.dataset_id) < tuple_(*after))
         return [_dataset(row) for row in await self.db.execute(query)]
@@ -266,6 +282,7 @@ class CatalogRepository:
             # (A dataset device deleted since the dataset was read leaves the file without one.)
             device_id = dataset.device_id
         extents = extents_range(spec.partitions)
+        recovery = spec.recovered()
         row = (
             await self.db.execute(
                 pg_insert(F)
@@ -282,6 +299,11 @@ class CatalogRepository:
                     created_by=self.caller.principal_id,
                     request_id=request.request_id if request else None,
                     request_digest=request.digest if request else None,
+                    content_sha256=spec.content_sha256,
+                    recovery_reason=recovery.reason if recovery else None,
+                    recovery_detail=recovery.detail if recovery else None,
+                    recovery_message_count=recovery.message_count if recovery else None,
+                    recovery_readable_bytes=recovery.readable_bytes if recovery else None,
                 )
                 .on_conflict_do_nothing()  # the path, or the request_id, is taken
                 .returning(F)
@@ -393,11 +415,23 @@ class CatalogRepository:
         return _file(row)
 
     async def list_files(
-        self, dataset_id: str | None, after: str | None, limit: int
+        self,
+        dataset_id: str | None,
+        after: str | None,
+        limit: int,
+        *,
+        content_sha256: str | None = None,
+        recovered: bool | None = None,
     ) -> list[FileRecord]:
         """A dataset's files by relative path, or (``dataset_id`` None) the org's files by ID,
-        after the keyset position ``after`` (a path or an ID)."""
+        after the keyset position ``after`` (a path or an ID); only those with this content hash
+        unless it is None, and only the recovered (True) or intact (False) ones unless None."""
         query = select(F).where(F.c.org_id == self.org_id).limit(limit)
+        if content_sha256 is not None:
+            query = query.where(F.c.content_sha256 == content_sha256)
+        if recovered is not None:
+            reason = F.c.recovery_reason
+            query = query.where(reason.is_not(None) if recovered else reason.is_(None))
         key = F.c.file_id
         if dataset_id is not None:
             query = query.where(F.c.dataset_id == dataset_id)
@@ -537,15 +571,30 @@ async def dataset_contents(tx: Tx, org_id: str, dataset_id: str) -> DatasetConte
     )
 
 
-_FILE_COLUMNS = (
-    "file_id, org_id, dataset_id, relative_path, size_bytes, device_id, unix_epoch_offset_ns,"
-    " extents_min_ns, extents_max_ns, created, created_by"
+_FILE_COLUMN_NAMES = (
+    "file_id",
+    "org_id",
+    "dataset_id",
+    "relative_path",
+    "size_bytes",
+    "device_id",
+    "unix_epoch_offset_ns",
+    "extents_min_ns",
+    "extents_max_ns",
+    "created",
+    "created_by",
+    "content_sha256",
+    "recovery_reason",
+    "recovery_detail",
+    "recovery_message_count",
+    "recovery_readable_bytes",
 )
+_FILE_COLUMNS = ", ".join(_FILE_COLUMN_NAMES)
 
 
 def _file_of(row: Row) -> FileRecord:
-    names = [name.strip() for name in _FILE_COLUMNS.split(",")]
-    return FileRecord(**dict(zip(names, row, strict=True)))
+    """A file from a row of ``_FILE_COLUMNS`` (mapped like every other read of a file)."""
+    return _file(SimpleNamespace(**dict(zip(_FILE_COLUMN_NAMES, row, strict=True))))
 
 
 async def file_of(tx: Tx, org_id: str, file_id: str) -> FileRecord:

@@ -103,6 +103,7 @@ PRINCIPAL_KINDS = ("user", "service_account")
 CUSTOM_FIELD_TYPES = ("boolean", "enum", "number", "string", "timestamp")
 CUSTOM_FIELD_STATUSES = ("creating", "ready", "deleting", "failed")
 ENTITY_TYPES = ("session",)
+RECOVERY_REASONS = ("truncated", "corrupt")
 CHANGE_KINDS = (
     "created",
     "updated",
@@ -183,6 +184,8 @@ class Dataset(Base):
             ondelete="SET NULL (device_id)",
         ),
         Index(None, "org_id", text("created DESC"), text("dataset_id DESC")),
+        # ListDatasets by name (a dataset given by name to the CLI or to an ingest).
+        Index(None, "org_id", "name"),
         UniqueConstraint("org_id", "request_id"),
     )
 
@@ -214,6 +217,24 @@ class File(Base):
         UniqueConstraint("org_id", "dataset_id", "relative_path"),
         UniqueConstraint("org_id", "request_id"),
         Index(None, "org_id", "device_id"),
+        # ListFiles by content hash (an ingest finding a recording it registered before).
+        Index(None, "org_id", "content_sha256"),
+        # ListFiles of the recovered files of an org, in ID order: few rows, so a small index.
+        Index(
+            "ix_files_recovered",
+            "org_id",
+            "file_id",
+            postgresql_where=text("recovery_reason IS NOT NULL"),
+        ),
+        CheckConstraint("content_sha256 ~ '^[0-9a-f]{64}$'", name="content_sha256"),
+        CheckConstraint(_in("recovery_reason", RECOVERY_REASONS), name="recovery_reason"),
+        # A recovery is all of its columns or none of them.
+        CheckConstraint(
+            "(recovery_reason IS NULL) = (recovery_detail IS NULL)"
+            " AND (recovery_reason IS NULL) = (recovery_message_count IS NULL)"
+            " AND (recovery_reason IS NULL) = (recovery_readable_bytes IS NULL)",
+            name="recovery",
+        ),
     )
 
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.org_id", ondelete="CASCADE"))
@@ -235,6 +256,13 @@ class File(Base):
     # Idempotency key of the registration, and a digest of its body to detect reuse.
     request_id: Mapped[str | None] = mapped_column(String(128))
     request_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # SHA-256 of the content (lowercase hex), when the registration gave it.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Set when the file was salvaged from a damaged recording (all four, or none).
+    recovery_reason: Mapped[str | None] = mapped_column(String(16))
+    recovery_detail: Mapped[str | None] = mapped_column(Text)
+    recovery_message_count: Mapped[int | None] = mapped_column(BigInteger)
+    recovery_readable_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Topic(Base):
