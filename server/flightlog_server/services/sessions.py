@@ -144,9 +144,10 @@ class Sessions:
                 w.tx, caller.org_id, {name for _, item in fresh for name in item.values}
             )
             devices = [d for _, item in fresh for d in item.device_ids]
-            missing = await catalog_store.missing_devices(w.tx, caller.org_id, devices)
-            if missing:
-                raise NotFound("device", missing)
+            if devices:
+                missing = await catalog_store.missing_devices(w.tx, caller.org_id, devices)
+                if missing:
+                    raise NotFound("device", missing)
             definitions = await pending_fields.read()
             v = Violations()
             created: dict[int, str] = {}
