@@ -23,6 +23,7 @@ from flightlog.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from flightlog_server.domain import rules
 from flightlog_server.metrics import Metrics
 from flightlog_server.rpc import preserialized
 from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
@@ -34,7 +35,13 @@ from flightlog_server.storage.database import Database, DatabaseSettings
 
 log = logging.getLogger("flightlog.server")
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# gRPC refuses larger requests itself, before they reach the interceptor, which answers those
+# over ``rules.MAX_REQUEST_BYTES`` with RESOURCE_EXHAUSTED and its details without parsing them:
+# holding a few MiB to say so costs little, and past this gRPC's own status (no details) will do.
+MAX_RECEIVE_BYTES = 4 * rules.MAX_REQUEST_BYTES
+# Responses are bounded by the limits on what is stored (ListFileTopics' batches are the largest:
+# 100,000 extents of one file, about 2.2 MiB); this only guards against a mistake.
+MAX_SEND_BYTES = 16 * 1024 * 1024
 SERVICE_NAMES = (
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
@@ -85,8 +92,8 @@ class FlightlogServer:
                 CallInterceptor(Authenticator(self.database, settings.auth_cache_seconds), observer)
             ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 ("grpc.so_reuseport", 1),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

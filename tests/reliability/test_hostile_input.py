@@ -808,8 +808,11 @@ def _limit_cases(w: World) -> list[tuple[str, Callable[[Stubs], Any], grpc.Statu
     sid = w.session_id
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     return [
-        ("request over 16 MiB", lambda s: s.sessions.CreateSession(
-            pb.CreateSessionRequest(description="x" * (16 * MEGABYTE + 1))
+        ("request over 1 MiB", lambda s: s.sessions.CreateSession(
+            pb.CreateSessionRequest(description="x" * MEGABYTE)
+        ), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        ("request over the 4 MiB gRPC refuses unread", lambda s: s.sessions.CreateSession(
+            pb.CreateSessionRequest(description="x" * (4 * MEGABYTE))
         ), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
         ("name of 121 characters", lambda s: s.sessions.CreateSession(
             pb.CreateSessionRequest(name="n" * 121)), invalid, "name"),

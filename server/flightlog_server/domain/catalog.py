@@ -9,8 +9,9 @@ in SQL (``extents_min_ns + unix_epoch_offset_ns``, and a session's duration) can
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flightlog_server.domain.rules import (
     Violations,
@@ -20,12 +21,62 @@ from flightlog_server.domain.rules import (
     is_epoch_ns,
 )
 
+# Limits of RegisterFile (documented in catalog_service.proto, with what one request at the limit
+# costs the server in the README's "Limits"). A file's extents are checked and copied one by one,
+# so their total, not their count per partition, is what bounds the cost of a registration (and
+# of the ListFileTopics batch that returns them).
 MAX_RELATIVE_PATH_CHARS = 1024
 MAX_PARTITIONS_PER_FILE = 10_000
-MAX_EXTENTS_PER_PARTITION = 1_000
+MAX_EXTENTS_PER_FILE = 100_000
 MAX_TOPIC_NAME_CHARS = 512
 MAX_SCHEMA_NAME_CHARS = 512
 MAX_MESSAGE_ENCODING_CHARS = 64
+# How many extents are checked between two chances for other calls to run (see ``check_file``).
+_EXTENTS_PER_STEP = 512
+
+
+# A file to register, as the RegisterFile request holds it. The request message itself is what is
+# checked and stored (it satisfies these protocols): copying 100,000 extents into domain objects
+# first would cost about 100 times the request's size in memory (issue 11).
+class ExtentInput(Protocol):
+    """A closed time extent of a topic partition, as recorded (offset not applied)."""
+
+    @property
+    def min_timestamp_ns(self) -> int: ...
+    @property
+    def max_timestamp_ns(self) -> int: ...
+
+
+class PartitionInput(Protocol):
+    """One topic's messages within a file."""
+
+    @property
+    def topic_name(self) -> str: ...
+    @property
+    def schema_name(self) -> str: ...
+    @property
+    def message_encoding(self) -> str: ...
+    @property
+    def message_count(self) -> int: ...
+    @property
+    def extents(self) -> Sequence[ExtentInput]: ...
+
+
+class FileInput(Protocol):
+    """A file to register; an empty ``device_id`` means "the dataset's device"."""
+
+    @property
+    def dataset_id(self) -> str: ...
+    @property
+    def relative_path(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def unix_epoch_offset_ns(self) -> int: ...
+    @property
+    def partitions(self) -> Sequence[PartitionInput]: ...
 
 
 @dataclass(frozen=True)
@@ -34,29 +85,6 @@ class Extent:
 
     min_ns: int
     max_ns: int
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    """One topic's messages within a file, as sent to RegisterFile."""
-
-    topic_name: str
-    schema_name: str
-    message_encoding: str
-    message_count: int
-    extents: tuple[Extent, ...]
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """A file to register; ``device_id`` None means "the dataset's device"."""
-
-    dataset_id: str
-    relative_path: str
-    size_bytes: int
-    device_id: str | None
-    unix_epoch_offset_ns: int
-    partitions: tuple[PartitionSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -118,14 +146,6 @@ class PartitionRecord:
     extents: tuple[Extent, ...]
 
 
-def extents_range(partitions: Iterable[PartitionSpec]) -> tuple[int, int] | None:
-    """(minimum, maximum) over every extent of the partitions, or None when there is none."""
-    lows = [e.min_ns for p in partitions for e in p.extents]
-    if not lows:
-        return None
-    return min(lows), max(e.max_ns for p in partitions for e in p.extents)
-
-
 def offset_fits(extents: tuple[int, int] | None, offset: int) -> bool:
     """True when every extent within ``extents`` plus ``offset`` lies on the epoch's range."""
     if extents is None:
@@ -143,66 +163,84 @@ def check_offset(v: Violations, field: str, extents: tuple[int, int] | None, off
     )
 
 
-def check_file_spec(v: Violations, spec: FileSpec) -> None:
-    """Every rule of RegisterFile that needs no database, one violation per offending field."""
-    check_id(v, "dataset_id", spec.dataset_id, "dataset")
-    if not spec.relative_path:
+def check_file(v: Violations, file: FileInput) -> Generator[None, None, tuple[int, int] | None]:
+    """Every rule of RegisterFile that needs no database, one violation per offending field.
+
+    Returns (minimum, maximum) over the file's extents as recorded, or None when it has none.
+    A generator that yields between units of work (a partition, or ``_EXTENTS_PER_STEP``
+    extents), for ``pacing.run_sliced``: checking 100,000 extents takes longer than other calls
+    may wait. The counts are checked first, so a file over a limit costs no per-extent work.
+    """
+    check_id(v, "dataset_id", file.dataset_id, "dataset")
+    if not file.relative_path:
         v.add("relative_path", "is required")
     else:
-        check_text(v, "relative_path", spec.relative_path, MAX_RELATIVE_PATH_CHARS)
-    v.check(spec.size_bytes >= 0, "size_bytes", "must not be negative")
-    if spec.device_id is not None:
-        check_device_id(v, "device_id", spec.device_id)
-    if len(spec.partitions) > MAX_PARTITIONS_PER_FILE:
-        v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE} partitions")
-        return
-    partitions_ok = _check_partitions(v, spec.partitions)
-    if partitions_ok:
-        check_offset(
-            v, "unix_epoch_offset_ns", extents_range(spec.partitions), spec.unix_epoch_offset_ns
+        check_text(v, "relative_path", file.relative_path, MAX_RELATIVE_PATH_CHARS)
+    v.check(file.size_bytes >= 0, "size_bytes", "must not be negative")
+    if file.device_id:
+        check_device_id(v, "device_id", file.device_id)
+    partitions = file.partitions
+    if len(partitions) > MAX_PARTITIONS_PER_FILE:
+        v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE:,} partitions")
+        return None
+    extent_count = sum(len(p.extents) for p in partitions)
+    if extent_count > MAX_EXTENTS_PER_FILE:
+        v.add(
+            "partitions",
+            f"must hold at most {MAX_EXTENTS_PER_FILE:,} extents in all ({extent_count:,} sent)",
         )
-
-
-def _check_partitions(v: Violations, partitions: Sequence[PartitionSpec]) -> bool:
-    """Checks each partition; True when the extents are sound enough to check the offset."""
+        return None
     extents_ok = True
+    low = high = None
     seen: dict[tuple[str, str], int] = {}
     for i, p in enumerate(partitions):
-        field = f"partitions[{i}]"
-        if not p.topic_name:
-            v.add(f"{field}.topic_name", "is required")
-        else:
-            check_text(
-                v, f"{field}.topic_name", p.topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False
-            )
-        check_text(
-            v, f"{field}.schema_name", p.schema_name, MAX_SCHEMA_NAME_CHARS, allow_newlines=False
-        )
-        check_text(
-            v,
-            f"{field}.message_encoding",
-            p.message_encoding,
-            MAX_MESSAGE_ENCODING_CHARS,
-            allow_newlines=False,
-        )
-        v.check(p.message_count >= 0, f"{field}.message_count", "must not be negative")
-        identity = (p.topic_name, p.schema_name)
-        if identity in seen:
-            v.add(
-                f"{field}.topic_name",
-                f"repeats partitions[{seen[identity]}] (same topic name and schema name);"
-                " list each topic once",
-            )
-        seen.setdefault(identity, i)
-        if len(p.extents) > MAX_EXTENTS_PER_PARTITION:
-            v.add(f"{field}.extents", f"must hold at most {MAX_EXTENTS_PER_PARTITION} extents")
-            extents_ok = False
-            continue
+        _check_partition(v, i, p, seen)
         for j, extent in enumerate(p.extents):
-            if extent.min_ns > extent.max_ns:
+            first, last = extent.min_timestamp_ns, extent.max_timestamp_ns
+            if first > last:
                 v.add(
-                    f"{field}.extents[{j}].min_timestamp_ns",
+                    f"partitions[{i}].extents[{j}].min_timestamp_ns",
                     "must not be greater than max_timestamp_ns",
                 )
                 extents_ok = False
-    return extents_ok
+            if low is None or first < low:
+                low = first
+            if high is None or last > high:
+                high = last
+            if j % _EXTENTS_PER_STEP == _EXTENTS_PER_STEP - 1:
+                yield
+        yield
+    if low is None or high is None:
+        return None
+    if extents_ok:
+        check_offset(v, "unix_epoch_offset_ns", (low, high), file.unix_epoch_offset_ns)
+    return low, high
+
+
+def _check_partition(
+    v: Violations, i: int, p: PartitionInput, seen: dict[tuple[str, str], int]
+) -> None:
+    """The rules of one partition's own fields; ``seen`` maps each topic identity met so far to
+    its partition's index."""
+    field = f"partitions[{i}]"
+    topic_name, schema_name = p.topic_name, p.schema_name
+    if not topic_name:
+        v.add(f"{field}.topic_name", "is required")
+    else:
+        check_text(v, f"{field}.topic_name", topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False)
+    check_text(v, f"{field}.schema_name", schema_name, MAX_SCHEMA_NAME_CHARS, allow_newlines=False)
+    check_text(
+        v,
+        f"{field}.message_encoding",
+        p.message_encoding,
+        MAX_MESSAGE_ENCODING_CHARS,
+        allow_newlines=False,
+    )
+    v.check(p.message_count >= 0, f"{field}.message_count", "must not be negative")
+    identity = (topic_name, schema_name)
+    first = seen.setdefault(identity, i)
+    if first != i:
+        v.add(
+            f"{field}.topic_name",
+            f"repeats partitions[{first}] (same topic name and schema name); list each topic once",
+        )

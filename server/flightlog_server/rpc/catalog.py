@@ -20,6 +20,7 @@ from flightlog_server.domain.catalog import (
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.types import Caller, IdempotencyKey
+from flightlog_server.pacing import run_sliced
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.catalog import CatalogRepository
@@ -187,15 +188,16 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         self, request: pb.RegisterFileRequest, context: Context
     ) -> pb.RegisterFileResponse:
         caller = current_caller()
-        spec = convert.file_spec(request)
         v = Violations()
-        catalog.check_file_spec(v, spec)
+        # The request itself is checked and then stored, extent by extent (domain.catalog):
+        # never copied whole, and other calls run while its 100,000 extents are gone through.
+        extents = await run_sliced(catalog.check_file(v, request))
         rules.check_request_id(v, request.request_id)
         v.raise_if_any()
         key = _idempotency_key("RegisterFile", request)
 
         async def work(db: AsyncSession) -> FileRecord:
-            return await CatalogRepository(db, caller).register_file(spec, key)
+            return await CatalogRepository(db, caller).register_file(request, extents, key)
 
         file = await self.database.run(work)
         return pb.RegisterFileResponse(file=convert.file_message(file))
