@@ -31,6 +31,9 @@ MAX_EXTENTS_PER_FILE = 100_000
 MAX_TOPIC_NAME_CHARS = 512
 MAX_SCHEMA_NAME_CHARS = 512
 MAX_MESSAGE_ENCODING_CHARS = 64
+# A ListFileTopics batch stops before the partition that would take it past this many extents
+# (a batch of 1,000 partitions could otherwise carry all of a file's 100,000).
+EXTENTS_PER_LISTING_BATCH = 10_000
 # How many extents are checked between two chances for other calls to run (see ``check_file``).
 _EXTENTS_PER_STEP = 512
 
@@ -140,10 +143,24 @@ class TopicRecord:
 
 @dataclass(frozen=True)
 class PartitionRecord:
+    """A stored partition; its extents are read on their own (there may be 100,000)."""
+
     topic: TopicRecord
     file_id: str
     message_count: int
-    extents: tuple[Extent, ...]
+    extent_count: int
+
+
+def listing_batch(partitions: Sequence[PartitionRecord]) -> Sequence[PartitionRecord]:
+    """The first of ``partitions`` that one ListFileTopics batch carries: as many as hold at
+    most ``EXTENTS_PER_LISTING_BATCH`` extents together, and at least one (a partition is never
+    split across batches, so one with more extents is a batch of its own)."""
+    total = 0
+    for i, partition in enumerate(partitions):
+        total += partition.extent_count
+        if i > 0 and total > EXTENTS_PER_LISTING_BATCH:
+            return partitions[:i]
+    return partitions
 
 
 def offset_fits(extents: tuple[int, int] | None, offset: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -15,12 +16,11 @@ from flightlog_server.domain.catalog import (
     DatasetRecord,
     DeviceRecord,
     FileRecord,
-    PartitionRecord,
 )
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.types import Caller, IdempotencyKey
-from flightlog_server.pacing import run_sliced
+from flightlog_server.pacing import Pacer, run_sliced
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.storage.catalog import CatalogRepository
@@ -251,39 +251,56 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def ListFileTopics(
         self, request: pb.ListFileTopicsRequest, context: Context
     ) -> AsyncIterator[pb.ListFileTopicsResponse]:
+        """Like every listing (``pagination``), except that a batch also stops before the
+        partition that would take it past ``catalog.EXTENTS_PER_LISTING_BATCH`` extents: the
+        stream therefore ends on a short *page* of partitions, not a short batch."""
         caller = current_caller()
         v = Violations()
         rules.check_id(v, "file_id", request.file_id, "file")
         size = rules.check_page(v, request.page_size)
         v.raise_if_any()
-        checked = False
+        file_id = request.file_id
+        scope = pagination.fingerprint("ListFileTopics", caller.org_id, file_id)
+        position = pagination.checked_position(
+            pagination.decode(request.page_token, scope), str, str
+        )
+        after = (position[0], position[1]) if position else None
 
-        async def fetch(db: AsyncSession, after: list[Any] | None, limit: int) -> list[Any]:
-            nonlocal checked
-            position = pagination.checked_position(after, str, str)
+        async def file_exists(db: AsyncSession) -> None:
+            await CatalogRepository(db, caller).get_file(file_id)  # NOT_FOUND outside the org
+
+        async def batch(db: AsyncSession) -> tuple[pb.ListFileTopicsResponse, bool] | None:
+            """The next batch, and whether it is the last; None when nothing is left."""
             repo = CatalogRepository(db, caller)
-            if not checked:
-                await repo.get_file(request.file_id)  # NOT_FOUND for a file not in the org
-                checked = True
-            keyset = (position[0], position[1]) if position else None
-            return await repo.list_partitions(request.file_id, keyset, limit)
+            page = await repo.list_partitions(file_id, after, size)
+            if not page:
+                return None
+            partitions = catalog.listing_batch(page)
+            response = pb.ListFileTopicsResponse()
+            by_topic: dict[str, pb.TopicPartition] = {}
+            pacer = Pacer()
+            for partition in partitions:
+                message = response.partitions.add()
+                message.CopyFrom(convert.topic_partition_message(partition))
+                by_topic[partition.topic.topic_id] = message
+                await pacer.tick()
+            chunks = repo.extents_of_partitions(file_id, list(by_topic))
+            async with contextlib.aclosing(chunks):
+                async for rows in chunks:
+                    for topic_id, low, high in rows:
+                        by_topic[topic_id].extents.add(min_timestamp_ns=low, max_timestamp_ns=high)
+                    await pacer.tick()
+            last = partitions[-1].topic
+            response.next_page_token = pagination.encode(scope, [last.name, last.topic_id])
+            return response, len(page) < size and len(partitions) == len(page)
 
-        def build(rows: Sequence[PartitionRecord], token: str) -> pb.ListFileTopicsResponse:
-            return pb.ListFileTopicsResponse(
-                partitions=[convert.topic_partition_message(p) for p in rows],
-                next_page_token=token,
-            )
-
-        async for response in pagination.stream_pages(
-            self.database,
-            scope=pagination.fingerprint("ListFileTopics", caller.org_id, request.file_id),
-            page_token=request.page_token,
-            page_size=size,
-            fetch=fetch,
-            position_of=lambda p: [p.topic.name, p.topic.topic_id],
-            build=build,
-        ):
+        await self.database.run(file_exists)
+        while (result := await self.database.run(batch)) is not None:
+            response, last = result
             yield response
+            if last:
+                return
+            after = (response.partitions[-1].topic.name, response.partitions[-1].topic.topic_id)
 
     async def UpdateFileTimelineOffset(
         self, request: pb.UpdateFileTimelineOffsetRequest, context: Context

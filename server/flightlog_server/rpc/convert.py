@@ -204,6 +204,7 @@ def file_message(file: FileRecord) -> catalog_service_pb2.File:
 
 
 def topic_partition_message(partition: PartitionRecord) -> catalog_service_pb2.TopicPartition:
+    """A partition without its extents (``ListFileTopics`` adds them as it reads them)."""
     topic = partition.topic
     return catalog_service_pb2.TopicPartition(
         topic=common_pb2.Topic(
@@ -214,10 +215,6 @@ def topic_partition_message(partition: PartitionRecord) -> catalog_service_pb2.T
         ),
         file_id=partition.file_id,
         message_count=partition.message_count,
-        extents=[
-            catalog_service_pb2.TimelineExtent(min_timestamp_ns=e.min_ns, max_timestamp_ns=e.max_ns)
-            for e in partition.extents
-        ],
     )
 
 

@@ -8,19 +8,18 @@ are held with ``FOR KEY SHARE``, which blocks their deletion but not other reade
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncCopy
-from sqlalchemy import Table, and_, delete, select, text, tuple_, update
+from sqlalchemy import Table, and_, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog_server.domain.catalog import (
     DatasetRecord,
     DeviceRecord,
-    Extent,
     FileInput,
     FileRecord,
     PartitionInput,
@@ -46,6 +45,10 @@ SF = m.table(m.SessionFile)
 
 # Extents copied between two chances for other calls to run (a partition may hold 100,000).
 _ROWS_PER_TICK = 256
+# Inserting this many rows makes cached plans of foreign-key checks worth refreshing first.
+_MANY_ROWS = 1_000
+# Extent rows read per round trip by ListFileTopics (about 60 KiB).
+_EXTENT_ROWS_PER_FETCH = 1_000
 
 # RegisterFile's partitions as sent, one row each, for the statements below; dropped at commit.
 _CREATE_SENT_PARTITIONS_SQL = text(
@@ -86,6 +89,12 @@ _INSERT_PARTITIONS_SQL = text(
     SELECT string_agg(topic_id, ' ' ORDER BY position) FROM sent
     """
 )
+# By the primary key's whole prefix, so that the plan cannot depend on statistics.
+_FILE_EXTENTS_SQL = """
+    SELECT topic_id, min_ns, max_ns FROM timeline_extents
+    WHERE org_id = %(org_id)s AND file_id = %(file_id)s AND topic_id = ANY(%(topic_ids)s)
+    ORDER BY topic_id, ordinal
+"""
 _COPY_EXTENTS_SQL = (
     "COPY timeline_extents (org_id, file_id, topic_id, ordinal, min_ns, max_ns)"
     " FROM STDIN (FORMAT BINARY)"
@@ -387,6 +396,7 @@ class CatalogRepository:
                 )
                 await pacer.tick()
         await self.db.execute(_INSERT_TOPICS_SQL, {"org_id": self.org_id})
+        await self._replan_foreign_key_checks(len(partitions))
         topic_ids = await self.db.scalar(
             _INSERT_PARTITIONS_SQL, {"org_id": self.org_id, "file_id": file_id}
         )
@@ -398,6 +408,7 @@ class CatalogRepository:
         """Streams every extent to ``timeline_extents`` in one binary COPY, straight from the
         partitions: memory does not grow with their number, and other calls run between
         slices."""
+        await self._replan_foreign_key_checks(sum(len(p.extents) for p in partitions))
         async with self._copy(_COPY_EXTENTS_SQL, _EXTENT_TYPES) as copy:
             pacer = Pacer()
             for partition, topic_id in zip(partitions, topic_ids, strict=True):
@@ -415,6 +426,19 @@ class CatalogRepository:
                     if ordinal % _ROWS_PER_TICK == _ROWS_PER_TICK - 1:
                         await pacer.tick()
                 await pacer.tick()
+
+    async def _replan_foreign_key_checks(self, rows: int) -> None:
+        """Before inserting ``rows`` rows that each check a foreign key, drops the connection's
+        cached plans when there are many.
+
+        PostgreSQL checks each row's foreign key with a query whose plan the connection keeps.
+        Planned while the referenced table was tiny (a new deployment, a test database), it may
+        use another index that starts with ``org_id`` and filter the rest, reading all of the
+        org's topics or partitions for every row: a file of 10,000 new topics took over 30 s.
+        Planned again now, after this registration's own inserts, the table's size makes the
+        primary key the obvious choice (0.3 s)."""
+        if rows >= _MANY_ROWS:
+            await self.db.execute(text("DISCARD PLANS"))
 
     @asynccontextmanager
     async def _copy(self, statement: str, types: Sequence[str]) -> AsyncIterator[AsyncCopy]:
@@ -455,10 +479,26 @@ class CatalogRepository:
     async def list_partitions(
         self, file_id: str, after: tuple[str, str] | None, limit: int
     ) -> list[PartitionRecord]:
-        """The file's partitions ordered by (topic name, topic ID), after ``after``, each with
-        its extents in stored order."""
+        """Up to ``limit`` of the file's partitions after ``after``, in (topic name, topic ID)
+        order, each with its number of extents (read them with ``extents_of_partitions``)."""
+        # Counted per partition, by the primary key's whole prefix: a plan cannot make this
+        # read more than the batch's own extents, whatever the statistics say.
+        extent_count = (
+            select(func.count())
+            .where(
+                E.c.org_id == P.c.org_id, E.c.file_id == P.c.file_id, E.c.topic_id == P.c.topic_id
+            )
+            .scalar_subquery()
+        )
         query = (
-            select(P.c.topic_id, P.c.message_count, T.c.name, T.c.schema_name, T.c.message_encoding)
+            select(
+                P.c.topic_id,
+                P.c.message_count,
+                T.c.name,
+                T.c.schema_name,
+                T.c.message_encoding,
+                extent_count.label("extent_count"),
+            )
             .join(T, and_(T.c.org_id == P.c.org_id, T.c.topic_id == P.c.topic_id))
             .where(P.c.org_id == self.org_id, P.c.file_id == file_id)
             .order_by(T.c.name, T.c.topic_id)
@@ -466,29 +506,37 @@ class CatalogRepository:
         )
         if after is not None:
             query = query.where(tuple_(T.c.name, T.c.topic_id) > tuple_(*after))
-        rows = list(await self.db.execute(query))
-        if not rows:
-            return []
-        extents: dict[str, list[Extent]] = {r.topic_id: [] for r in rows}
-        for e in await self.db.execute(
-            select(E.c.topic_id, E.c.min_ns, E.c.max_ns)
-            .where(
-                E.c.org_id == self.org_id,
-                E.c.file_id == file_id,
-                E.c.topic_id.in_(list(extents)),
+        partitions = []
+        pacer = Pacer()  # 1,000 rows through SQLAlchemy take longer than other calls may wait
+        for r in await self.db.execute(query):
+            partitions.append(
+                PartitionRecord(
+                    topic=TopicRecord(r.topic_id, r.name, r.schema_name, r.message_encoding),
+                    file_id=file_id,
+                    message_count=r.message_count,
+                    extent_count=r.extent_count,
+                )
             )
-            .order_by(E.c.topic_id, E.c.ordinal)
-        ):
-            extents[e.topic_id].append(Extent(e.min_ns, e.max_ns))
-        return [
-            PartitionRecord(
-                topic=TopicRecord(r.topic_id, r.name, r.schema_name, r.message_encoding),
-                file_id=file_id,
-                message_count=r.message_count,
-                extents=tuple(extents[r.topic_id]),
+            await pacer.tick()
+        return partitions
+
+    async def extents_of_partitions(
+        self, file_id: str, topic_ids: Sequence[str]
+    ) -> AsyncGenerator[list[tuple[str, int, int]], None]:
+        """The extents (topic ID, min_ns, max_ns) of the file's partitions of ``topic_ids``,
+        ordered by (topic ID, ordinal), a chunk of rows at a time: a file may hold 100,000, so
+        they are read through a server-side cursor, in binary. The caller closes the iterator
+        (``contextlib.aclosing``) if it stops early."""
+        connection = await self.db.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with driver.cursor(name="file_extents", binary=True) as cursor:
+            await cursor.execute(
+                _FILE_EXTENTS_SQL,
+                {"org_id": self.org_id, "file_id": file_id, "topic_ids": list(topic_ids)},
             )
-            for r in rows
-        ]
+            while rows := await cursor.fetchmany(_EXTENT_ROWS_PER_FETCH):
+                yield rows
 
     async def set_offset(self, file_id: str, offset: int) -> FileRecord:
         row = (
