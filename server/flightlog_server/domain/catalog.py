@@ -9,6 +9,7 @@ in SQL (``extents_min_ns + unix_epoch_offset_ns``, and a session's duration) can
 from __future__ import annotations
 
 import datetime as dt
+from array import array
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -209,9 +210,9 @@ def check_file(v: Violations, file: FileInput) -> Generator[None, None, tuple[in
         return None
     extents_ok = True
     low = high = None
-    seen: dict[tuple[str, str], int] = {}
+    identity_keys = array("q")
     for i, p in enumerate(partitions):
-        _check_partition(v, i, p, seen)
+        identity_keys.append(_identity_key(_check_partition(v, i, p), i))
         for j, extent in enumerate(p.extents):
             first, last = extent.min_timestamp_ns, extent.max_timestamp_ns
             if first > last:
@@ -227,6 +228,11 @@ def check_file(v: Violations, file: FileInput) -> Generator[None, None, tuple[in
             if j % _EXTENTS_PER_STEP == _EXTENTS_PER_STEP - 1:
                 yield
         yield
+    for i, first in _repeated_topics(partitions, identity_keys):
+        v.add(
+            f"partitions[{i}].topic_name",
+            f"repeats partitions[{first}] (same topic name and schema name); list each topic once",
+        )
     if low is None or high is None:
         return None
     if extents_ok:
@@ -234,11 +240,8 @@ def check_file(v: Violations, file: FileInput) -> Generator[None, None, tuple[in
     return low, high
 
 
-def _check_partition(
-    v: Violations, i: int, p: PartitionInput, seen: dict[tuple[str, str], int]
-) -> None:
-    """The rules of one partition's own fields; ``seen`` maps each topic identity met so far to
-    its partition's index."""
+def _check_partition(v: Violations, i: int, p: PartitionInput) -> tuple[str, str]:
+    """The rules of one partition's own fields; returns its topic identity."""
     field = f"partitions[{i}]"
     topic_name, schema_name = p.topic_name, p.schema_name
     if not topic_name:
@@ -254,10 +257,48 @@ def _check_partition(
         allow_newlines=False,
     )
     v.check(p.message_count >= 0, f"{field}.message_count", "must not be negative")
-    identity = (topic_name, schema_name)
-    first = seen.setdefault(identity, i)
-    if first != i:
-        v.add(
-            f"{field}.topic_name",
-            f"repeats partitions[{first}] (same topic name and schema name); list each topic once",
-        )
+    return topic_name, schema_name
+
+
+# A topic listed twice is found without keeping each partition's identity: a dict of 10,000
+# (name, schema name) keys cost more memory than the request (issue 11). Each partition leaves
+# one 8-byte key, its identity's hash with the low bits replaced by its index; sorted, the keys
+# of equal hashes are adjacent and in index order, and only those are compared exactly.
+_INDEX_BITS = 14
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+assert MAX_PARTITIONS_PER_FILE <= _INDEX_MASK
+
+
+def _identity_key(identity: tuple[str, str], index: int) -> int:
+    return (hash(identity) & ~_INDEX_MASK) | index
+
+
+def _repeated_topics(
+    partitions: Sequence[PartitionInput], identity_keys: Sequence[int]
+) -> list[tuple[int, int]]:
+    """(index, first index) of each partition whose topic identity an earlier one has, by
+    index."""
+    repeats: list[tuple[int, int]] = []
+    run: list[int] = []  # indices whose keys share a hash, ascending
+    run_hash = 0
+    for key in sorted(identity_keys):
+        if run and key & ~_INDEX_MASK != run_hash:
+            _add_repeats(partitions, run, repeats)
+            run = []
+        run.append(key & _INDEX_MASK)
+        run_hash = key & ~_INDEX_MASK
+    _add_repeats(partitions, run, repeats)
+    return sorted(repeats)
+
+
+def _add_repeats(
+    partitions: Sequence[PartitionInput], run: list[int], repeats: list[tuple[int, int]]
+) -> None:
+    """Adds the repeats among ``run`` (ascending indices whose identities share a hash)."""
+    if len(run) < 2:
+        return
+    firsts: dict[tuple[str, str], int] = {}
+    for i in run:
+        first = firsts.setdefault((partitions[i].topic_name, partitions[i].schema_name), i)
+        if first != i:
+            repeats.append((i, first))

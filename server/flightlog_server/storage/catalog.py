@@ -50,21 +50,40 @@ _MANY_ROWS = 1_000
 # Extent rows read per round trip by ListFileTopics (about 60 KiB).
 _EXTENT_ROWS_PER_FETCH = 1_000
 
-# RegisterFile's partitions as sent, one row each, for the statements below; dropped at commit.
-_CREATE_SENT_PARTITIONS_SQL = text(
-    """
-    CREATE TEMPORARY TABLE sent_partitions (
-        position integer NOT NULL,
-        new_topic_id text NOT NULL,
-        name text NOT NULL,
-        schema_name text NOT NULL,
-        message_encoding text NOT NULL,
-        message_count bigint NOT NULL
-    ) ON COMMIT DROP
-    """
+# RegisterFile's partitions and extents as sent, for the statements below; dropped at commit.
+# ``position`` is a partition's index in the request, which its extents refer to.
+_CREATE_SENT_SQL = (
+    text(
+        """
+        CREATE TEMPORARY TABLE sent_partitions (
+            position integer PRIMARY KEY,
+            new_topic_id text NOT NULL,
+            name text NOT NULL,
+            schema_name text NOT NULL,
+            message_encoding text NOT NULL,
+            message_count bigint NOT NULL,
+            topic_id text
+        ) ON COMMIT DROP
+        """
+    ),
+    text(
+        """
+        CREATE TEMPORARY TABLE sent_extents (
+            position integer NOT NULL,
+            ordinal integer NOT NULL,
+            min_ns bigint NOT NULL,
+            max_ns bigint NOT NULL
+        ) ON COMMIT DROP
+        """
+    ),
 )
-_COPY_SENT_PARTITIONS_SQL = "COPY sent_partitions FROM STDIN (FORMAT BINARY)"
+_COPY_SENT_PARTITIONS_SQL = (
+    "COPY sent_partitions (position, new_topic_id, name, schema_name, message_encoding,"
+    " message_count) FROM STDIN (FORMAT BINARY)"
+)
 _SENT_PARTITION_TYPES = ("int4", "text", "text", "text", "text", "int8")
+_COPY_SENT_EXTENTS_SQL = "COPY sent_extents FROM STDIN (FORMAT BINARY)"
+_SENT_EXTENT_TYPES = ("int4", "int4", "int8", "int8")
 _INSERT_TOPICS_SQL = text(
     """
     INSERT INTO topics (org_id, topic_id, name, schema_name, message_encoding)
@@ -74,19 +93,28 @@ _INSERT_TOPICS_SQL = text(
     ON CONFLICT (org_id, name, schema_name) DO NOTHING
     """
 )
-# Inserts the partitions (a data-modifying CTE runs whether or not it is read) and returns their
-# topic IDs in the order sent, as one space-separated text (IDs hold no spaces).
+# Each partition's topic, looked up by its unique key: a join of topics with a temporary table
+# (no statistics) could be planned as a scan of one for each row of the other.
+_FIND_TOPICS_SQL = text(
+    """
+    UPDATE sent_partitions s SET topic_id = (
+        SELECT t.topic_id FROM topics t
+        WHERE t.org_id = :org_id AND t.name = s.name AND t.schema_name = s.schema_name
+    )
+    """
+)
 _INSERT_PARTITIONS_SQL = text(
     """
-    WITH sent AS (
-        SELECT t.topic_id, s.message_count, s.position
-        FROM sent_partitions s
-        JOIN topics t ON t.org_id = :org_id AND t.name = s.name AND t.schema_name = s.schema_name
-    ), inserted AS (
-        INSERT INTO topic_partitions (org_id, file_id, topic_id, message_count)
-        SELECT :org_id, :file_id, topic_id, message_count FROM sent
-    )
-    SELECT string_agg(topic_id, ' ' ORDER BY position) FROM sent
+    INSERT INTO topic_partitions (org_id, file_id, topic_id, message_count)
+    SELECT :org_id, :file_id, topic_id, message_count FROM sent_partitions ORDER BY position
+    """
+)
+# Joined by the partitions' primary key (their position).
+_INSERT_EXTENTS_SQL = text(
+    """
+    INSERT INTO timeline_extents (org_id, file_id, topic_id, ordinal, min_ns, max_ns)
+    SELECT :org_id, :file_id, p.topic_id, e.ordinal, e.min_ns, e.max_ns
+    FROM sent_extents e JOIN sent_partitions p USING (position)
     """
 )
 # By the primary key's whole prefix, so that the plan cannot depend on statistics.
@@ -95,11 +123,6 @@ _FILE_EXTENTS_SQL = """
     WHERE org_id = %(org_id)s AND file_id = %(file_id)s AND topic_id = ANY(%(topic_ids)s)
     ORDER BY topic_id, ordinal
 """
-_COPY_EXTENTS_SQL = (
-    "COPY timeline_extents (org_id, file_id, topic_id, ordinal, min_ns, max_ns)"
-    " FROM STDIN (FORMAT BINARY)"
-)
-_EXTENT_TYPES = ("text", "text", "text", "int4", "int8", "int8")
 
 
 def _device(row: Any) -> DeviceRecord:
@@ -361,33 +384,35 @@ class CatalogRepository:
             )
         stored = _file(row)
         if file.partitions:
-            topic_ids = await self._insert_partitions(stored.file_id, file.partitions)
-            await self._copy_extents(stored.file_id, file.partitions, topic_ids)
+            await self._insert_partitions(stored.file_id, file.partitions)
         return stored
 
-    async def _insert_partitions(
-        self, file_id: str, partitions: Sequence[PartitionInput]
-    ) -> list[str]:
-        """Inserts the file's partitions, creating the topic identities that do not exist yet,
-        and returns each partition's topic ID, in order.
+    async def _insert_partitions(self, file_id: str, partitions: Sequence[PartitionInput]) -> None:
+        """Inserts the file's partitions and extents, creating the topic identities that do not
+        exist yet.
 
-        The partitions are copied to a temporary table first, then matched to topics in SQL:
-        a statement per column of up to 10,000 values would have psycopg dump them to arrays in
-        Python, about 20 µs a value, all at once. ``ON CONFLICT DO NOTHING`` waits for a
-        concurrent registration inserting the same topic and then skips it, so concurrent
-        registrations never fail; topics go in (name, schema name) order so that two of them
-        wait on each other in the same order (no deadlock). The next statement takes a new
-        snapshot (READ COMMITTED), so it finds the identities this transaction inserted and
-        those a concurrent registration committed meanwhile alike. A topic's message encoding
-        is the one it was first registered with."""
-        await self.db.execute(_CREATE_SENT_PARTITIONS_SQL)
+        The partitions and extents are copied (binary COPY, formatted by psycopg in C and sent in
+        32 KiB chunks) to temporary tables straight from the request, so that memory does not
+        grow with their number, and other calls run between slices. SQL then does the rest, and
+        no topic ID comes back to Python. (A statement per column of up to 10,000 values would
+        have psycopg dump them to arrays in Python, about 20 µs a value, all at once.)
+
+        ``ON CONFLICT DO NOTHING`` waits for a concurrent registration inserting the same topic
+        and then skips it, so concurrent registrations never fail; topics go in (name, schema
+        name) order so that two of them wait on each other in the same order (no deadlock). The
+        next statement takes a new snapshot (READ COMMITTED), so it finds the identities this
+        transaction inserted and those a concurrent registration committed meanwhile alike. A
+        topic's message encoding is the one it was first registered with."""
+        for statement in _CREATE_SENT_SQL:
+            await self.db.execute(statement)
+        pacer = Pacer()
         async with self._copy(_COPY_SENT_PARTITIONS_SQL, _SENT_PARTITION_TYPES) as copy:
-            pacer = Pacer()
             for position, p in enumerate(partitions):
+                new_topic_id = new_id("topic")  # used if the topic is new
                 await copy.write_row(
                     (
                         position,
-                        new_id("topic"),  # used if the topic is new
+                        new_topic_id,
                         p.topic_name,
                         p.schema_name,
                         p.message_encoding,
@@ -395,37 +420,22 @@ class CatalogRepository:
                     )
                 )
                 await pacer.tick()
-        await self.db.execute(_INSERT_TOPICS_SQL, {"org_id": self.org_id})
-        await self._replan_foreign_key_checks(len(partitions))
-        topic_ids = await self.db.scalar(
-            _INSERT_PARTITIONS_SQL, {"org_id": self.org_id, "file_id": file_id}
-        )
-        return str(topic_ids).split(" ")
-
-    async def _copy_extents(
-        self, file_id: str, partitions: Sequence[PartitionInput], topic_ids: Sequence[str]
-    ) -> None:
-        """Streams every extent to ``timeline_extents`` in one binary COPY, straight from the
-        partitions: memory does not grow with their number, and other calls run between
-        slices."""
-        await self._replan_foreign_key_checks(sum(len(p.extents) for p in partitions))
-        async with self._copy(_COPY_EXTENTS_SQL, _EXTENT_TYPES) as copy:
-            pacer = Pacer()
-            for partition, topic_id in zip(partitions, topic_ids, strict=True):
-                for ordinal, extent in enumerate(partition.extents):
+        async with self._copy(_COPY_SENT_EXTENTS_SQL, _SENT_EXTENT_TYPES) as copy:
+            for position, p in enumerate(partitions):
+                for ordinal, extent in enumerate(p.extents):
                     await copy.write_row(
-                        (
-                            self.org_id,
-                            file_id,
-                            topic_id,
-                            ordinal,
-                            extent.min_timestamp_ns,
-                            extent.max_timestamp_ns,
-                        )
+                        (position, ordinal, extent.min_timestamp_ns, extent.max_timestamp_ns)
                     )
                     if ordinal % _ROWS_PER_TICK == _ROWS_PER_TICK - 1:
                         await pacer.tick()
                 await pacer.tick()
+        org = {"org_id": self.org_id}
+        await self.db.execute(_INSERT_TOPICS_SQL, org)
+        await self.db.execute(_FIND_TOPICS_SQL, org)
+        await self._replan_foreign_key_checks(len(partitions))
+        await self.db.execute(_INSERT_PARTITIONS_SQL, {**org, "file_id": file_id})
+        await self._replan_foreign_key_checks(sum(len(p.extents) for p in partitions))
+        await self.db.execute(_INSERT_EXTENTS_SQL, {**org, "file_id": file_id})
 
     async def _replan_foreign_key_checks(self, rows: int) -> None:
         """Before inserting ``rows`` rows that each check a foreign key, drops the connection's
