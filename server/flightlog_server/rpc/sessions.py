@@ -108,9 +108,14 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self, request: pb.CreateSessionRequest, context: Context
     ) -> pb.CreateSessionResponse:
         v = Violations()
-        for i, device_id in enumerate(request.device_ids):
-            rules.check_device_id(v, f"device_ids[{i}]", device_id)
-        session = await self._create(v, request, device_ids=rules.dedupe(request.device_ids))
+        device_ids: list[str] = []
+        if rules.check_count(
+            v, "device_ids", len(request.device_ids), rules.MAX_DEVICE_IDS_PER_CALL, "device IDs"
+        ):
+            for i, device_id in enumerate(request.device_ids):
+                rules.check_device_id(v, f"device_ids[{i}]", device_id)
+            device_ids = rules.dedupe(request.device_ids)
+        session = await self._create(v, request, device_ids=device_ids)
         return pb.CreateSessionResponse(session=session)
 
     async def CreateSessionFromDataset(
@@ -274,19 +279,20 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         caller = current_caller()
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
-        specs = [
-            ContributionSpec(
-                file_id=f.file_id,
-                range_min_ns=f.range_min_timestamp_ns
-                if f.HasField("range_min_timestamp_ns")
-                else None,
-                range_max_ns=f.range_max_timestamp_ns
-                if f.HasField("range_max_timestamp_ns")
-                else None,
-            )
-            for f in request.files
-        ]
-        rules.check_contributions(v, specs)
+        if rules.check_count(v, "files", len(request.files), rules.MAX_FILES_PER_CALL, "files"):
+            specs = [
+                ContributionSpec(
+                    file_id=f.file_id,
+                    range_min_ns=f.range_min_timestamp_ns
+                    if f.HasField("range_min_timestamp_ns")
+                    else None,
+                    range_max_ns=f.range_max_timestamp_ns
+                    if f.HasField("range_max_timestamp_ns")
+                    else None,
+                )
+                for f in request.files
+            ]
+            rules.check_contributions(v, specs)
         v.raise_if_any()
 
         async def work(db: AsyncSession) -> pb.Session:
