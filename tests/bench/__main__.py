@@ -18,6 +18,10 @@ Figures (see issue 5):
   first batch and to the end, against the raw SQL of the same result.
 * A filtered listing at the big org's size (tag "outdoor" on ~30% of sessions, custom field
   battery_pct >= 20 on ~76%, sorted by custom field max_speed descending): time to first batch.
+* Issue 11 (``tests.bench.bounded``): RegisterFile and AddSessionFiles at their documented
+  maxima (the server's RSS growth, its longest event-loop hold, and the p99 of GetSession calls
+  made meanwhile against the same calls without them), then a second table: one request at each
+  documented limit, with the RSS growth and loop hold it cost.
 
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
@@ -38,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,9 @@ from grpc import aio
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import data
+from tests.bench import bounded, data
 from tests.bench.processes import ServerProcess
+from tests.bench.rows import Row
 from tests.support import Identity, create_identity
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -57,21 +62,6 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Row:
-    """One line of the table: a figure, its baseline and their ratio against the target."""
-
-    figure: str
-    value: float | None
-    unit: str
-    baseline: float | None = None
-    baseline_unit: str = ""
-    ratio: float | None = None
-    target: str = ""
-    met: bool | None = None
-    note: str = ""
 
 
 def metadata(identity: Identity) -> tuple[tuple[str, str | bytes], ...]:
@@ -554,12 +544,20 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_add_files(real, url, writer, catalog, 2 if args.quick else 3)
             log("ListSessionTopics")
             rows += bench_topics(real, url, writer, catalog, 3)
+            log("RegisterFile and AddSessionFiles at their limits")
+            probe = (big.identity, big.sample_ids[0])
+            rows += bounded.bench_register_and_add(real, writer, catalog.loose, probe)
+            log("one request at each limit")
+            limits = bounded.limits_table(real, writer, catalog.loose)
             with data.connect(url) as conn:
                 server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
     timings["total_s"] = time.perf_counter() - started
 
     print()
     print(table(rows))
+    print()
+    print("one request at each limit (the server's RSS growth and longest event-loop hold):")
+    print(bounded.format_limits(limits))
     print()
     print(
         f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python"
@@ -582,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"sessions": sessions, "quick": args.quick, "profiled": args.profile},
         "timings": timings,
         "rows": [asdict(r) for r in rows],
+        "limits": limits,
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {json_path}" + (f" and {profile_path}" if profile_path else ""))
