@@ -33,8 +33,9 @@ class CatalogServiceStub:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @_typing.overload
@@ -82,10 +83,13 @@ class CatalogServiceStub:
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterFileRequest, _catalog_service_pb2.RegisterFileResponse]
     """Registers a file of a dataset with its topic partitions and their timeline extents, in one
     transaction. Topics are matched to existing topic identities by (name, schema name) or
-    created.
+    created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+    at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+    9 times the request's size, and other calls are served while it is checked and stored.
 
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-    a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+    a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+    than the limits); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB; NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
     that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
     a `request_id`, a replay returns the file registered the first time.
@@ -101,7 +105,10 @@ class CatalogServiceStub:
     Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
     ListFileTopics: _grpc.UnaryStreamMultiCallable[_catalog_service_pb2.ListFileTopicsRequest, _catalog_service_pb2.ListFileTopicsResponse]
-    """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+    """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+    batch holds at most `page_size` partitions, and stops before the partition that would take it
+    past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+    own.
 
     Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
@@ -127,8 +134,9 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -173,10 +181,13 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     RegisterFile: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterFileRequest, _catalog_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
     """Registers a file of a dataset with its topic partitions and their timeline extents, in one
     transaction. Topics are matched to existing topic identities by (name, schema name) or
-    created.
+    created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+    at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+    9 times the request's size, and other calls are served while it is checked and stored.
 
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-    a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+    a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+    than the limits); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB; NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
     that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
     a `request_id`, a replay returns the file registered the first time.
@@ -192,7 +203,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     Errors: NOT_FOUND (DATASET_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
     ListFileTopics: _aio.UnaryStreamMultiCallable[_catalog_service_pb2.ListFileTopicsRequest, _catalog_service_pb2.ListFileTopicsResponse]  # type: ignore[assignment]
-    """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+    """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+    batch holds at most `page_size` partitions, and stops before the partition that would take it
+    past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+    own.
 
     Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
@@ -217,8 +231,9 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @_abc_1.abstractmethod
@@ -309,10 +324,13 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_catalog_service_pb2.RegisterFileResponse, _abc.Awaitable[_catalog_service_pb2.RegisterFileResponse]]:
         """Registers a file of a dataset with its topic partitions and their timeline extents, in one
         transaction. Topics are matched to existing topic identities by (name, schema name) or
-        created.
+        created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+        at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+        9 times the request's size, and other calls are served while it is checked and stored.
 
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-        a topic listed twice, an extent plus the offset outside int64); NOT_FOUND
+        a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+        than the limits); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB; NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
         that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
         a `request_id`, a replay returns the file registered the first time.
@@ -346,7 +364,10 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.ListFileTopicsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_catalog_service_pb2.ListFileTopicsResponse], _abc.AsyncIterator[_catalog_service_pb2.ListFileTopicsResponse]]:
-        """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+        """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+        batch holds at most `page_size` partitions, and stops before the partition that would take it
+        past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+        own.
 
         Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
         """
