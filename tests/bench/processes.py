@@ -129,6 +129,7 @@ class _SelfMeasurement:
         self.held_s = 0.0
         self.stall_s = 0.0
         self.gc_pause_s = 0.0
+        self._tick_started = self._tick_cpu = 0.0
         self._gc_started = 0.0
         gc.callbacks.append(self._on_gc)
 
@@ -141,10 +142,17 @@ class _SelfMeasurement:
     async def watch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            started, cpu = loop.time(), time.thread_time()
+            self._tick_started, self._tick_cpu = loop.time(), time.thread_time()
             await asyncio.sleep(self.TICK_S)
-            self.held_s = max(self.held_s, time.thread_time() - cpu)
-            self.stall_s = max(self.stall_s, loop.time() - started - self.TICK_S)
+            self._end_tick()
+
+    def _end_tick(self) -> None:
+        """Folds the time since the current tick started into the maxima. Also called by
+        ``report``, which may run before the timer's callback in the loop iteration that ends a
+        long hold (I/O callbacks run before timers)."""
+        loop = asyncio.get_running_loop()
+        self.held_s = max(self.held_s, time.thread_time() - self._tick_cpu)
+        self.stall_s = max(self.stall_s, loop.time() - self._tick_started - self.TICK_S)
 
     def on_command(self) -> None:
         line = sys.stdin.readline()
@@ -159,6 +167,7 @@ class _SelfMeasurement:
             self.held_s = self.stall_s = self.gc_pause_s = 0.0
             print("OK", flush=True)
         elif command == "report":
+            self._end_tick()
             growth = _status_kib("VmHWM") * 1024 - self.rss_at_reset
             peaks = Peaks(growth, self.held_s, self.stall_s, self.gc_pause_s)
             print(json.dumps(asdict(peaks)), flush=True)
