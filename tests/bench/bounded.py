@@ -36,6 +36,7 @@ from tests.bench.rows import Row
 from tests.rpc.factories import (
     make_custom_field,
     make_dataset,
+    make_device,
     make_session,
     maximal_register_file_request,
     unique,
@@ -233,13 +234,26 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
     empty_specs += b"\x12\x00" * (MEBIBYTE // 2 - 64)
     many_devices = pb.CreateSessionRequest(device_ids=[f"d{i}" for i in range(120_000)])
     tags = [f"{i:03}" + "t" * (rules.MAX_TAG_CHARS - 3) for i in range(rules.MAX_TAGS)]
-    in_values = [common_pb2.CustomFieldValue(number_value=i) for i in range(rules.MAX_IN_VALUES)]
-    conditions = [
-        pb.CustomFieldCondition(
-            field=field.name, operator=pb.COMPARISON_OPERATOR_IN, values=in_values
+
+    def in_conditions(*counts: int) -> pb.SessionFilter:
+        return pb.SessionFilter(
+            custom_fields=[
+                pb.CustomFieldCondition(
+                    field=field.name,
+                    operator=pb.COMPARISON_OPERATOR_IN,
+                    values=[common_pb2.CustomFieldValue(number_value=i) for i in range(n)],
+                )
+                for n in counts
+            ]
         )
-        for _ in range(rules.MAX_CUSTOM_FIELD_CONDITIONS)
-    ]
+
+    conditions = rules.MAX_CUSTOM_FIELD_CONDITIONS
+    at_the_limit = in_conditions(
+        *[rules.MAX_IN_VALUES_PER_FILTER // conditions] * (conditions - 1),
+        rules.MAX_IN_VALUES_PER_FILTER
+        - (conditions - 1) * (rules.MAX_IN_VALUES_PER_FILTER // conditions),
+    )
+    devices = [make_device(stubs).device_id for _ in range(rules.MAX_DEVICE_IDS_PER_CALL)]
     update = pb.UpdateSessionRequest(
         session_id=session_id,
         metadata_changeset=pb.MetadataChangeset(put_tags=tags, put_fields=_big_metadata()),
@@ -344,12 +358,27 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
             lambda: stubs.sessions.UpdateSession(update, timeout=300),
         ),
         LimitCase(
-            "custom-field conditions x IN values",
-            "16 x 1,000",
-            "ListSessions filtered by both",
+            "custom-field conditions; IN values in all",
+            "16; 1,000",
+            "ListSessions filtered by 16 IN conditions of 1,000 values in all",
             lambda: stubs.sessions.ListSessions(
-                pb.ListSessionsRequest(filter=pb.SessionFilter(custom_fields=conditions)),
-                timeout=300,
+                pb.ListSessionsRequest(filter=at_the_limit), timeout=300
+            ),
+        ),
+        LimitCase(
+            "custom-field conditions; IN values in all",
+            "16; 1,000",
+            "ListSessions filtered by 16 x 1,000 IN values (allowed until issue 11)",
+            lambda: stubs.sessions.ListSessions(
+                pb.ListSessionsRequest(filter=in_conditions(*[1000] * conditions)), timeout=300
+            ),
+        ),
+        LimitCase(
+            "device IDs per CreateSession",
+            "256",
+            "CreateSession attaching 256 devices",
+            lambda: stubs.sessions.CreateSession(
+                pb.CreateSessionRequest(device_ids=devices), timeout=300
             ),
         ),
         LimitCase(
