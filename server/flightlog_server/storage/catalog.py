@@ -340,7 +340,7 @@ class CatalogRepository:
         registered first.
 
         The partitions and extents are read from ``file`` as they are written, never copied
-        whole: up to 100,000 extents go to PostgreSQL in one binary COPY."""
+        whole (see ``_insert_partitions``). Columns the file row gains are set here."""
         if request is not None:
             replayed = await self._replayed(F, request)
             if replayed is not None:
