@@ -322,9 +322,11 @@ class FlightlogClient:
         channel_options: list[tuple[str, Any]] = [
             ("grpc.enable_retries", 1),
             ("grpc.service_config", self.retry.service_config()),
-            # The server accepts requests of up to 16 MiB; a batch of 1,000 sessions with large
-            # metadata can be bigger than gRPC's 4 MiB default on the way back.
-            ("grpc.max_send_message_length", 16 * _MiB),
+            # The server accepts requests of up to 1 MiB and says so, with the sizes, for those
+            # up to 4 MiB (larger ones gRPC refuses unread), so the client does not refuse them
+            # first. A batch of 1,000 sessions with large metadata can be bigger than gRPC's
+            # 4 MiB default on the way back.
+            ("grpc.max_send_message_length", 4 * _MiB),
             ("grpc.max_receive_message_length", 256 * _MiB),
             *options,
         ]

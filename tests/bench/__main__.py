@@ -18,6 +18,10 @@ Figures (see issue 5):
   first batch and to the end, against the raw SQL of the same result.
 * A filtered listing at the big org's size (tag "outdoor" on ~30% of sessions, custom field
   battery_pct >= 20 on ~76%, sorted by custom field max_speed descending): time to first batch.
+* Issue 11 (``tests.bench.bounded``): RegisterFile and AddSessionFiles at their documented
+  maxima (the server's RSS growth, its longest event-loop hold, and the p99 of GetSession calls
+  made meanwhile against the same calls without them), then a second table: one request at each
+  documented limit, with the RSS growth and loop hold it cost.
 
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
@@ -45,9 +49,10 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import data, writes
-from tests.bench.common import CHANNEL_OPTIONS, Row, log, metadata
+from tests.bench import bounded, data, writes
+from tests.bench.common import CHANNEL_OPTIONS, log, metadata
 from tests.bench.processes import ServerProcess
+from tests.bench.rows import Row
 from tests.support import Identity, create_identity
 
 # --- ListSessions ----------------------------------------------------------------------------
@@ -462,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_add_files(real, url, writer, catalog, 2 if args.quick else 3)
             log("ListSessionTopics")
             rows += bench_topics(real, url, writer, catalog, 3)
+            log("RegisterFile and AddSessionFiles at their limits")
+            probe = (big.identity, big.sample_ids[0])
+            rows += bounded.bench_register_and_add(real, writer, catalog.loose, probe)
+            log("one request at each limit")
+            limits = bounded.limits_table(real, writer, catalog.loose)
         log("CreateSession on serve --workers 1 and 2")
         rows.append(writes.bench_workers(url, writer, seconds))
         with data.connect(url) as conn:
@@ -470,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(table(rows))
+    print()
+    print("one request at each limit (the server's RSS growth and longest event-loop hold):")
+    print(bounded.format_limits(limits))
     print()
     print(
         f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python"
@@ -492,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"sessions": sessions, "quick": args.quick, "profiled": args.profile},
         "timings": timings,
         "rows": [asdict(r) for r in rows],
+        "limits": limits,
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {json_path}" + (f" and {profile_path}" if profile_path else ""))

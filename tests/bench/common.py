@@ -7,34 +7,21 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
 
 from flightlog.v1 import session_service_pb2_grpc
+from tests.bench.rows import Row
 from tests.support import Identity
+
+__all__ = ["CHANNEL_OPTIONS", "Row", "calls_per_second", "log", "metadata"]
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Row:
-    """One line of the table: a figure, its baseline and their ratio against the target."""
-
-    figure: str
-    value: float | None
-    unit: str
-    baseline: float | None = None
-    baseline_unit: str = ""
-    ratio: float | None = None
-    target: str = ""
-    met: bool | None = None
-    note: str = ""
 
 
 def metadata(identity: Identity) -> tuple[tuple[str, str | bytes], ...]:

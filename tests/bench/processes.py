@@ -8,6 +8,13 @@ they serve, and stop on SIGTERM.
 
 With ``--profile PATH``, the real server profiles itself with pyinstrument between SIGUSR1 and
 SIGUSR2 and writes the text report to PATH.
+
+The real server also measures itself for :meth:`ServerProcess.peaks`: the peak of its resident
+memory (``VmHWM``, reset to the current RSS through ``/proc/self/clear_refs``) and the longest
+time its event loop could not run a 1 ms timer, as CPU time of the loop's thread (a call held
+the loop) and as wall time (which also counts the process waiting for a core on a busy
+machine), and its longest garbage collection. The parent asks through the child's stdin, one
+command a line (``reset``, ``report``), and reads the answer from its stdout.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
+import json
 import logging
 import os
 import signal
@@ -22,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import grpc
@@ -58,7 +68,9 @@ class ServerProcess:
         command = [sys.executable, "-m", "tests.bench.processes", kind, url]
         if profile:
             command += ["--profile", profile]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("PORT "):
@@ -72,6 +84,21 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
+
+    def _ask(self, command: str) -> str:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.process.stdout.readline()
+
+    def reset_peaks(self) -> None:
+        """Starts a new measurement of :meth:`peaks` (the real server only)."""
+        if self._ask("reset").strip() != "OK":
+            raise RuntimeError("the server did not reset its peaks")
+
+    def peaks(self) -> Peaks:
+        """The peak RSS growth and the longest loop stall since :meth:`reset_peaks`."""
+        return Peaks(**json.loads(self._ask("report")))
 
     def signal(self, signum: int) -> None:
         os.kill(self.process.pid, signum)
@@ -118,7 +145,84 @@ def _wait_serving(target: str, process: subprocess.Popen[Any], timeout: float = 
     raise RuntimeError(f"no SERVING health check from {target} within {timeout} s")
 
 
+@dataclass(frozen=True)
+class Peaks:
+    """What the real server measured of itself since its peaks were last reset."""
+
+    # Peak resident memory minus the resident memory at the reset, bytes.
+    rss_growth_bytes: int
+    # The most CPU time the loop's thread spent between two runs of a 1 ms timer, seconds: how
+    # long one piece of work held the loop.
+    loop_held_s: float
+    # The longest wall time between two runs of that timer, beyond its 1 ms, seconds.
+    loop_stall_s: float
+    # The longest collection of Python's cyclic garbage collector, seconds (it holds the loop).
+    gc_pause_s: float
+
+
 # --- the real server -------------------------------------------------------------------------
+
+
+class _SelfMeasurement:
+    """The real server's side of ``ServerProcess.peaks``."""
+
+    TICK_S = 0.001
+
+    def __init__(self) -> None:
+        self.rss_at_reset = _status_kib("VmRSS") * 1024
+        self.held_s = 0.0
+        self.stall_s = 0.0
+        self.gc_pause_s = 0.0
+        self._tick_started = self._tick_cpu = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_s = max(self.gc_pause_s, time.perf_counter() - self._gc_started)
+
+    async def watch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._tick_started, self._tick_cpu = loop.time(), time.thread_time()
+            await asyncio.sleep(self.TICK_S)
+            self._end_tick()
+
+    def _end_tick(self) -> None:
+        """Folds the time since the current tick started into the maxima. Also called by
+        ``report``, which may run before the timer's callback in the loop iteration that ends a
+        long hold (I/O callbacks run before timers)."""
+        loop = asyncio.get_running_loop()
+        self.held_s = max(self.held_s, time.thread_time() - self._tick_cpu)
+        self.stall_s = max(self.stall_s, loop.time() - self._tick_started - self.TICK_S)
+
+    def on_command(self) -> None:
+        line = sys.stdin.readline()
+        if not line:  # the parent closed our stdin: stop listening (EOF stays readable)
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+            return
+        command = line.strip()
+        if command == "reset":
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # VmHWM := VmRSS
+            self.rss_at_reset = _status_kib("VmRSS") * 1024
+            self.held_s = self.stall_s = self.gc_pause_s = 0.0
+            print("OK", flush=True)
+        elif command == "report":
+            self._end_tick()
+            growth = _status_kib("VmHWM") * 1024 - self.rss_at_reset
+            peaks = Peaks(growth, self.held_s, self.stall_s, self.gc_pause_s)
+            print(json.dumps(asdict(peaks)), flush=True)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 async def _serve_real(url: str, profile: str | None) -> None:
@@ -136,6 +240,9 @@ async def _serve_real(url: str, profile: str | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    measurement = _SelfMeasurement()
+    watch = asyncio.create_task(measurement.watch_loop())
+    loop.add_reader(sys.stdin.fileno(), measurement.on_command)
     if profile:
         from pyinstrument import Profiler
 
@@ -150,6 +257,7 @@ async def _serve_real(url: str, profile: str | None) -> None:
         loop.add_signal_handler(signal.SIGUSR2, finish)
     print(f"PORT {server.port}", flush=True)
     await stop.wait()
+    watch.cancel()
     await server.stop(grace=1)
 
 

@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support import ServerThread
 
 # The figures the tests report (operations run, faults injected, inputs tried, violations found),
 # printed by conftest.py at the end of the run.
@@ -69,3 +72,23 @@ def record(name: str, figure: str) -> None:
     """Records a figure for the end-of-run summary (and prints it, for ``pytest -s``)."""
     FIGURES[name] = figure
     print(f"\n{name}: {figure}")
+
+
+def blocked_by(conninfo: str, holder_pid: int) -> list[str]:
+    """The queries that wait for a lock held by the backend ``holder_pid``."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (holder_pid,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def checked_out(server: ServerThread) -> int:
+    """How many of the server's pooled connections are checked out now."""
+
+    async def read() -> int:
+        return int(server.server.database.engine.pool.checkedout())  # type: ignore[attr-defined]
+
+    result: int = server.call(read())
+    return result

@@ -32,7 +32,7 @@ from flightlog_server.app import ServerSettings
 from flightlog_server.domain.errors import DeadlineExceeded
 from flightlog_server.storage.database import Database, DatabaseSettings
 from flightlog_server.storage.urls import libpq_conninfo
-from tests.reliability.helpers import poll, record
+from tests.reliability.helpers import blocked_by, checked_out, poll, record
 from tests.rpc.factories import (
     add_files,
     make_dataset,
@@ -72,24 +72,6 @@ def client(own_server: ServerThread, who: Identity) -> Iterator[Stubs]:
     stubs = Stubs(f"127.0.0.1:{own_server.port}", who.api_key, who.org_id)
     yield stubs
     stubs.close()
-
-
-def blocked_by(conninfo: str, holder_pid: int) -> list[str]:
-    """The queries that wait for a lock held by the backend ``holder_pid``."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-            (holder_pid,),
-        ).fetchall()
-    return [r[0] for r in rows]
-
-
-def checked_out(server: ServerThread) -> int:
-    async def read() -> int:
-        return int(server.server.database.engine.pool.checkedout())  # type: ignore[attr-defined]
-
-    result: int = server.call(read())
-    return result
 
 
 def task_count(server: ServerThread) -> int:

@@ -42,6 +42,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from flightlog.v1 import catalog_service_pb2 as catalog_pb
+from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc as pb_grpc
 from flightlog_server.storage.urls import libpq_conninfo
@@ -807,9 +809,38 @@ def _limit_cases(w: World) -> list[tuple[str, Callable[[Stubs], Any], grpc.Statu
     too_big = to_struct({"big": "x" * (64 * 1024)})
     sid = w.session_id
     invalid = grpc.StatusCode.INVALID_ARGUMENT
+
+    def in_values(*counts: int) -> pb.SessionFilter:
+        """A filter of IN conditions on the world's custom field, of ``counts`` values each."""
+        return pb.SessionFilter(
+            custom_fields=[
+                pb.CustomFieldCondition(
+                    field=w.custom_field_name,
+                    operator=pb.COMPARISON_OPERATOR_IN,
+                    values=[common_pb2.CustomFieldValue(string_value=str(i)) for i in range(n)],
+                )
+                for n in counts
+            ]
+        )
+
+    def file_of(extent_counts: list[int]) -> catalog_pb.RegisterFileRequest:
+        """A file of one partition per count, each of that many extents."""
+        extent = catalog_pb.TimelineExtent(min_timestamp_ns=1, max_timestamp_ns=1)
+        return catalog_pb.RegisterFileRequest(
+            dataset_id=w.dataset_id,
+            relative_path="over-a-limit",
+            partitions=[
+                catalog_pb.TopicPartitionSpec(topic_name=f"/{i}", extents=[extent] * n)
+                for i, n in enumerate(extent_counts)
+            ],
+        )
+
     return [
-        ("request over 16 MiB", lambda s: s.sessions.CreateSession(
-            pb.CreateSessionRequest(description="x" * (16 * MEGABYTE + 1))
+        ("request over 1 MiB", lambda s: s.sessions.CreateSession(
+            pb.CreateSessionRequest(description="x" * MEGABYTE)
+        ), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        ("request over the 4 MiB gRPC refuses unread", lambda s: s.sessions.CreateSession(
+            pb.CreateSessionRequest(description="x" * (4 * MEGABYTE))
         ), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
         ("name of 121 characters", lambda s: s.sessions.CreateSession(
             pb.CreateSessionRequest(name="n" * 121)), invalid, "name"),
@@ -833,6 +864,15 @@ def _limit_cases(w: World) -> list[tuple[str, Callable[[Stubs], Any], grpc.Statu
             ])), invalid, "metrics"),
         ("page_size of 1,001", lambda s: list(s.sessions.ListSessions(
             pb.ListSessionsRequest(page_size=1_001))), invalid, "page_size"),
+        ("257 device IDs in one CreateSession", lambda s: s.sessions.CreateSession(
+            pb.CreateSessionRequest(device_ids=[f"d{i}" for i in range(257)])
+        ), invalid, "device_ids"),
+        ("1,001 IN values in one filter", lambda s: list(s.sessions.ListSessions(
+            pb.ListSessionsRequest(filter=in_values(501, 500)))), invalid, "filter.custom_fields"),
+        ("10,001 partitions in one file", lambda s: s.catalog.RegisterFile(
+            file_of([0] * 10_001)), invalid, "partitions"),
+        ("100,001 extents in one file", lambda s: s.catalog.RegisterFile(
+            file_of([50_000, 50_001])), invalid, "partitions"),
     ]  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 from flightlog.v1 import catalog_service_pb2 as catalog_pb
 from flightlog.v1 import custom_field_service_pb2 as fields_pb
 from flightlog.v1 import session_service_pb2 as sessions_pb
+from flightlog_server.domain import catalog as catalog_limits
 from tests.support import Stubs, create_identity
 
 # A topic for ``register_file``: (name, [(min_ns, max_ns), ...]) with an empty schema name, or a
@@ -102,6 +103,26 @@ def register_file_request(
             for t in topics
         ],
     )
+
+
+def maximal_register_file_request(dataset_id: str) -> catalog_pb.RegisterFileRequest:
+    """RegisterFile at both of its count limits at once: 10,000 partitions of 10 extents each
+    (100,000 in all), ~0.75 MiB. The extents are relative to the file (small numbers, a few bytes
+    each: memory per byte sent is then at its highest) and placed on the epoch by the offset."""
+    topics = [
+        partition(f"/robot/sensor_{n:05}", [(k * 10, k * 10 + 5) for k in range(10)])
+        for n in range(catalog_limits.MAX_PARTITIONS_PER_FILE)
+    ]
+    request = register_file_request(dataset_id, topics, offset=1_700_000_000_000_000_000)
+    assert sum(len(p.extents) for p in request.partitions) == catalog_limits.MAX_EXTENTS_PER_FILE
+    return request
+
+
+def warm_up_registrations(stubs: Stubs, dataset_id: str) -> None:
+    """Registers a file big enough to take every path of a large registration (1,000
+    partitions), so that a measurement that follows sees a request's own cost, not the server's
+    first use of its code, pool connections and statement caches."""
+    register_file(stubs, dataset_id, [(unique("/warm-up/"), [(1, 2), (3, 4)]) for _ in range(1000)])
 
 
 def register_file(

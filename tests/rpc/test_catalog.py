@@ -525,15 +525,24 @@ def test_sessions_spanning_the_whole_epoch_range_keep_a_duration(stubs: Stubs) -
     assert (bounded.min_timestamp_ns, bounded.max_timestamp_ns) == (EPOCH_MIN, EPOCH_MAX)
 
 
-def test_register_file_rejects_more_than_1000_extents_in_a_partition(stubs: Stubs) -> None:
+def test_register_file_rejects_more_than_100000_extents_in_all(stubs: Stubs) -> None:
     dataset = make_dataset(stubs)
+    # The limit is the file's total, however the extents are spread over its partitions.
+    topics = [(f"/t{n}", [(k, k) for k in range(1_000)]) for n in range(100)]
     failure = rpc_error(
-        lambda: register_file(stubs, dataset.dataset_id, [("/a", [(n, n) for n in range(1001)])])
+        lambda: register_file(stubs, dataset.dataset_id, [*topics, ("/one-more", [(0, 0)])])
     )
-    assert_invalid(failure, "partitions[0].extents")
-    file = register_file(stubs, dataset.dataset_id, [("/a", [(n, n) for n in range(1000)])])
+    assert_invalid(failure, "partitions")
+    assert "100,000 extents" in failure.fields["partitions"]
+
+
+def test_register_file_stores_100000_extents_of_one_partition_in_order(stubs: Stubs) -> None:
+    dataset = make_dataset(stubs)
+    extents = [(n, n + 1) for n in range(100_000)]
+    file = register_file(stubs, dataset.dataset_id, [("/a", extents)])
+    assert (file.min_timestamp_ns, file.max_timestamp_ns) == (0, 100_000)
     (stored,) = file_topics(stubs, file.file_id)
-    assert len(stored.extents) == 1000
+    assert [(e.min_timestamp_ns, e.max_timestamp_ns) for e in stored.extents] == extents
 
 
 def test_register_file_rejects_more_than_10000_partitions(stubs: Stubs) -> None:

@@ -318,7 +318,9 @@ class TopicPartitionSpec(_message.Message):
     """The number of messages (>= 0)."""
     @_builtins.property
     def extents(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineExtent]:
-        """The partition's timeline extents (at most 1,000); none for a topic without messages."""
+        """The partition's timeline extents; none for a topic without messages. A file has at most
+        100,000 extents over all its partitions (until issue 11: at most 1,000 per partition).
+        """
 
     def __init__(
         self,
@@ -762,7 +764,9 @@ class RegisterFileRequest(_message.Message):
     """
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicPartitionSpec]:
-        """The file's topic partitions, one per topic (at most 10,000)."""
+        """The file's topic partitions, one per topic (at most 10,000, with at most 100,000 extents in
+        all).
+        """
 
     @_builtins.property
     def recovery(self) -> Global___FileRecovery:
@@ -945,7 +949,9 @@ class ListFileTopicsRequest(_message.Message):
     file_id: _builtins.str
     """Required. The file ID."""
     page_size: _builtins.int
-    """Items per streamed batch, 1 to 1,000; 0 means 500."""
+    """Partitions per streamed batch, 1 to 1,000; 0 means 500. A batch also stops before the
+    partition that would take it past 10,000 extents.
+    """
     page_token: _builtins.str
     """A resume token from an earlier response of the same request; empty starts at the beginning."""
     def __init__(

@@ -32,8 +32,9 @@ class CatalogServiceStub:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def __init__(self, channel):
@@ -116,8 +117,9 @@ class CatalogServiceServicer:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def CreateDevice(self, request, context):
@@ -189,15 +191,19 @@ class CatalogServiceServicer:
     def RegisterFile(self, request, context):
         """Registers a file of a dataset with its topic partitions and their timeline extents, in one
         transaction. Topics are matched to existing topic identities by (name, schema name) or
-        created.
+        created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+        at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+        9 times the request's size, and other calls are served while it is checked and stored.
 
         A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
         recognises a recording it registered before, whatever its path), and, when it was salvaged
         from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
 
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-        a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
-        recovery without a reason or with more readable bytes than the file has); NOT_FOUND
+        a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+        than the limits, a malformed content hash, a recovery without a reason or with more readable
+        bytes than the file has); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB;
+        NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
         that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
         a `request_id`, a replay returns the file registered the first time.
@@ -227,7 +233,10 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFileTopics(self, request, context):
-        """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+        """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+        batch holds at most `page_size` partitions, and stops before the partition that would take it
+        past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+        own.
 
         Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
         """
@@ -339,8 +348,9 @@ class CatalogService:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @staticmethod

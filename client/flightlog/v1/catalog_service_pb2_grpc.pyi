@@ -33,8 +33,9 @@ class CatalogServiceStub:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @_typing.overload
@@ -82,15 +83,19 @@ class CatalogServiceStub:
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterFileRequest, _catalog_service_pb2.RegisterFileResponse]
     """Registers a file of a dataset with its topic partitions and their timeline extents, in one
     transaction. Topics are matched to existing topic identities by (name, schema name) or
-    created.
+    created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+    at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+    9 times the request's size, and other calls are served while it is checked and stored.
 
     A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
     recognises a recording it registered before, whatever its path), and, when it was salvaged
     from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
 
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-    a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
-    recovery without a reason or with more readable bytes than the file has); NOT_FOUND
+    a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+    than the limits, a malformed content hash, a recovery without a reason or with more readable
+    bytes than the file has); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB;
+    NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
     that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
     a `request_id`, a replay returns the file registered the first time.
@@ -108,7 +113,10 @@ class CatalogServiceStub:
     `content_sha256`).
     """
     ListFileTopics: _grpc.UnaryStreamMultiCallable[_catalog_service_pb2.ListFileTopicsRequest, _catalog_service_pb2.ListFileTopicsResponse]
-    """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+    """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+    batch holds at most `page_size` partitions, and stops before the partition that would take it
+    past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+    own.
 
     Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
@@ -134,8 +142,9 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -180,15 +189,19 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     RegisterFile: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterFileRequest, _catalog_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
     """Registers a file of a dataset with its topic partitions and their timeline extents, in one
     transaction. Topics are matched to existing topic identities by (name, schema name) or
-    created.
+    created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+    at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+    9 times the request's size, and other calls are served while it is checked and stored.
 
     A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
     recognises a recording it registered before, whatever its path), and, when it was salvaged
     from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
 
     Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-    a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
-    recovery without a reason or with more readable bytes than the file has); NOT_FOUND
+    a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+    than the limits, a malformed content hash, a recovery without a reason or with more readable
+    bytes than the file has); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB;
+    NOT_FOUND
     (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
     that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
     a `request_id`, a replay returns the file registered the first time.
@@ -206,7 +219,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     `content_sha256`).
     """
     ListFileTopics: _aio.UnaryStreamMultiCallable[_catalog_service_pb2.ListFileTopicsRequest, _catalog_service_pb2.ListFileTopicsResponse]  # type: ignore[assignment]
-    """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+    """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+    batch holds at most `page_size` partitions, and stops before the partition that would take it
+    past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+    own.
 
     Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
@@ -231,8 +247,9 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @_abc_1.abstractmethod
@@ -323,15 +340,19 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_catalog_service_pb2.RegisterFileResponse, _abc.Awaitable[_catalog_service_pb2.RegisterFileResponse]]:
         """Registers a file of a dataset with its topic partitions and their timeline extents, in one
         transaction. Topics are matched to existing topic identities by (name, schema name) or
-        created.
+        created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
+        at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
+        9 times the request's size, and other calls are served while it is checked and stored.
 
         A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
         recognises a recording it registered before, whatever its path), and, when it was salvaged
         from a damaged recording, a `recovery` that says what was wrong and how much was recovered.
 
         Errors: INVALID_ARGUMENT for a bad field (empty path, negative size, extent with min > max,
-        a topic listed twice, an extent plus the offset outside int64, a malformed content hash, a
-        recovery without a reason or with more readable bytes than the file has); NOT_FOUND
+        a topic listed twice, an extent plus the offset outside int64, more partitions or extents
+        than the limits, a malformed content hash, a recovery without a reason or with more readable
+        bytes than the file has); RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request over 1 MiB;
+        NOT_FOUND
         (DATASET_NOT_FOUND, DEVICE_NOT_FOUND); ALREADY_EXISTS when the dataset already has a file at
         that path, or (REQUEST_ID_REUSED) when the `request_id` was used with a different body. With
         a `request_id`, a replay returns the file registered the first time.
@@ -367,7 +388,10 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.ListFileTopicsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_catalog_service_pb2.ListFileTopicsResponse], _abc.AsyncIterator[_catalog_service_pb2.ListFileTopicsResponse]]:
-        """Streams a file's topic partitions with their timeline extents, ordered by topic name.
+        """Streams a file's topic partitions with their timeline extents, ordered by topic name. A
+        batch holds at most `page_size` partitions, and stops before the partition that would take it
+        past 10,000 extents; a partition is never split, so one with more extents is a batch of its
+        own.
 
         Errors: NOT_FOUND (FILE_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
         """

@@ -64,7 +64,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 16
     """UNAVAILABLE: the database cannot be reached; retry with backoff."""
     ERROR_REASON_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 17
-    """RESOURCE_EXHAUSTED: a request or a stream exceeded a server limit."""
+    """RESOURCE_EXHAUSTED: a request or a stream exceeded a server limit. For a request message over
+    1 MiB, `metadata["limit_bytes"]` is the limit and `metadata["request_bytes"]` its size.
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 18
     """INTERNAL: an unexpected failure; `RequestInfo.request_id` identifies it in the server logs."""
     ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 19
@@ -95,14 +97,29 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     `google.rpc.RequestInfo` with the request id the server logged; a database that is down is
     UNAVAILABLE and the call can be retried.
 
-    Size limits (exceeding one is INVALID_ARGUMENT unless said otherwise): a request message is at
-    most 16 MiB (RESOURCE_EXHAUSTED past it); a session name is at most 120 characters; a
-    description at most 4,096 characters; at most 256 tags of at most 128 characters each;
-    metadata at most 64 KiB as JSON and 16 levels deep; at most 10,000 files in one AddSessionFiles
-    call; at most 1,000 metrics in one PublishSessionMetrics call; a list batch (`page_size`) at
-    most 1,000 items. Every time placed on the Unix epoch (a contribution's window, a file's
-    extents plus its offset) lies strictly within ±2^62 ns of it (about the years 1824 to 2116), so
-    that a session's duration always fits in int64.
+    Size limits (exceeding one is INVALID_ARGUMENT unless said otherwise). Each is set so that one
+    request at the limit costs the server a bounded amount of memory and holds its event loop for
+    at most a few tens of milliseconds (the README's "Limits" gives the measured cost of each):
+    - A request message is at most 1 MiB, uncompressed: RESOURCE_EXHAUSTED (LIMIT_EXCEEDED, with
+      `metadata["limit_bytes"]` and `metadata["request_bytes"]`), before it is parsed. gRPC itself
+      refuses messages over 4 MiB, unread, with RESOURCE_EXHAUSTED and no details. (Until issue 11
+      the limit was 16 MiB: the protobuf parser holds the server's only thread while it builds a
+      message, and can spend 40 bytes per byte on empty sub-messages.)
+    - A session name is at most 120 characters; a description at most 4,096 characters; at most
+      256 tags of at most 128 characters each; metadata at most 64 KiB as JSON and 16 levels deep;
+      at most 256 device IDs in one CreateSession (new in issue 11: 120,000 of them took the
+      server 2 s).
+    - At most 10,000 files in one AddSessionFiles or RemoveSessionFiles call; at most 1,000 metrics
+      in one PublishSessionMetrics call.
+    - A ListSessions filter holds at most 16 custom-field conditions and at most 1,000 IN values in
+      all of them together (new in issue 11: 16 x 1,000 values held the server for 0.3 s).
+    - A file registered with RegisterFile has at most 10,000 topic partitions and at most 100,000
+      timeline extents in all (until issue 11: 1,000 per partition, so up to 10 million).
+    - A list batch (`page_size`) is at most 1,000 items; a ListFileTopics batch also stops before
+      the partition that would take it past 10,000 extents.
+    Every time placed on the Unix epoch (a contribution's window, a file's extents plus its
+    offset) lies strictly within ±2^62 ns of it (about the years 1824 to 2116), so that a session's
+    duration always fits in int64.
 
     The reasons carried by `google.rpc.ErrorInfo.reason`, documented here so that every client
     language can branch on them. The wire value is the name without the `ERROR_REASON_` prefix.
@@ -147,7 +164,9 @@ ERROR_REASON_REVISION_EXPIRED: ErrorReason.ValueType  # 15
 ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 16
 """UNAVAILABLE: the database cannot be reached; retry with backoff."""
 ERROR_REASON_LIMIT_EXCEEDED: ErrorReason.ValueType  # 17
-"""RESOURCE_EXHAUSTED: a request or a stream exceeded a server limit."""
+"""RESOURCE_EXHAUSTED: a request or a stream exceeded a server limit. For a request message over
+1 MiB, `metadata["limit_bytes"]` is the limit and `metadata["request_bytes"]` its size.
+"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 18
 """INTERNAL: an unexpected failure; `RequestInfo.request_id` identifies it in the server logs."""
 ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 19

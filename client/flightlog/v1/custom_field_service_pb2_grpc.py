@@ -31,8 +31,9 @@ class CustomFieldServiceStub:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def __init__(self, channel):
@@ -74,8 +75,9 @@ class CustomFieldServiceServicer:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def CreateCustomField(self, request, context):
@@ -169,8 +171,9 @@ class CustomFieldService:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @staticmethod

@@ -32,8 +32,9 @@ class CustomFieldServiceStub:
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @_typing.overload
@@ -77,8 +78,9 @@ class CustomFieldServiceAsyncStub(CustomFieldServiceStub):
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -118,8 +120,9 @@ class CustomFieldServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
     org-scope rules described in `common.proto`, with INVALID_ARGUMENT for a malformed ID or a field
-    outside its documented limits, with UNAVAILABLE while the database is down, and with INTERNAL
-    for an unexpected failure.
+    outside its documented limits, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a request message
+    over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for an unexpected
+    failure.
     """
 
     @_abc_1.abstractmethod

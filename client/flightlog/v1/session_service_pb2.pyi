@@ -632,7 +632,9 @@ class CreateSessionRequest(_message.Message):
     """
     @_builtins.property
     def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Devices to attach at creation; each must exist in the org. Duplicates are collapsed."""
+        """Devices to attach at creation (at most 256); each must exist in the org. Duplicates are
+        collapsed.
+        """
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
@@ -1297,7 +1299,9 @@ class SessionFilter(_message.Message):
 
     @_builtins.property
     def custom_fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomFieldCondition]:
-        """Conditions on custom-field values, all of which must hold (at most 16)."""
+        """Conditions on custom-field values, all of which must hold: at most 16, with at most 1,000 IN
+        values in all of them together.
+        """
 
     def __init__(
         self,

@@ -34,8 +34,9 @@ class SessionServiceStub:
     write that changes their inputs, so a session never disagrees with its contents.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a
+    request message over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for
+    an unexpected failure.
     """
 
     def __init__(self, channel):
@@ -155,8 +156,9 @@ class SessionServiceServicer:
     write that changes their inputs, so a session never disagrees with its contents.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a
+    request message over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for
+    an unexpected failure.
     """
 
     def CreateSession(self, request, context):
@@ -537,8 +539,9 @@ class SessionService:
     write that changes their inputs, so a session never disagrees with its contents.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a
+    request message over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for
+    an unexpected failure.
     """
 
     @staticmethod

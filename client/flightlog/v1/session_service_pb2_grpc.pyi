@@ -35,8 +35,9 @@ class SessionServiceStub:
     write that changes their inputs, so a session never disagrees with its contents.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a
+    request message over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for
+    an unexpected failure.
     """
 
     @_typing.overload
@@ -232,8 +233,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
     write that changes their inputs, so a session never disagrees with its contents.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a
+    request message over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for
+    an unexpected failure.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -425,8 +427,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     write that changes their inputs, so a session never disagrees with its contents.
 
     Every RPC may also fail with UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT for the
-    org-scope rules described in `common.proto`, with UNAVAILABLE while the database is down, and
-    with INTERNAL for an unexpected failure.
+    org-scope rules described in `common.proto`, with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) for a
+    request message over 1 MiB, with UNAVAILABLE while the database is down, and with INTERNAL for
+    an unexpected failure.
     """
 
     @_abc_1.abstractmethod

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flightlog_server.domain.rules import (
     Violations,
@@ -21,12 +23,21 @@ from flightlog_server.domain.rules import (
     is_epoch_ns,
 )
 
+# Limits of RegisterFile (documented in catalog_service.proto, with what one request at the limit
+# costs the server in the README's "Limits"). A file's extents are checked and copied one by one,
+# so their total, not their count per partition, is what bounds the cost of a registration (and
+# of the ListFileTopics batch that returns them).
 MAX_RELATIVE_PATH_CHARS = 1024
 MAX_PARTITIONS_PER_FILE = 10_000
-MAX_EXTENTS_PER_PARTITION = 1_000
+MAX_EXTENTS_PER_FILE = 100_000
 MAX_TOPIC_NAME_CHARS = 512
 MAX_SCHEMA_NAME_CHARS = 512
 MAX_MESSAGE_ENCODING_CHARS = 64
+# A ListFileTopics batch stops before the partition that would take it past this many extents
+# (a batch of 1,000 partitions could otherwise carry all of a file's 100,000).
+EXTENTS_PER_LISTING_BATCH = 10_000
+# How many extents are checked between two chances for other calls to run (see ``check_file``).
+_EXTENTS_PER_STEP = 512
 MAX_RECOVERY_DETAIL_CHARS = 1000
 INT64_MAX = 2**63 - 1
 RECOVERY_REASONS = ("truncated", "corrupt")
@@ -34,23 +45,48 @@ RECOVERY_REASONS = ("truncated", "corrupt")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
-class Extent:
-    """A closed time extent of a topic partition, as stored (offset not applied)."""
+# A file to register, as the RegisterFile request holds it. The request message itself is what is
+# checked and stored (it satisfies these protocols): copying 100,000 extents into domain objects
+# first would cost about 100 times the request's size in memory (issue 11).
+class ExtentInput(Protocol):
+    """A closed time extent of a topic partition, as recorded (offset not applied)."""
 
-    min_ns: int
-    max_ns: int
+    @property
+    def min_timestamp_ns(self) -> int: ...
+    @property
+    def max_timestamp_ns(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class PartitionSpec:
-    """One topic's messages within a file, as sent to RegisterFile."""
+class PartitionInput(Protocol):
+    """One topic's messages within a file."""
 
-    topic_name: str
-    schema_name: str
-    message_encoding: str
-    message_count: int
-    extents: tuple[Extent, ...]
+    @property
+    def topic_name(self) -> str: ...
+    @property
+    def schema_name(self) -> str: ...
+    @property
+    def message_encoding(self) -> str: ...
+    @property
+    def message_count(self) -> int: ...
+    @property
+    def extents(self) -> Sequence[ExtentInput]: ...
+
+
+class FileInput(Protocol):
+    """A file to register; an empty ``device_id`` means "the dataset's device"."""
+
+    @property
+    def dataset_id(self) -> str: ...
+    @property
+    def relative_path(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def unix_epoch_offset_ns(self) -> int: ...
+    @property
+    def partitions(self) -> Sequence[PartitionInput]: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,15 @@ class RecoverySpec:
     reason: str | None
     detail: str
     readable_bytes: int
+
+
+@dataclass(frozen=True)
+class FileExtras:
+    """What RegisterFile takes besides the file's partitions (``FileInput``): its content hash
+    (lowercase hex, or None when not given) and, for a salvaged recording, its recovery."""
+
+    content_sha256: str | None = None
+    recovery: RecoverySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -75,29 +120,20 @@ class FileRecovery:
 
 
 @dataclass(frozen=True)
-class FileSpec:
-    """A file to register; ``device_id`` None means "the dataset's device"; ``content_sha256``
-    is lowercase hex, or None when not given."""
+class CheckedFile:
+    """What ``check_file`` found: (minimum, maximum) over the extents as recorded (None without
+    any), and the recovery to store (None for an intact file)."""
 
-    dataset_id: str
-    relative_path: str
-    size_bytes: int
-    device_id: str | None
-    unix_epoch_offset_ns: int
-    partitions: tuple[PartitionSpec, ...]
-    content_sha256: str | None = None
-    recovery: RecoverySpec | None = None
+    extents: tuple[int, int] | None
+    recovery: FileRecovery | None
 
-    def recovered(self) -> FileRecovery | None:
-        """The recovery stored with the file: the spec's, with its message count."""
-        if self.recovery is None or self.recovery.reason is None:
-            return None
-        return FileRecovery(
-            reason=self.recovery.reason,
-            detail=self.recovery.detail,
-            message_count=sum(p.message_count for p in self.partitions),
-            readable_bytes=self.recovery.readable_bytes,
-        )
+
+@dataclass(frozen=True)
+class Extent:
+    """A closed time extent of a topic partition, as stored (offset not applied)."""
+
+    min_ns: int
+    max_ns: int
 
 
 @dataclass(frozen=True)
@@ -155,18 +191,24 @@ class TopicRecord:
 
 @dataclass(frozen=True)
 class PartitionRecord:
+    """A stored partition; its extents are read on their own (there may be 100,000)."""
+
     topic: TopicRecord
     file_id: str
     message_count: int
-    extents: tuple[Extent, ...]
+    extent_count: int
 
 
-def extents_range(partitions: Iterable[PartitionSpec]) -> tuple[int, int] | None:
-    """(minimum, maximum) over every extent of the partitions, or None when there is none."""
-    lows = [e.min_ns for p in partitions for e in p.extents]
-    if not lows:
-        return None
-    return min(lows), max(e.max_ns for p in partitions for e in p.extents)
+def listing_batch(partitions: Sequence[PartitionRecord]) -> Sequence[PartitionRecord]:
+    """The first of ``partitions`` that one ListFileTopics batch carries: as many as hold at
+    most ``EXTENTS_PER_LISTING_BATCH`` extents together, and at least one (a partition is never
+    split across batches, so one with more extents is a batch of its own)."""
+    total = 0
+    for i, partition in enumerate(partitions):
+        total += partition.extent_count
+        if i > 0 and total > EXTENTS_PER_LISTING_BATCH:
+            return partitions[:i]
+    return partitions
 
 
 def offset_fits(extents: tuple[int, int] | None, offset: int) -> bool:
@@ -191,35 +233,88 @@ def check_content_sha256(v: Violations, field: str, value: str) -> None:
     v.check(bool(_SHA256_HEX.fullmatch(value)), field, "must be 64 hexadecimal characters")
 
 
-def check_file_spec(v: Violations, spec: FileSpec) -> None:
-    """Every rule of RegisterFile that needs no database, one violation per offending field."""
-    check_id(v, "dataset_id", spec.dataset_id, "dataset")
-    if not spec.relative_path:
+def check_file(
+    v: Violations, file: FileInput, extras: FileExtras
+) -> Generator[None, None, CheckedFile]:
+    """Every rule of RegisterFile that needs no database, one violation per offending field.
+
+    Returns what the check found (``CheckedFile``). A generator that yields between units of
+    work (a partition, or ``_EXTENTS_PER_STEP`` extents), for ``pacing.run_sliced``: checking
+    100,000 extents takes longer than other calls may wait. The counts are checked first, so a
+    file over a limit costs no per-extent work.
+    """
+    check_id(v, "dataset_id", file.dataset_id, "dataset")
+    if not file.relative_path:
         v.add("relative_path", "is required")
     else:
-        check_text(v, "relative_path", spec.relative_path, MAX_RELATIVE_PATH_CHARS)
-    v.check(spec.size_bytes >= 0, "size_bytes", "must not be negative")
-    if spec.device_id is not None:
-        check_device_id(v, "device_id", spec.device_id)
-    if spec.content_sha256 is not None:
-        check_content_sha256(v, "content_sha256", spec.content_sha256)
-    if spec.recovery is not None:
-        _check_recovery(v, spec.recovery, spec.size_bytes)
-    if len(spec.partitions) > MAX_PARTITIONS_PER_FILE:
-        v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE} partitions")
-        return
-    partitions_ok = _check_partitions(v, spec.partitions)
-    if spec.recovery is not None:
-        # The recovery stores the partitions' total, which must fit its int64 column.
-        v.check(
-            sum(max(p.message_count, 0) for p in spec.partitions) <= INT64_MAX,
+        check_text(v, "relative_path", file.relative_path, MAX_RELATIVE_PATH_CHARS)
+    v.check(file.size_bytes >= 0, "size_bytes", "must not be negative")
+    if file.device_id:
+        check_device_id(v, "device_id", file.device_id)
+    if extras.content_sha256 is not None:
+        check_content_sha256(v, "content_sha256", extras.content_sha256)
+    if extras.recovery is not None:
+        _check_recovery(v, extras.recovery, file.size_bytes)
+    partitions = file.partitions
+    if len(partitions) > MAX_PARTITIONS_PER_FILE:
+        v.add("partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE:,} partitions")
+        return CheckedFile(None, None)
+    extent_count = sum(len(p.extents) for p in partitions)
+    if extent_count > MAX_EXTENTS_PER_FILE:
+        v.add(
+            "partitions",
+            f"must hold at most {MAX_EXTENTS_PER_FILE:,} extents in all ({extent_count:,} sent)",
+        )
+        return CheckedFile(None, None)
+    extents_ok = True
+    low = high = None
+    messages = 0
+    identity_keys = array("q")
+    for i, p in enumerate(partitions):
+        identity_keys.append(_identity_key(_check_partition(v, i, p), i))
+        messages += max(p.message_count, 0)
+        for j, extent in enumerate(p.extents):
+            first, last = extent.min_timestamp_ns, extent.max_timestamp_ns
+            if first > last:
+                v.add(
+                    f"partitions[{i}].extents[{j}].min_timestamp_ns",
+                    "must not be greater than max_timestamp_ns",
+                )
+                extents_ok = False
+            if low is None or first < low:
+                low = first
+            if high is None or last > high:
+                high = last
+            if j % _EXTENTS_PER_STEP == _EXTENTS_PER_STEP - 1:
+                yield
+        yield
+    for i, first in _repeated_topics(partitions, identity_keys):
+        v.add(
+            f"partitions[{i}].topic_name",
+            f"repeats partitions[{first}] (same topic name and schema name); list each topic once",
+        )
+    recovery = None
+    # A recovery stores the partitions' total, which must fit its int64 column.
+    if (
+        extras.recovery is not None
+        and extras.recovery.reason is not None
+        and v.check(
+            messages <= INT64_MAX,
             "partitions",
             "the message counts of a recovered file must add up to at most 2^63-1",
         )
-    if partitions_ok:
-        check_offset(
-            v, "unix_epoch_offset_ns", extents_range(spec.partitions), spec.unix_epoch_offset_ns
+    ):
+        recovery = FileRecovery(
+            extras.recovery.reason,
+            extras.recovery.detail,
+            messages,
+            extras.recovery.readable_bytes,
         )
+    if low is None or high is None:
+        return CheckedFile(None, recovery)
+    if extents_ok:
+        check_offset(v, "unix_epoch_offset_ns", (low, high), file.unix_epoch_offset_ns)
+    return CheckedFile((low, high), recovery)
 
 
 def _check_recovery(v: Violations, recovery: RecoverySpec, size_bytes: int) -> None:
@@ -238,46 +333,65 @@ def _check_recovery(v: Violations, recovery: RecoverySpec, size_bytes: int) -> N
     )
 
 
-def _check_partitions(v: Violations, partitions: Sequence[PartitionSpec]) -> bool:
-    """Checks each partition; True when the extents are sound enough to check the offset."""
-    extents_ok = True
-    seen: dict[tuple[str, str], int] = {}
-    for i, p in enumerate(partitions):
-        field = f"partitions[{i}]"
-        if not p.topic_name:
-            v.add(f"{field}.topic_name", "is required")
-        else:
-            check_text(
-                v, f"{field}.topic_name", p.topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False
-            )
-        check_text(
-            v, f"{field}.schema_name", p.schema_name, MAX_SCHEMA_NAME_CHARS, allow_newlines=False
-        )
-        check_text(
-            v,
-            f"{field}.message_encoding",
-            p.message_encoding,
-            MAX_MESSAGE_ENCODING_CHARS,
-            allow_newlines=False,
-        )
-        v.check(p.message_count >= 0, f"{field}.message_count", "must not be negative")
-        identity = (p.topic_name, p.schema_name)
-        if identity in seen:
-            v.add(
-                f"{field}.topic_name",
-                f"repeats partitions[{seen[identity]}] (same topic name and schema name);"
-                " list each topic once",
-            )
-        seen.setdefault(identity, i)
-        if len(p.extents) > MAX_EXTENTS_PER_PARTITION:
-            v.add(f"{field}.extents", f"must hold at most {MAX_EXTENTS_PER_PARTITION} extents")
-            extents_ok = False
-            continue
-        for j, extent in enumerate(p.extents):
-            if extent.min_ns > extent.max_ns:
-                v.add(
-                    f"{field}.extents[{j}].min_timestamp_ns",
-                    "must not be greater than max_timestamp_ns",
-                )
-                extents_ok = False
-    return extents_ok
+def _check_partition(v: Violations, i: int, p: PartitionInput) -> tuple[str, str]:
+    """The rules of one partition's own fields; returns its topic identity."""
+    field = f"partitions[{i}]"
+    topic_name, schema_name = p.topic_name, p.schema_name
+    if not topic_name:
+        v.add(f"{field}.topic_name", "is required")
+    else:
+        check_text(v, f"{field}.topic_name", topic_name, MAX_TOPIC_NAME_CHARS, allow_newlines=False)
+    check_text(v, f"{field}.schema_name", schema_name, MAX_SCHEMA_NAME_CHARS, allow_newlines=False)
+    check_text(
+        v,
+        f"{field}.message_encoding",
+        p.message_encoding,
+        MAX_MESSAGE_ENCODING_CHARS,
+        allow_newlines=False,
+    )
+    v.check(p.message_count >= 0, f"{field}.message_count", "must not be negative")
+    return topic_name, schema_name
+
+
+# A topic listed twice is found without keeping each partition's identity: a dict of 10,000
+# (name, schema name) keys cost more memory than the request (issue 11). Each partition leaves
+# one 8-byte key, its identity's hash with the low bits replaced by its index; sorted, the keys
+# of equal hashes are adjacent and in index order, and only those are compared exactly.
+_INDEX_BITS = 14
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+assert MAX_PARTITIONS_PER_FILE <= _INDEX_MASK
+
+
+def _identity_key(identity: tuple[str, str], index: int) -> int:
+    return (hash(identity) & ~_INDEX_MASK) | index
+
+
+def _repeated_topics(
+    partitions: Sequence[PartitionInput], identity_keys: Sequence[int]
+) -> list[tuple[int, int]]:
+    """(index, first index) of each partition whose topic identity an earlier one has, by
+    index."""
+    repeats: list[tuple[int, int]] = []
+    run: list[int] = []  # indices whose keys share a hash, ascending
+    run_hash = 0
+    for key in sorted(identity_keys):
+        if run and key & ~_INDEX_MASK != run_hash:
+            _add_repeats(partitions, run, repeats)
+            run = []
+        run.append(key & _INDEX_MASK)
+        run_hash = key & ~_INDEX_MASK
+    _add_repeats(partitions, run, repeats)
+    return sorted(repeats)
+
+
+def _add_repeats(
+    partitions: Sequence[PartitionInput], run: list[int], repeats: list[tuple[int, int]]
+) -> None:
+    """Adds the repeats among ``run`` (ascending indices whose identities share a hash)."""
+    if len(run) < 2:
+        return
+    firsts: dict[tuple[str, str], int] = {}
+    for i in run:
+        first = firsts.setdefault((partitions[i].topic_name, partitions[i].schema_name), i)
+        if first != i:
+            repeats.append((i, first))

@@ -34,11 +34,20 @@ class InvalidArgument(DomainError):
 
     reason = "INVALID_REQUEST"
 
-    def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
+    def __init__(
+        self,
+        violations: Sequence[FieldViolation],
+        message: str | None = None,
+        *,
+        omitted: int = 0,
+    ) -> None:
         self.violations = list(violations)
+        # Violations that were counted but not kept (``rules.MAX_VIOLATIONS_KEPT``).
+        self.omitted = omitted
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:3])
-        if len(self.violations) > 3:
-            summary += f" (and {len(self.violations) - 3} more)"
+        more = len(self.violations) - 3 + omitted
+        if more > 0:
+            summary += f" (and {more} more)"
         super().__init__(message or f"invalid request: {summary}")
 
     @classmethod

@@ -6,7 +6,8 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
    and echoed in the response's initial metadata;
 2. the call's deadline is published to the storage layer (statement timeouts);
 3. ``authorization: Bearer <key>`` and ``x-org-id`` are resolved to a ``Caller`` (DESIGN §5);
-4. the request is parsed (bytes that do not parse are INVALID_ARGUMENT, not gRPC's UNKNOWN);
+4. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
+   parsed, and bytes that do not parse are INVALID_ARGUMENT (not gRPC's UNKNOWN);
 5. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
 """
@@ -26,7 +27,8 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from flightlog_server import request_context
-from flightlog_server.domain.errors import DomainError, InvalidArgument
+from flightlog_server.domain import rules
+from flightlog_server.domain.errors import DomainError, InvalidArgument, LimitExceeded
 from flightlog_server.domain.types import Caller
 from flightlog_server.rpc.errors import STATUS_DETAILS_KEY, internal_status, rich_status
 from flightlog_server.services.identity import Authenticator
@@ -57,9 +59,16 @@ Parser = Callable[[bytes], Any] | None
 
 
 def _parse(parse: Parser, raw: bytes) -> Any:
-    """The request message from its bytes; unparseable bytes are the caller's mistake."""
+    """The request message from its bytes; unparseable bytes are the caller's mistake, and so
+    are more than ``MAX_REQUEST_BYTES`` (checked first: parsing is what they would cost)."""
     if parse is None:
         return raw
+    if len(raw) > rules.MAX_REQUEST_BYTES:
+        raise LimitExceeded(
+            f"the request message is {len(raw):,} bytes; at most {rules.MAX_REQUEST_BYTES:,}"
+            " are accepted",
+            metadata={"limit_bytes": str(rules.MAX_REQUEST_BYTES), "request_bytes": str(len(raw))},
+        )
     try:
         return parse(raw)
     except DecodeError as e:

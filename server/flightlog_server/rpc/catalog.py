@@ -14,11 +14,11 @@ from flightlog_server.domain.catalog import (
     DatasetRecord,
     DeviceRecord,
     FileRecord,
-    PartitionRecord,
 )
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.types import IdempotencyKey
+from flightlog_server.pacing import Pacer, run_sliced
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.services.catalog import Catalog
@@ -156,14 +156,15 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         self, request: pb.RegisterFileRequest, context: Context
     ) -> pb.RegisterFileResponse:
         caller = current_caller()
-        spec = convert.file_spec(request)
         v = Violations()
-        catalog.check_file_spec(v, spec)
+        # The request itself is checked and then stored, extent by extent (domain.catalog):
+        # never copied whole, and other calls run while its 100,000 extents are gone through.
+        extras = convert.file_extras(request)
+        checked = await run_sliced(catalog.check_file(v, request, extras))
         rules.check_request_id(v, request.request_id)
         v.raise_if_any()
         key = _idempotency_key("RegisterFile", request)
-
-        file = await self.catalog.register_file(caller, spec, key)
+        file = await self.catalog.register_file(caller, request, checked, extras, key)
         return pb.RegisterFileResponse(file=convert.file_message(file))
 
     async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
@@ -222,31 +223,31 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     async def ListFileTopics(
         self, request: pb.ListFileTopicsRequest, context: Context
     ) -> AsyncIterator[pb.ListFileTopicsResponse]:
+        """Like every listing (``pagination``), except that a batch also stops before the
+        partition that would take it past ``catalog.EXTENTS_PER_LISTING_BATCH`` extents: the
+        stream therefore ends on a short *page* of partitions, not a short batch."""
         caller = current_caller()
         v = Violations()
         rules.check_id(v, "file_id", request.file_id, "file")
         size = rules.check_page(v, request.page_size)
         v.raise_if_any()
-
-        async def fetch(after: list[Any] | None, limit: int) -> list[PartitionRecord]:
-            position = pagination.checked_position(after, str, str)
-            keyset = (position[0], position[1]) if position else None
-            return await self.catalog.file_topics(caller, request.file_id, keyset, limit)
-
-        def build(rows: Sequence[PartitionRecord], token: str) -> pb.ListFileTopicsResponse:
-            return pb.ListFileTopicsResponse(
-                partitions=[convert.topic_partition_message(p) for p in rows],
-                next_page_token=token,
-            )
-
-        async for response in pagination.stream_pages(
-            scope=pagination.fingerprint("ListFileTopics", caller.org_id, request.file_id),
-            page_token=request.page_token,
-            page_size=size,
-            fetch=fetch,
-            position_of=lambda p: [p.topic.name, p.topic.topic_id],
-            build=build,
-        ):
+        file_id = request.file_id
+        scope = pagination.fingerprint("ListFileTopics", caller.org_id, file_id)
+        position = pagination.checked_position(
+            pagination.decode(request.page_token, scope), str, str
+        )
+        after = (position[0], position[1]) if position else None
+        async for batch in self.catalog.file_topic_batches(caller, file_id, after, size):
+            response = pb.ListFileTopicsResponse()
+            pacer = Pacer()
+            for partition in batch.partitions:
+                message = response.partitions.add()
+                message.CopyFrom(convert.topic_partition_message(partition))
+                for low, high in batch.extents[partition.topic.topic_id]:
+                    message.extents.add(min_timestamp_ns=low, max_timestamp_ns=high)
+                await pacer.tick()
+            end = batch.partitions[-1].topic
+            response.next_page_token = pagination.encode(scope, [end.name, end.topic_id])
             yield response
 
     async def UpdateFileTimelineOffset(

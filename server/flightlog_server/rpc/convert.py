@@ -15,7 +15,6 @@ import math
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
 
 from flightlog.v1 import (
     catalog_service_pb2,
@@ -26,11 +25,9 @@ from flightlog.v1 import (
 from flightlog_server.domain.catalog import (
     DatasetRecord,
     DeviceRecord,
-    Extent,
+    FileExtras,
     FileRecord,
-    FileSpec,
     PartitionRecord,
-    PartitionSpec,
     RecoverySpec,
 )
 from flightlog_server.domain.errors import InvalidArgument
@@ -243,6 +240,7 @@ def content_sha256(value: str) -> str | None:
 
 
 def topic_partition_message(partition: PartitionRecord) -> catalog_service_pb2.TopicPartition:
+    """A partition without its extents (``ListFileTopics`` adds them as it reads them)."""
     topic = partition.topic
     return catalog_service_pb2.TopicPartition(
         topic=common_pb2.Topic(
@@ -253,31 +251,13 @@ def topic_partition_message(partition: PartitionRecord) -> catalog_service_pb2.T
         ),
         file_id=partition.file_id,
         message_count=partition.message_count,
-        extents=[
-            catalog_service_pb2.TimelineExtent(min_timestamp_ns=e.min_ns, max_timestamp_ns=e.max_ns)
-            for e in partition.extents
-        ],
     )
 
 
-def file_spec(request: catalog_service_pb2.RegisterFileRequest) -> FileSpec:
-    """The domain view of a RegisterFile request; an empty ``device_id`` means the dataset's."""
-    return FileSpec(
-        dataset_id=request.dataset_id,
-        relative_path=request.relative_path,
-        size_bytes=request.size_bytes,
-        device_id=request.device_id or None,
-        unix_epoch_offset_ns=request.unix_epoch_offset_ns,
-        partitions=tuple(
-            PartitionSpec(
-                topic_name=p.topic_name,
-                schema_name=p.schema_name,
-                message_encoding=p.message_encoding,
-                message_count=p.message_count,
-                extents=tuple(Extent(e.min_timestamp_ns, e.max_timestamp_ns) for e in p.extents),
-            )
-            for p in request.partitions
-        ),
+def file_extras(request: catalog_service_pb2.RegisterFileRequest) -> FileExtras:
+    """What a RegisterFile request says besides the partitions: the content hash (lowercased)
+    and the recovery of a salvaged recording."""
+    return FileExtras(
         content_sha256=content_sha256(request.content_sha256),
         recovery=(
             RecoverySpec(
@@ -345,11 +325,28 @@ def custom_field_message(definition: CustomFieldDef) -> custom_field_service_pb2
     )
 
 
-def request_fingerprint(method: str, request: Message) -> bytes:
+# The create requests that take a ``request_id`` (an idempotency key).
+IdempotentRequest = (
+    session_service_pb2.CreateSessionRequest
+    | session_service_pb2.CreateSessionFromDatasetRequest
+    | catalog_service_pb2.CreateDatasetRequest
+    | catalog_service_pb2.RegisterFileRequest
+)
+
+
+def request_fingerprint(method: str, request: IdempotentRequest) -> bytes:
     """A digest of a create request without its ``request_id``, to tell a replay (same body)
     from a reused key (another body). The method name is part of it: requests of different
-    methods can serialize to the same bytes."""
-    body = type(request).FromString(request.SerializeToString())
-    body.ClearField("request_id")
-    data = method.encode() + b"\x00" + body.SerializeToString(deterministic=True)
-    return hashlib.sha256(data).digest()
+    methods can serialize to the same bytes.
+
+    The ``request_id`` is cleared on the request itself while it is serialized, and put back:
+    a copy of a RegisterFile request would cost several times its size (up to 1 MiB)."""
+    request_id = request.request_id
+    request.ClearField("request_id")
+    try:
+        body = request.SerializeToString(deterministic=True)
+    finally:
+        request.request_id = request_id
+    digest = hashlib.sha256(method.encode() + b"\x00")
+    digest.update(body)
+    return digest.digest()

@@ -78,11 +78,11 @@ def rich_status(error: e.DomainError) -> tuple[grpc.StatusCode, str, bytes]:
             )
             for v in shown
         ]
-        if len(error.violations) > len(shown):
+        hidden = len(error.violations) - len(shown) + error.omitted
+        if hidden > 0:
             violations.append(
                 error_details_pb2.BadRequest.FieldViolation(
-                    field="*",
-                    description=f"{len(error.violations) - len(shown)} more violations not shown",
+                    field="*", description=f"{hidden} more violations not shown"
                 )
             )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))

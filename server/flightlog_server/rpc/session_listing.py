@@ -188,6 +188,11 @@ def _check_filter(v: Violations, f: pb.SessionFilter) -> None:
             "filter.custom_fields",
             f"must hold at most {rules.MAX_CUSTOM_FIELD_CONDITIONS} conditions",
         )
+    elif sum(len(c.values) for c in f.custom_fields) > rules.MAX_IN_VALUES_PER_FILTER:
+        v.add(
+            "filter.custom_fields",
+            f"must hold at most {rules.MAX_IN_VALUES_PER_FILTER:,} IN values in all",
+        )
 
 
 def _check_sort(v: Violations, sort: pb.SessionSort) -> tuple[SortKey, bool]:
@@ -285,6 +290,7 @@ def _condition(
             v.add(f"{path}.value", "must be empty with IN; put the operands in values")
         if not 1 <= len(sent.values) <= rules.MAX_IN_VALUES:
             v.add(f"{path}.values", f"must hold 1 to {rules.MAX_IN_VALUES} values")
+            return None  # not one operand is looked at
         for j, value in enumerate(sent.values):
             operand = _operand(v, f"{path}.values[{j}]", definition, value)
             if operand is not None:

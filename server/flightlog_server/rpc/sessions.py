@@ -174,15 +174,17 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     ) -> Serialized:
         v = Violations()
         rules.check_id(v, "session_id", request.session_id, "session")
-        specs = [
-            ContributionSpec(
-                file_id=f.file_id,
-                range_min_ns=_optional(f, "range_min_timestamp_ns"),
-                range_max_ns=_optional(f, "range_max_timestamp_ns"),
-            )
-            for f in request.files
-        ]
-        rules.check_contributions(v, specs)
+        specs: list[ContributionSpec] = []
+        if rules.check_count(v, "files", len(request.files), rules.MAX_FILES_PER_CALL, "files"):
+            specs = [
+                ContributionSpec(
+                    file_id=f.file_id,
+                    range_min_ns=_optional(f, "range_min_timestamp_ns"),
+                    range_max_ns=_optional(f, "range_max_timestamp_ns"),
+                )
+                for f in request.files
+            ]
+            rules.check_contributions(v, specs)
         v.raise_if_any()
         view = await self.sessions.add_files(
             current_caller(), request.session_id, specs, _optional(request, "expected_revision")
@@ -422,9 +424,12 @@ def _new_session(
     device_ids: tuple[str, ...] = ()
     dataset_id = None
     if isinstance(request, pb.CreateSessionRequest):
-        for i, device_id in enumerate(request.device_ids):
-            rules.check_device_id(v, f"{prefix}device_ids[{i}]", device_id)
-        device_ids = tuple(rules.dedupe(request.device_ids))
+        count = len(request.device_ids)
+        limit = rules.MAX_DEVICE_IDS_PER_CALL
+        if rules.check_count(v, f"{prefix}device_ids", count, limit, "device IDs"):
+            for i, device_id in enumerate(request.device_ids):
+                rules.check_device_id(v, f"{prefix}device_ids[{i}]", device_id)
+            device_ids = tuple(rules.dedupe(request.device_ids))
     else:
         rules.check_id(v, f"{prefix}dataset_id", request.dataset_id, "dataset")
         dataset_id = request.dataset_id

@@ -7,22 +7,27 @@ contributions, and deleting a device detaches it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog_server.domain import catalog
 from flightlog_server.domain.catalog import (
+    CheckedFile,
     DatasetRecord,
     DeviceRecord,
+    FileExtras,
+    FileInput,
     FileRecord,
-    FileSpec,
     PartitionRecord,
 )
 from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.types import Caller, IdempotencyKey
+from flightlog_server.pacing import Pacer
 from flightlog_server.services.unit_of_work import RecordFormat, SessionWrites, write_sessions
 from flightlog_server.storage import catalog as store
 from flightlog_server.storage import sessions as session_store
@@ -30,6 +35,16 @@ from flightlog_server.storage.catalog import CatalogRepository
 from flightlog_server.storage.database import Database
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TopicBatch:
+    """A batch of a file's partitions, with each one's extents (min, max) by topic ID, in
+    order; ``last`` when no partition follows."""
+
+    partitions: Sequence[PartitionRecord]
+    extents: dict[str, list[tuple[int, int]]]
+    last: bool
 
 
 class Catalog:
@@ -88,9 +103,15 @@ class Catalog:
     # --- files ---------------------------------------------------------------------------------
 
     async def register_file(
-        self, caller: Caller, spec: FileSpec, key: IdempotencyKey | None
+        self,
+        caller: Caller,
+        file: FileInput,
+        checked: CheckedFile,
+        extras: FileExtras,
+        key: IdempotencyKey | None,
     ) -> FileRecord:
-        return await self._run(caller, lambda repo: repo.register_file(spec, key))
+        """Registers a file that passed ``catalog.check_file`` (which found ``checked``)."""
+        return await self._run(caller, lambda repo: repo.register_file(file, checked, extras, key))
 
     async def get_file(self, caller: Caller, file_id: str) -> FileRecord:
         return await self._run(caller, lambda repo: repo.get_file(file_id))
@@ -118,18 +139,36 @@ class Catalog:
 
         return await self._run(caller, work)
 
-    async def file_topics(
-        self, caller: Caller, file_id: str, after: tuple[str, str] | None, limit: int
-    ) -> list[PartitionRecord]:
-        """The file's partitions by (topic name, topic ID), after ``after`` (NOT_FOUND for a file
-        not in the org, checked with the first page)."""
+    async def file_topic_batches(
+        self, caller: Caller, file_id: str, after: tuple[str, str] | None, size: int
+    ) -> AsyncIterator[TopicBatch]:
+        """The file's partitions by (topic name, topic ID) after ``after``, with their extents,
+        in batches of at most ``size`` partitions that also stop before the partition that would
+        take them past ``catalog.EXTENTS_PER_LISTING_BATCH`` extents (a partition is never split,
+        so one with more is a batch of its own). NOT_FOUND for a file not in the org."""
+        await self._run(caller, lambda repo: repo.get_file(file_id))
 
-        async def work(repo: CatalogRepository) -> list[PartitionRecord]:
-            if after is None:
-                await repo.get_file(file_id)
-            return await repo.list_partitions(file_id, after, limit)
+        async def batch(repo: CatalogRepository) -> TopicBatch | None:
+            page = await repo.list_partitions(file_id, after, size)
+            if not page:
+                return None
+            partitions = catalog.listing_batch(page)
+            extents: dict[str, list[tuple[int, int]]] = {p.topic.topic_id: [] for p in partitions}
+            pacer = Pacer()
+            chunks = repo.extents_of_partitions(file_id, list(extents))
+            async with contextlib.aclosing(chunks):
+                async for rows in chunks:
+                    for topic_id, low, high in rows:
+                        extents[topic_id].append((low, high))
+                    await pacer.tick()
+            # The last batch is the one that ends a short page of partitions.
+            return TopicBatch(partitions, extents, len(page) < size and partitions == page)
 
-        return await self._run(caller, work)
+        while (found := await self._run(caller, batch)) is not None:
+            yield found
+            if found.last:
+                return
+            after = (found.partitions[-1].topic.name, found.partitions[-1].topic.topic_id)
 
     async def set_file_offset(self, caller: Caller, file_id: str, offset: int) -> FileRecord:
         """Moves the file on the timeline; the sessions it contributes to get new bounds (one

@@ -8,31 +8,33 @@ are held with ``FOR KEY SHARE``, which blocks their deletion but not other reade
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Table, Text, and_, bindparam, delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from psycopg import AsyncCopy
+from sqlalchemy import Table, and_, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog_server.domain.catalog import (
+    CheckedFile,
     DatasetRecord,
     DeviceRecord,
-    Extent,
+    FileExtras,
+    FileInput,
     FileRecord,
     FileRecovery,
-    FileSpec,
+    PartitionInput,
     PartitionRecord,
-    PartitionSpec,
     TopicRecord,
-    extents_range,
 )
 from flightlog_server.domain.errors import AlreadyExists, NotFound, RequestIdReused
 from flightlog_server.domain.rules import new_id
 from flightlog_server.domain.types import Caller, IdempotencyKey
+from flightlog_server.pacing import Pacer
 from flightlog_server.storage import models as m
 from flightlog_server.storage.database import RetryTransaction, Row, Tx
 
@@ -45,6 +47,87 @@ E = m.table(m.TimelineExtent)
 S = m.table(m.Session)
 SD = m.table(m.SessionDevice)
 SF = m.table(m.SessionFile)
+
+# Extents copied between two chances for other calls to run (a partition may hold 100,000).
+_ROWS_PER_TICK = 256
+# Inserting this many rows makes cached plans of foreign-key checks worth refreshing first.
+_MANY_ROWS = 1_000
+# Extent rows read per round trip by ListFileTopics (about 60 KiB).
+_EXTENT_ROWS_PER_FETCH = 1_000
+
+# RegisterFile's partitions and extents as sent, for the statements below; dropped at commit.
+# ``position`` is a partition's index in the request, which its extents refer to.
+_CREATE_SENT_SQL = (
+    text(
+        """
+        CREATE TEMPORARY TABLE sent_partitions (
+            position integer PRIMARY KEY,
+            new_topic_id text NOT NULL,
+            name text NOT NULL,
+            schema_name text NOT NULL,
+            message_encoding text NOT NULL,
+            message_count bigint NOT NULL,
+            topic_id text
+        ) ON COMMIT DROP
+        """
+    ),
+    text(
+        """
+        CREATE TEMPORARY TABLE sent_extents (
+            position integer NOT NULL,
+            ordinal integer NOT NULL,
+            min_ns bigint NOT NULL,
+            max_ns bigint NOT NULL
+        ) ON COMMIT DROP
+        """
+    ),
+)
+_COPY_SENT_PARTITIONS_SQL = (
+    "COPY sent_partitions (position, new_topic_id, name, schema_name, message_encoding,"
+    " message_count) FROM STDIN (FORMAT BINARY)"
+)
+_SENT_PARTITION_TYPES = ("int4", "text", "text", "text", "text", "int8")
+_COPY_SENT_EXTENTS_SQL = "COPY sent_extents FROM STDIN (FORMAT BINARY)"
+_SENT_EXTENT_TYPES = ("int4", "int4", "int8", "int8")
+_INSERT_TOPICS_SQL = text(
+    """
+    INSERT INTO topics (org_id, topic_id, name, schema_name, message_encoding)
+    SELECT :org_id, new_topic_id, name, schema_name, message_encoding
+    FROM sent_partitions
+    ORDER BY name, schema_name
+    ON CONFLICT (org_id, name, schema_name) DO NOTHING
+    """
+)
+# Each partition's topic, looked up by its unique key: a join of topics with a temporary table
+# (no statistics) could be planned as a scan of one for each row of the other.
+_FIND_TOPICS_SQL = text(
+    """
+    UPDATE sent_partitions s SET topic_id = (
+        SELECT t.topic_id FROM topics t
+        WHERE t.org_id = :org_id AND t.name = s.name AND t.schema_name = s.schema_name
+    )
+    """
+)
+_INSERT_PARTITIONS_SQL = text(
+    """
+    INSERT INTO topic_partitions (org_id, file_id, topic_id, message_count)
+    SELECT :org_id, :file_id, topic_id, message_count FROM sent_partitions ORDER BY position
+    """
+)
+# Joined by the partitions' primary key (their position).
+_INSERT_EXTENTS_SQL = text(
+    """
+    INSERT INTO timeline_extents (org_id, file_id, topic_id, ordinal, min_ns, max_ns)
+    SELECT :org_id, :file_id, p.topic_id, e.ordinal, e.min_ns, e.max_ns
+    FROM sent_extents e JOIN sent_partitions p USING (position)
+    """
+)
+# By the primary key's whole prefix, so that the plan cannot depend on statistics.
+_FILE_EXTENTS_SQL = """
+    SELECT topic_id, min_ns, max_ns FROM timeline_extents
+    WHERE org_id = %(org_id)s AND file_id = %(file_id)s AND topic_id = ANY(%(topic_ids)s)
+    ORDER BY topic_id, ordinal
+"""
 
 
 def _device(row: Any) -> DeviceRecord:
@@ -264,42 +347,50 @@ class CatalogRepository:
     # --- files ---------------------------------------------------------------------------------
 
     async def register_file(
-        self, spec: FileSpec, request: IdempotencyKey | None = None
+        self,
+        file: FileInput,
+        checked: CheckedFile,
+        extras: FileExtras,
+        request: IdempotencyKey | None = None,
     ) -> FileRecord:
         """Inserts a file with its partitions and extents; topics are matched by (name, schema
-        name) or created. NOT_FOUND for an unknown dataset or device, ALREADY_EXISTS for a
-        taken path. With ``request``, a replay returns the file registered first."""
+        name) or created. ``file`` has passed ``catalog.check_file``, which found ``checked``
+        (the extents' minimum and maximum, the recovery to store). NOT_FOUND for an unknown
+        dataset or device, ALREADY_EXISTS for a taken path. With ``request``, a replay returns
+        the file registered first.
+
+        The partitions and extents are read from ``file`` as they are written, never copied
+        whole (see ``_insert_partitions``). Columns the file row gains are set here."""
         if request is not None:
             replayed = await self._replayed(F, request)
             if replayed is not None:
                 return _file(replayed)
-        dataset = await self.get_dataset(spec.dataset_id, key_share=True)
-        device_id = spec.device_id
+        dataset = await self.get_dataset(file.dataset_id, key_share=True)
+        device_id = file.device_id or None
         if device_id is not None:
             if not await self._key_share_device(device_id):
                 raise NotFound("device", [device_id])
         elif dataset.device_id is not None and await self._key_share_device(dataset.device_id):
             # (A dataset device deleted since the dataset was read leaves the file without one.)
             device_id = dataset.device_id
-        extents = extents_range(spec.partitions)
-        recovery = spec.recovered()
+        extents, recovery = checked.extents, checked.recovery
         row = (
             await self.db.execute(
                 pg_insert(F)
                 .values(
                     org_id=self.org_id,
                     file_id=new_id("file"),
-                    dataset_id=spec.dataset_id,
+                    dataset_id=file.dataset_id,
                     device_id=device_id,
-                    relative_path=spec.relative_path,
-                    size_bytes=spec.size_bytes,
-                    unix_epoch_offset_ns=spec.unix_epoch_offset_ns,
+                    relative_path=file.relative_path,
+                    size_bytes=file.size_bytes,
+                    unix_epoch_offset_ns=file.unix_epoch_offset_ns,
                     extents_min_ns=extents[0] if extents else None,
                     extents_max_ns=extents[1] if extents else None,
                     created_by=self.caller.principal_id,
                     request_id=request.request_id if request else None,
                     request_digest=request.digest if request else None,
-                    content_sha256=spec.content_sha256,
+                    content_sha256=extras.content_sha256,
                     recovery_reason=recovery.reason if recovery else None,
                     recovery_detail=recovery.detail if recovery else None,
                     recovery_message_count=recovery.message_count if recovery else None,
@@ -315,94 +406,86 @@ class CatalogRepository:
                 return _file(replayed)
         if row is None:
             raise AlreadyExists(
-                f"dataset {spec.dataset_id} already has a file at {spec.relative_path!r}"
+                f"dataset {file.dataset_id} already has a file at {file.relative_path!r}"
             )
-        file = _file(row)
-        if spec.partitions:
-            topic_ids = await self._upsert_topics(spec.partitions)
-            await self._insert_partitions(file.file_id, spec.partitions, topic_ids)
-        return file
+        stored = _file(row)
+        if file.partitions:
+            await self._insert_partitions(stored.file_id, file.partitions)
+        return stored
 
-    async def _upsert_topics(
-        self, partitions: Sequence[PartitionSpec]
-    ) -> dict[tuple[str, str], str]:
-        """The topic ID of each partition's (name, schema name), creating missing identities.
+    async def _insert_partitions(self, file_id: str, partitions: Sequence[PartitionInput]) -> None:
+        """Inserts the file's partitions and extents, creating the topic identities that do not
+        exist yet.
+
+        The partitions and extents are copied (binary COPY, formatted by psycopg in C and sent in
+        32 KiB chunks) to temporary tables straight from the request, so that memory does not
+        grow with their number, and other calls run between slices. SQL then does the rest, and
+        no topic ID comes back to Python. (A statement per column of up to 10,000 values would
+        have psycopg dump them to arrays in Python, about 20 µs a value, all at once.)
 
         ``ON CONFLICT DO NOTHING`` waits for a concurrent registration inserting the same topic
-        and then skips it, so concurrent registrations never fail; rows go in sorted order so
-        that two of them wait on each other in the same order (no deadlock). The identities are
-        then read back, the ones just inserted and the existing ones alike. A topic's message
-        encoding is the one it was first registered with."""
-        encodings = {(p.topic_name, p.schema_name): p.message_encoding for p in partitions}
-        keys = sorted(encodings)
-        await self.db.execute(
-            pg_insert(T).on_conflict_do_nothing(
-                index_elements=[T.c.org_id, T.c.name, T.c.schema_name]
-            ),
-            [
-                {
-                    "org_id": self.org_id,
-                    "topic_id": new_id("topic"),
-                    "name": name,
-                    "schema_name": schema,
-                    "message_encoding": encodings[(name, schema)],
-                }
-                for name, schema in keys
-            ],
-        )
-        # Two array parameters joined through unnest: a row IN-list of thousands of pairs would
-        # be thousands of parameters and too deep an expression for PostgreSQL.
-        wanted = (
-            func.unnest(
-                bindparam("names", [name for name, _ in keys], type_=ARRAY(Text)),
-                bindparam("schemas", [schema for _, schema in keys], type_=ARRAY(Text)),
-            )
-            .table_valued("name", "schema_name")
-            .render_derived()
-        )
-        rows = await self.db.execute(
-            select(T.c.topic_id, T.c.name, T.c.schema_name)
-            .select_from(
-                T.join(
-                    wanted, and_(T.c.name == wanted.c.name, T.c.schema_name == wanted.c.schema_name)
+        and then skips it, so concurrent registrations never fail; topics go in (name, schema
+        name) order so that two of them wait on each other in the same order (no deadlock). The
+        next statement takes a new snapshot (READ COMMITTED), so it finds the identities this
+        transaction inserted and those a concurrent registration committed meanwhile alike. A
+        topic's message encoding is the one it was first registered with."""
+        for statement in _CREATE_SENT_SQL:
+            await self.db.execute(statement)
+        pacer = Pacer()
+        async with self._copy(_COPY_SENT_PARTITIONS_SQL, _SENT_PARTITION_TYPES) as copy:
+            for position, p in enumerate(partitions):
+                new_topic_id = new_id("topic")  # used if the topic is new
+                await copy.write_row(
+                    (
+                        position,
+                        new_topic_id,
+                        p.topic_name,
+                        p.schema_name,
+                        p.message_encoding,
+                        p.message_count,
+                    )
                 )
-            )
-            .where(T.c.org_id == self.org_id)
-        )
-        return {(r.name, r.schema_name): r.topic_id for r in rows}
+                await pacer.tick()
+        async with self._copy(_COPY_SENT_EXTENTS_SQL, _SENT_EXTENT_TYPES) as copy:
+            for position, p in enumerate(partitions):
+                for ordinal, extent in enumerate(p.extents):
+                    await copy.write_row(
+                        (position, ordinal, extent.min_timestamp_ns, extent.max_timestamp_ns)
+                    )
+                    if ordinal % _ROWS_PER_TICK == _ROWS_PER_TICK - 1:
+                        await pacer.tick()
+                await pacer.tick()
+        org = {"org_id": self.org_id}
+        await self.db.execute(_INSERT_TOPICS_SQL, org)
+        await self.db.execute(_FIND_TOPICS_SQL, org)
+        await self._replan_foreign_key_checks(len(partitions))
+        await self.db.execute(_INSERT_PARTITIONS_SQL, {**org, "file_id": file_id})
+        await self._replan_foreign_key_checks(sum(len(p.extents) for p in partitions))
+        await self.db.execute(_INSERT_EXTENTS_SQL, {**org, "file_id": file_id})
 
-    async def _insert_partitions(
-        self,
-        file_id: str,
-        partitions: Sequence[PartitionSpec],
-        topic_ids: dict[tuple[str, str], str],
-    ) -> None:
-        partition_rows: list[dict[str, Any]] = []
-        extent_rows: list[dict[str, Any]] = []
-        for p in partitions:
-            topic_id = topic_ids[(p.topic_name, p.schema_name)]
-            partition_rows.append(
-                {
-                    "org_id": self.org_id,
-                    "file_id": file_id,
-                    "topic_id": topic_id,
-                    "message_count": p.message_count,
-                }
-            )
-            extent_rows.extend(
-                {
-                    "org_id": self.org_id,
-                    "file_id": file_id,
-                    "topic_id": topic_id,
-                    "ordinal": ordinal,
-                    "min_ns": e.min_ns,
-                    "max_ns": e.max_ns,
-                }
-                for ordinal, e in enumerate(p.extents)
-            )
-        await self.db.execute(P.insert(), partition_rows)
-        if extent_rows:
-            await self.db.execute(E.insert(), extent_rows)
+    async def _replan_foreign_key_checks(self, rows: int) -> None:
+        """Before inserting ``rows`` rows that each check a foreign key, drops the connection's
+        cached plans when there are many.
+
+        PostgreSQL checks each row's foreign key with a query whose plan the connection keeps.
+        Planned while the referenced table was tiny (a new deployment, a test database), it may
+        use another index that starts with ``org_id`` and filter the rest, reading all of the
+        org's topics or partitions for every row: a file of 10,000 new topics took over 30 s.
+        Planned again now, after this registration's own inserts, the table's size makes the
+        primary key the obvious choice (0.3 s)."""
+        if rows >= _MANY_ROWS:
+            await self.db.execute(text("DISCARD PLANS"))
+
+    @asynccontextmanager
+    async def _copy(self, statement: str, types: Sequence[str]) -> AsyncIterator[AsyncCopy]:
+        """A binary ``COPY ... FROM STDIN`` in this transaction, on its psycopg connection:
+        psycopg formats the rows in C and sends them in 32 KiB chunks as they come."""
+        connection = await self.db.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            yield copy
 
     async def get_file(self, file_id: str) -> FileRecord:
         row = (
@@ -444,10 +527,26 @@ class CatalogRepository:
     async def list_partitions(
         self, file_id: str, after: tuple[str, str] | None, limit: int
     ) -> list[PartitionRecord]:
-        """The file's partitions ordered by (topic name, topic ID), after ``after``, each with
-        its extents in stored order."""
+        """Up to ``limit`` of the file's partitions after ``after``, in (topic name, topic ID)
+        order, each with its number of extents (read them with ``extents_of_partitions``)."""
+        # Counted per partition, by the primary key's whole prefix: a plan cannot make this
+        # read more than the batch's own extents, whatever the statistics say.
+        extent_count = (
+            select(func.count())
+            .where(
+                E.c.org_id == P.c.org_id, E.c.file_id == P.c.file_id, E.c.topic_id == P.c.topic_id
+            )
+            .scalar_subquery()
+        )
         query = (
-            select(P.c.topic_id, P.c.message_count, T.c.name, T.c.schema_name, T.c.message_encoding)
+            select(
+                P.c.topic_id,
+                P.c.message_count,
+                T.c.name,
+                T.c.schema_name,
+                T.c.message_encoding,
+                extent_count.label("extent_count"),
+            )
             .join(T, and_(T.c.org_id == P.c.org_id, T.c.topic_id == P.c.topic_id))
             .where(P.c.org_id == self.org_id, P.c.file_id == file_id)
             .order_by(T.c.name, T.c.topic_id)
@@ -455,29 +554,37 @@ class CatalogRepository:
         )
         if after is not None:
             query = query.where(tuple_(T.c.name, T.c.topic_id) > tuple_(*after))
-        rows = list(await self.db.execute(query))
-        if not rows:
-            return []
-        extents: dict[str, list[Extent]] = {r.topic_id: [] for r in rows}
-        for e in await self.db.execute(
-            select(E.c.topic_id, E.c.min_ns, E.c.max_ns)
-            .where(
-                E.c.org_id == self.org_id,
-                E.c.file_id == file_id,
-                E.c.topic_id.in_(list(extents)),
+        partitions = []
+        pacer = Pacer()  # 1,000 rows through SQLAlchemy take longer than other calls may wait
+        for r in await self.db.execute(query):
+            partitions.append(
+                PartitionRecord(
+                    topic=TopicRecord(r.topic_id, r.name, r.schema_name, r.message_encoding),
+                    file_id=file_id,
+                    message_count=r.message_count,
+                    extent_count=r.extent_count,
+                )
             )
-            .order_by(E.c.topic_id, E.c.ordinal)
-        ):
-            extents[e.topic_id].append(Extent(e.min_ns, e.max_ns))
-        return [
-            PartitionRecord(
-                topic=TopicRecord(r.topic_id, r.name, r.schema_name, r.message_encoding),
-                file_id=file_id,
-                message_count=r.message_count,
-                extents=tuple(extents[r.topic_id]),
+            await pacer.tick()
+        return partitions
+
+    async def extents_of_partitions(
+        self, file_id: str, topic_ids: Sequence[str]
+    ) -> AsyncGenerator[list[tuple[str, int, int]], None]:
+        """The extents (topic ID, min_ns, max_ns) of the file's partitions of ``topic_ids``,
+        ordered by (topic ID, ordinal), a chunk of rows at a time: a file may hold 100,000, so
+        they are read through a server-side cursor, in binary. The caller closes the iterator
+        (``contextlib.aclosing``) if it stops early."""
+        connection = await self.db.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with driver.cursor(name="file_extents", binary=True) as cursor:
+            await cursor.execute(
+                _FILE_EXTENTS_SQL,
+                {"org_id": self.org_id, "file_id": file_id, "topic_ids": list(topic_ids)},
             )
-            for r in rows
-        ]
+            while rows := await cursor.fetchmany(_EXTENT_ROWS_PER_FETCH):
+                yield rows
 
     async def set_offset(self, file_id: str, offset: int) -> FileRecord:
         row = (

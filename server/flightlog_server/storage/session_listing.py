@@ -594,17 +594,17 @@ class _Compiled:
         # Every value is a named parameter, so the only "%" in the text are placeholders and
         # SQLAlchemy's "%%" escapes. Converting once spares psycopg parsing the (long) query on
         # every page: it caches that only for queries under 4 KiB.
-        names: list[str] = []
+        # name -> its $n (a filter of 16 IN lists of 1,000 values has 16,000 names: a list
+        # searched for each one took seconds)
+        numbers: dict[str, int] = {}
 
         def placeholder(match: re.Match[str]) -> str:
             name = match.group(1)
             if name is None:
                 return "%"
-            if name not in names:
-                names.append(name)
-            return f"${names.index(name) + 1}"
+            return f"${numbers.setdefault(name, len(numbers) + 1)}"
 
-        return cls(text, _PLACEHOLDER.sub(placeholder, text), tuple(names))
+        return cls(text, _PLACEHOLDER.sub(placeholder, text), tuple(numbers))
 
 
 # Compiled statements by shape (see SessionListingQuery._compile), oldest evicted first.
