@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
+from flightlog.v1 import catalog_service_pb2 as catalog_pb
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.app import SESSION_RECORDS
-from flightlog_server.domain.catalog import Extent, FileSpec, PartitionSpec
+from flightlog_server.domain.catalog import FileExtras, check_file
 from flightlog_server.domain.errors import InvalidArgument, NotFound, RequestIdReused
+from flightlog_server.domain.rules import Violations
 from flightlog_server.domain.sessions import (
     INFER,
     MetricValues,
@@ -28,6 +30,7 @@ from flightlog_server.domain.types import (
     MetricEntry,
     WireValue,
 )
+from flightlog_server.pacing import run_sliced
 from flightlog_server.services.catalog import Catalog
 from flightlog_server.services.custom_fields import CustomFields
 from flightlog_server.services.sessions import Sessions, SessionView
@@ -241,18 +244,22 @@ async def test_moving_a_file_moves_the_bounds_of_every_session_it_is_in(
 ) -> None:
     catalog = Catalog(database, SESSION_RECORDS)
     dataset = await catalog.create_dataset(caller, "d", None, None)
-    file = await catalog.register_file(
-        caller,
-        FileSpec(
-            dataset.dataset_id,
-            "f.mcap",
-            1,
-            None,
-            0,
-            (PartitionSpec("/t", "", "", 1, (Extent(100, 200),)),),
-        ),
-        None,
+    # RegisterFile's use case takes the request's own data (domain.catalog.FileInput).
+    request = catalog_pb.RegisterFileRequest(
+        dataset_id=dataset.dataset_id,
+        relative_path="f.mcap",
+        size_bytes=1,
+        partitions=[
+            catalog_pb.TopicPartitionSpec(
+                topic_name="/t",
+                message_count=1,
+                extents=[catalog_pb.TimelineExtent(min_timestamp_ns=100, max_timestamp_ns=200)],
+            )
+        ],
     )
+    extras = FileExtras()
+    checked = await run_sliced(check_file(Violations(), request, extras))
+    file = await catalog.register_file(caller, request, checked, extras, None)
     ids = [session_of(v).session_id for v in await sessions.create_many(caller, [new(), new()])]
     for session_id in ids:
         await sessions.add_files(

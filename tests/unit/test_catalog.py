@@ -39,7 +39,7 @@ class File:
 
 def violations_of(file: File) -> dict[str, str]:
     v = Violations()
-    for _ in catalog.check_file(v, file):
+    for _ in catalog.check_file(v, file, catalog.FileExtras()):
         pass
     return {x.field: x.description for x in v.items}
 
