@@ -28,6 +28,7 @@ from flightlog_server.rpc import preserialized
 from flightlog_server.rpc.calls import Authenticator, CallInterceptor, CallObserver
 from flightlog_server.rpc.catalog import CatalogServicer
 from flightlog_server.rpc.custom_fields import CustomFieldServicer
+from flightlog_server.rpc.pagination import TokenKeys
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
 from flightlog_server.storage.database import Database, DatabaseSettings
@@ -82,7 +83,11 @@ class FlightlogServer:
         self._health = health_async.HealthServicer()
         self.server = aio.server(
             interceptors=[
-                CallInterceptor(Authenticator(self.database, settings.auth_cache_seconds), observer)
+                CallInterceptor(
+                    Authenticator(self.database, settings.auth_cache_seconds),
+                    TokenKeys(self.database),
+                    observer,
+                )
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
