@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from flightlog_server.rpc.pagination import TokenKeys
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
 from flightlog_server.storage.database import Database, DatabaseSettings
+from flightlog_server.storage.page_token_keys import page_token_keys
 
 log = logging.getLogger("flightlog.server")
 
@@ -85,7 +87,7 @@ class FlightlogServer:
             interceptors=[
                 CallInterceptor(
                     Authenticator(self.database, settings.auth_cache_seconds),
-                    TokenKeys(self.database),
+                    TokenKeys(functools.partial(self.database.run, page_token_keys)),
                     observer,
                 )
             ],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from flightlog_server.domain.errors import DatabaseUnavailable
 from flightlog_server.rpc.pagination import MAX_TOKEN_CHARS, TokenCodec, TokenKeys
 from flightlog_server.storage.database import Database, DatabaseSettings
 from flightlog_server.storage.migrate import upgrade
+from flightlog_server.storage.page_token_keys import page_token_keys
 from tests.reliability.helpers import PROPERTY_SETTINGS, record
 from tests.reliability.private_postgres import PrivatePostgres
 from tests.reliability.rpc_cases import (
@@ -445,7 +447,7 @@ def test_the_key_is_read_by_the_first_listing_even_after_starting_with_the_datab
     # A read of the keys that fails is not remembered: the next listing reads them again.
     async def retried() -> None:
         database = Database(DatabaseSettings(url=url, pool_size=1))
-        keys = TokenKeys(database)
+        keys = TokenKeys(functools.partial(database.run, page_token_keys))
         try:
             await asyncio.to_thread(private_postgres.stop, "fast")
             with pytest.raises(DatabaseUnavailable):

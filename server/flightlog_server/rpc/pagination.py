@@ -8,8 +8,9 @@ server. It is opaque to clients. Its bytes, sent base64url-encoded without paddi
 
 where the MAC is HMAC-SHA256 under key ``key_id`` of everything but itself, truncated to 16
 bytes. The keys live in the database (``storage.page_token_keys``), so every server process
-accepts what any of them issued; a process reads them once, on its first listing. Signing uses
-the highest ``key_id`` and checking accepts any known one, so keys can be rotated by adding one.
+accepts what any of them issued; a process reads them once, on its first listing
+(``TokenKeys``). Signing uses the highest ``key_id`` and checking accepts any known one, so keys
+can be rotated by adding one.
 
 Anyone holding an API key can send any token, so checking one is cheap and happens in this
 order: its length (at most ``MAX_TOKEN_CHARS``), strict base64, the key id, the MAC (a
@@ -41,7 +42,6 @@ from typing import Any, TypeVar
 
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.storage.database import Database
-from flightlog_server.storage.page_token_keys import page_token_keys
 
 # Longer than any token the server issues: the longest position is a 1,024-character string
 # custom field value, about 8,300 characters once JSON-escaped, signed and encoded (a test
@@ -153,21 +153,22 @@ def _storable(value: Any) -> bool:
 
 
 class TokenKeys:
-    """This process's page-token keys, read from the database by the first call that needs
-    them (so that a server started while the database is down still starts), then kept."""
+    """This process's page-token keys, read by ``load`` (from the database, wired in ``app``)
+    for the first call that needs them, so that a server started while the database is down
+    still starts; then kept."""
 
-    def __init__(self, database: Database) -> None:
-        self._database = database
+    def __init__(self, load: Callable[[], Awaitable[Mapping[int, bytes]]]) -> None:
+        self._load = load
         self._codec: TokenCodec | None = None
         self._loading = asyncio.Lock()
 
     async def codec(self) -> TokenCodec:
         """The codec; the first calls wait for the keys, and a failed read is retried by the
-        next call (DatabaseUnavailable reaches this one's caller)."""
+        next call (its error, such as DatabaseUnavailable, reaches this one's caller)."""
         if self._codec is None:
             async with self._loading:
                 if self._codec is None:
-                    self._codec = TokenCodec(await self._database.run(page_token_keys))
+                    self._codec = TokenCodec(await self._load())
         return self._codec
 
 
