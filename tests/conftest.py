@@ -8,6 +8,7 @@ PostgreSQL, e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``), else an emb
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -148,3 +149,26 @@ def other_stubs(grpc_target: str, other_identity: Identity) -> Iterator[Stubs]:
     s = Stubs(grpc_target, other_identity.api_key, other_identity.org_id)
     yield s
     s.close()
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Every record logged while the test runs, by any thread (the in-process servers'
+    included): Flightlog's loggers from INFO, every other one (asyncio, grpc, SQLAlchemy) from
+    its usual WARNING."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    flightlog = logging.getLogger("flightlog")
+    level = flightlog.level
+    flightlog.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
+        flightlog.setLevel(level)

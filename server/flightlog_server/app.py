@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from flightlog_server.rpc import convert, preserialized
 from flightlog_server.rpc.calls import CallInterceptor, CallObserver
 from flightlog_server.rpc.catalog import CatalogServicer
 from flightlog_server.rpc.custom_fields import CustomFieldServicer
+from flightlog_server.rpc.pagination import TokenKeys
 from flightlog_server.rpc.readiness import ReadinessGate
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.services.catalog import Catalog
@@ -44,6 +46,7 @@ from flightlog_server.services.unit_of_work import RecordFormat
 from flightlog_server.startup import StartupError, ensure_address_free, wait_for_database
 from flightlog_server.storage.changes import close_change_notifier, prune_changes
 from flightlog_server.storage.database import Database, DatabaseSettings, classify
+from flightlog_server.storage.page_token_keys import page_token_keys
 from flightlog_server.storage.urls import location
 
 log = logging.getLogger("flightlog.server")
@@ -122,7 +125,14 @@ class FlightlogServer:
         self._gate = ReadinessGate(SERVICE_NAMES, observer)
         authenticator = Authenticator(self.database, settings.auth_cache_seconds)
         self.server = aio.server(
-            interceptors=[self._gate, CallInterceptor(authenticator, observer)],
+            interceptors=[
+                self._gate,
+                CallInterceptor(
+                    authenticator,
+                    TokenKeys(functools.partial(self.database.run, page_token_keys)),
+                    observer,
+                ),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),

@@ -79,7 +79,6 @@ class ServerProcess:
 
         poll(logged, START_S, f"{times} log line(s) with {text!r}")
 
-
     def wait_for_output(self, text: str) -> None:
         """Waits until stdout holds ``text``."""
 

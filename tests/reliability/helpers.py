@@ -1,7 +1,9 @@
-"""Small tools shared by the reliability tests: polling with a deadline, health, timing calls."""
+"""Small tools shared by the reliability tests: polling with a deadline, health, timing calls,
+and the settings of the property tests."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -9,12 +11,24 @@ from typing import Any
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, settings
 
 from tests.support import ServerThread
 
 # The figures the tests report (operations run, faults injected, inputs tried, violations found),
 # printed by conftest.py at the end of the run.
 FIGURES: dict[str, str] = {}
+
+# Property tests run this many examples per RPC (``FLIGHTLOG_HYPOTHESIS_EXAMPLES`` raises it),
+# derandomized so that CI sees the same inputs every time; each example is a call to the server.
+HYPOTHESIS_EXAMPLES = int(os.environ.get("FLIGHTLOG_HYPOTHESIS_EXAMPLES", "25"))
+PROPERTY_SETTINGS = settings(
+    max_examples=HYPOTHESIS_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -13,17 +13,13 @@ the server acknowledged, before or during the outage, is there afterwards.
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
@@ -37,20 +33,6 @@ from tests.support import ServerThread, Stubs, create_identity
 CALL_DEADLINE_S = 2.0
 RECOVERY_LIMIT_S = 5.0
 WRITERS = 3
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    # Not pytest's tmp_path: its parent folders are private to root, and PostgreSQL runs as the
-    # 'postgres' user when the tests run as root.
-    root = Path(tempfile.mkdtemp(prefix="flightlog-outage-"))
-    try:
-        cluster = PrivatePostgres(root)
-        cluster.start()
-        yield cluster
-        cluster.destroy()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

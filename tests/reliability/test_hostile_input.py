@@ -3,7 +3,8 @@
 Property tests (hypothesis) build requests for every RPC of the three services from the protobuf
 descriptors, so a new RPC or field is covered without a change here: strings of any Unicode
 (NUL included), 1 MB strings, injection strings, IDs real, malformed and of the wrong kind, page
-tokens real, garbled and hand-made with positions of the wrong shape, extreme int64/int32 values,
+tokens real, garbled and hand-made with positions of the wrong shape (signed with the server's
+key, so that they reach the checks behind the MAC, and unsigned), extreme int64/int32 values,
 unknown enum numbers, NaN and infinities, huge repeated fields, deep and large Struct metadata,
 extreme timestamps, and bytes that do not parse at all (truncated, invalid UTF-8, nested beyond
 the parser's limit). Every answer must be OK or one of the client-error codes below, never
@@ -24,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,7 +38,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
@@ -46,8 +46,9 @@ from flightlog.v1 import catalog_service_pb2 as catalog_pb
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc as pb_grpc
+from flightlog_server.rpc.pagination import TokenCodec
 from flightlog_server.storage.urls import libpq_conninfo
-from tests.reliability.helpers import SERVING, health, record
+from tests.reliability.helpers import PROPERTY_SETTINGS, SERVING, health, record
 from tests.reliability.rpc_cases import (
     METHODS,
     World,
@@ -57,9 +58,8 @@ from tests.reliability.rpc_cases import (
     requests_for,
 )
 from tests.rpc.factories import unique
-from tests.support import Stubs, create_identity, rpc_error
+from tests.support import Stubs, create_identity, page_token_codec, rpc_error
 
-EXAMPLES = int(os.environ.get("FLIGHTLOG_HYPOTHESIS_EXAMPLES", "25"))
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -141,15 +141,17 @@ def hostile(database_url: str, grpc_target: str) -> Iterator[tuple[Stubs, World,
             world.custom_field_id, world.org_id, *MALFORMED_IDS,
         ],
         names=[world.custom_field_name, world.topic_name, "speed", "t1"],
-        tokens=page_tokens(stubs, world),
+        tokens=page_tokens(stubs, world, page_token_codec(database_url)),
     )  # fmt: skip
     yield stubs, world, pools
     stubs.close()
 
 
-def page_tokens(stubs: Stubs, world: World) -> dict[str, list[str]]:
-    """For each listing: a real resume token and forgeries of it (same scope, positions of the
-    wrong type, out of range, nested, too long), plus garbage."""
+def page_tokens(stubs: Stubs, world: World, codec: TokenCodec) -> dict[str, list[str]]:
+    """For each listing: a real resume token and forgeries of it, signed with the server's own
+    key so that they get past the MAC to the position checks (same scope, positions of the
+    wrong type, out of range, nested, too long), the same positions unsigned (the format of
+    earlier releases), and garbage."""
     tokens: dict[str, list[str]] = {}
     for method in METHODS:
         if not method.server_streaming or method.name == "WatchSessions":
@@ -161,8 +163,7 @@ def page_tokens(stubs: Stubs, world: World) -> dict[str, list[str]]:
         real = [r.next_page_token for r in out.responses if r.next_page_token]
         forged = []
         for token in real[:1]:
-            payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-            position = list(payload["p"])
+            scope, position = codec.verify(token)
             positions = [
                 [*position, 1], position[:-1], [], ["9" * 400] * len(position), [{"$gt": ""}],
             ]  # fmt: skip
@@ -170,11 +171,20 @@ def page_tokens(stubs: Stubs, world: World) -> dict[str, list[str]]:
                 for bad in (2**70, -(2**70), "\x00", "x", None, 1.5, True, [], {}, "1e309"):
                     positions.append([*position[:i], bad, *position[i + 1 :]])
             for forged_position in positions:
-                raw = json.dumps({**payload, "p": forged_position}).encode()
-                forged.append(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+                signed = codec.encode(scope, forged_position)
+                unsigned = base64.urlsafe_b64encode(
+                    json.dumps({"s": scope, "p": forged_position}).encode()
+                ).decode()
+                TOKEN_LABELS[signed] = f"signed {forged_position!r}"[:60]
+                TOKEN_LABELS[unsigned] = f"unsigned {forged_position!r}"[:60]
+                forged += [signed, unsigned]
         garbage = ["!!!", "e30", base64.urlsafe_b64encode(b"\xff\xfe").decode(), "a" * 5000]
         tokens[method.name] = real + forged + garbage
     return tokens
+
+
+# Forged page tokens by what they carry, for the failure messages of the boundary test.
+TOKEN_LABELS: dict[str, str] = {}
 
 
 # --- strategies built from the descriptors -------------------------------------------------------
@@ -484,13 +494,7 @@ def test_hostile_requests_get_ok_or_a_client_error(
         ]
     )
 
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @PROPERTY_SETTINGS
     @given(st.data())
     def property_(data: st.DataObject) -> None:
         # Three kinds of input: a valid request with one field made hostile (reaches deep into
@@ -622,14 +626,8 @@ def edge_setters(
 
 
 def label_of(value: Any) -> str:
-    """A short label for a boundary value; a page token shows the position it carries."""
-    if isinstance(value, str) and value.startswith("ey"):
-        try:
-            decoded = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-            return f"token at {decoded['p']!r}"[:60]
-        except (ValueError, KeyError, TypeError):
-            pass
-    return repr(value)[:24]
+    """A short label for a boundary value; a forged page token shows the position it carries."""
+    return TOKEN_LABELS.get(value, repr(value)[:24]) if isinstance(value, str) else repr(value)[:24]
 
 
 @pytest.mark.parametrize("method", METHODS, ids=method_name)

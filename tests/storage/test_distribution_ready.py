@@ -3,7 +3,8 @@ migrated database, not promised.
 
 A distributed table's primary key, unique constraints and foreign keys must include its
 distribution column, so that each is enforced on one node. Every tenant table (all but the small
-identity tables, which would be reference tables) therefore carries ``org_id`` in each of them.
+global tables: identity and page-token keys, which would be reference tables) therefore carries
+``org_id`` in each of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import psycopg
 from flightlog_server.storage.urls import libpq_conninfo
 
 # Global, small and rarely written: replicated to every node as reference tables.
-IDENTITY_TABLES = {"orgs", "principals", "memberships", "api_keys"}
+GLOBAL_TABLES = {"orgs", "principals", "memberships", "api_keys", "page_token_keys"}
 
 CONSTRAINTS = """
 SELECT c.conrelid::regclass::text AS table_name, c.conname, c.contype,
@@ -37,7 +38,7 @@ def test_every_tenant_key_unique_constraint_and_foreign_key_includes_org_id(
             )
         }
         constraints = conn.execute(CONSTRAINTS).fetchall()
-    tenant_tables = tables - IDENTITY_TABLES
+    tenant_tables = tables - GLOBAL_TABLES
     assert {"sessions", "files", "session_changes", "change_feeds"} <= tenant_tables
     checked = [
         (t, name, kind, columns) for t, name, kind, columns in constraints if t in tenant_tables

@@ -56,7 +56,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_REVISION_MISMATCH: _ErrorReason.ValueType  # 13
     """ABORTED: the expected revision does not match the resource's current revision."""
     ERROR_REASON_INVALID_PAGE_TOKEN: _ErrorReason.ValueType  # 14
-    """INVALID_ARGUMENT: a `page_token` is garbled or belongs to another request."""
+    """INVALID_ARGUMENT: a `page_token` the server did not issue, or issued for another request
+    (another method, org, filter or order). Tokens are signed by the server; one from before an
+    upgrade that changed their format is refused too: restart the listing without a token.
+    """
     ERROR_REASON_REVISION_EXPIRED: _ErrorReason.ValueType  # 15
     """OUT_OF_RANGE: a watch revision is older than the retained change history;
     `metadata["oldest_revision"]` is the oldest one available.
@@ -156,7 +159,10 @@ ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 12
 ERROR_REASON_REVISION_MISMATCH: ErrorReason.ValueType  # 13
 """ABORTED: the expected revision does not match the resource's current revision."""
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 14
-"""INVALID_ARGUMENT: a `page_token` is garbled or belongs to another request."""
+"""INVALID_ARGUMENT: a `page_token` the server did not issue, or issued for another request
+(another method, org, filter or order). Tokens are signed by the server; one from before an
+upgrade that changed their format is refused too: restart the listing without a token.
+"""
 ERROR_REASON_REVISION_EXPIRED: ErrorReason.ValueType  # 15
 """OUT_OF_RANGE: a watch revision is older than the retained change history;
 `metadata["oldest_revision"]` is the oldest one available.

@@ -6,9 +6,11 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
    and echoed in the response's initial metadata;
 2. the call's deadline is published to the storage layer (statement timeouts);
 3. ``authorization: Bearer <key>`` and ``x-org-id`` are resolved to a ``Caller`` (DESIGN §5);
-4. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
+4. for a listing (its request has a ``page_token``), the page-token codec is bound for
+   ``rpc.pagination`` (its keys are read from the database by the first listing);
+5. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
    parsed, and bytes that do not parse are INVALID_ARGUMENT (not gRPC's UNKNOWN);
-5. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
+6. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 from grpc import aio
 
@@ -30,6 +33,7 @@ from flightlog_server import request_context
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import DomainError, InvalidArgument, LimitExceeded
 from flightlog_server.domain.types import Caller
+from flightlog_server.rpc import pagination
 from flightlog_server.rpc.errors import STATUS_DETAILS_KEY, internal_status, rich_status
 from flightlog_server.services.identity import Authenticator
 
@@ -79,9 +83,25 @@ def _parse(parse: Parser, raw: bytes) -> Any:
         ) from e
 
 
+def _takes_page_token(method: str) -> bool:
+    """Whether ``method`` (``/package.Service/Method``) is a listing with resume tokens."""
+    service, _, name = method.lstrip("/").partition("/")
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    except KeyError:
+        return False
+    return "page_token" in found.input_type.fields_by_name
+
+
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticator: Authenticator, observer: CallObserver | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        page_tokens: pagination.TokenKeys,
+        observer: CallObserver | None = None,
+    ) -> None:
         self.authenticator = authenticator
+        self.page_tokens = page_tokens
         self.observer = observer or CallObserver()
         # method -> (the registered handler, its wrapped version)
         self._wrapped: dict[str, tuple[Any, Any]] = {}
@@ -106,19 +126,22 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         # cannot parse (nested too deep, invalid UTF-8, truncated) would otherwise be answered
         # UNKNOWN with the parser's exception text, before any of the rules below apply.
         parse = handler.request_deserializer
+        paged = _takes_page_token(method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary, parse),
+                self._wrap_unary(method, handler.unary_unary, parse, paged),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream, parse),
+                self._wrap_stream(method, handler.unary_stream, parse, paged),
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    async def _enter(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+    async def _enter(
+        self, method: str, context: aio.ServicerContext[Any, Any], paged: bool
+    ) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         given = metadata.get("x-request-id", "")
         request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
@@ -129,6 +152,8 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         )
         await context.send_initial_metadata((("x-request-id", request_id),))
         _caller.set(await self.authenticator.caller(metadata, request_id))
+        if paged:
+            pagination.use(await self.page_tokens.codec())
 
     @staticmethod
     def _status_of(method: str, error: Exception) -> tuple[grpc.StatusCode, str, bytes]:
@@ -141,13 +166,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message, details = internal_status(request_id)
         return code, message, details
 
-    def _wrap_unary(self, method: str, behavior: Any, parse: Parser) -> Any:
+    def _wrap_unary(self, method: str, behavior: Any, parse: Parser, paged: bool) -> Any:
         async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
-                await self._enter(method, context)
+                await self._enter(method, context, paged)
                 return await behavior(_parse(parse, raw), context)
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
@@ -157,13 +182,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return call
 
-    def _wrap_stream(self, method: str, behavior: Any, parse: Parser) -> Any:
+    def _wrap_stream(self, method: str, behavior: Any, parse: Parser, paged: bool) -> Any:
         async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
-                await self._enter(method, context)
+                await self._enter(method, context, paged)
                 async for response in behavior(_parse(parse, raw), context):
                     yield response
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status

@@ -156,8 +156,6 @@ class Database:
             },
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # The same pool, its connections in autocommit mode while checked out (``reading``).
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -185,11 +183,25 @@ class Database:
         left = request_context.seconds_left()
         short_deadline = left is not None and left * 1000 < self.settings.statement_timeout_ms
         with translate_errors():
-            scope = self.engine.begin() if short_deadline else self._autocommit.connect()
-            async with scope as connection:
+            async with self.engine.connect() as connection:
                 try:
                     if short_deadline:
+                        await connection.begin()  # rolled back when the connection goes back
                         await self._bound_by_deadline(connection)
+                    else:
+                        # Autocommit is switched on here, inside the block that returns the
+                        # connection, and not by an engine-wide execution option: SQLAlchemy
+                        # applies that one while checking the connection out, before anything
+                        # owns it, and psycopg yields to the event loop there (it does in every
+                        # call once the loop has been busy for 5 ms). A stream cancelled at that
+                        # point lost the connection: nothing returned it to the pool, and the
+                        # garbage collector dropped it later with SQLAlchemy's "non-checked-in
+                        # connection" warning. The switch itself runs to its end even when the
+                        # call is cancelled meanwhile, so that the pool always gets the reset
+                        # back to transactions that SQLAlchemy registers once it is done.
+                        await _to_completion(
+                            connection.execution_options(isolation_level="AUTOCOMMIT")
+                        )
                     yield connection
                 except sa_exc.DBAPIError as e:
                     if e.connection_invalidated:
@@ -201,8 +213,11 @@ class Database:
         """A pooled connection's psycopg connection, in pipeline mode, in a transaction that
         commits when the block exits normally (or in autocommit mode)."""
         with translate_errors():
-            connection = await (self.engine if transaction else self._autocommit).connect()
-            try:
+            # The connection is checked out inside the block that always returns it, and
+            # switched to autocommit there too, to completion (see ``reading``).
+            async with self.engine.connect() as connection:
+                if not transaction:
+                    await _to_completion(connection.execution_options(isolation_level="AUTOCOMMIT"))
                 fairy = await connection.get_raw_connection()
                 driver: psycopg.AsyncConnection[Any] | None = fairy.driver_connection
                 assert driver is not None
@@ -217,8 +232,6 @@ class Database:
                 except BaseException as error:
                     await self._recover(connection, fairy, driver, error, tx.committing)
                     raise
-            finally:
-                await connection.close()
 
     async def _recover(
         self,
@@ -319,6 +332,24 @@ class Database:
         ms = self._deadline_ms()
         if ms is not None:
             await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
+
+
+async def _to_completion(work: Awaitable[T]) -> T:
+    """Awaits ``work`` to its end even if the caller is cancelled meanwhile, then re-raises that
+    cancellation: for changes of a connection's state that must not stop half-way."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError as e:
+            if task.done():  # ``work`` itself was cancelled
+                raise
+            cancelled = e
+    if cancelled is not None:
+        raise cancelled
+    return result
 
 
 class _Retryable(Exception):

@@ -160,6 +160,24 @@ class ApiKey(Base):
     revoked: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class PageTokenKey(Base):
+    """A secret that signs page tokens (``rpc.pagination``), shared by every server process.
+
+    Global like the identity tables: a token names no org in its key, only in what it signs.
+    ``key_id`` is the token's first byte, so a second key can be added to rotate them.
+    """
+
+    __tablename__ = "page_token_keys"
+    __table_args__ = (
+        CheckConstraint("key_id BETWEEN 1 AND 255", name="key_id"),
+        CheckConstraint("octet_length(secret) = 32", name="secret"),
+    )
+
+    key_id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    secret: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created: Mapped[dt.datetime] = _created()
+
+
 # --- Catalog (tenant-owned) --------------------------------------------------------------------
 
 
