@@ -35,7 +35,7 @@ from flightlog_server.services.catalog import Catalog
 from flightlog_server.services.custom_fields import CustomFields
 from flightlog_server.services.sessions import Sessions, SessionView
 from flightlog_server.services.unit_of_work import SessionWrites, write_sessions
-from flightlog_server.storage.database import Database, DatabaseSettings
+from flightlog_server.storage.database import Database, DatabaseSettings, Tx
 from flightlog_server.storage.urls import libpq_conninfo
 from tests.support import Identity, create_identity
 
@@ -296,3 +296,23 @@ async def test_a_field_leaving_ready_leaves_the_records_of_the_sessions_holding_
     )
     await fields.update(caller, field.custom_field_id, CustomFieldStatus.DELETING, ())
     assert "weather" not in session_of(await sessions.get(caller, session_id)).custom_fields
+
+
+async def test_a_metric_defined_by_a_rolled_back_write_is_not_remembered(
+    sessions: Sessions, database: Database, caller: Caller
+) -> None:
+    # A write that defines a metric and then rolls back (a retried conflict, a later failure)
+    # must not leave its never-committed ID behind for the next write to use.
+    class RolledBack(Exception):
+        pass
+
+    async def define_then_fail(tx: Tx) -> None:
+        await sessions.metric_ids.resolve(tx, caller, ["first-use"])
+        raise RolledBack
+
+    with pytest.raises(RolledBack):
+        await database.write(define_then_fail)
+    session_id = session_of(await sessions.create(caller, new())).session_id
+    values = MetricValues((MetricEntry("first-use", 1.0),), None, "metrics", "device_id")
+    (outcome,) = await sessions.publish_metrics(caller, [(session_id, values)])
+    assert [(r.name, r.value) for r in outcome.recorded] == [("first-use", 1.0)]

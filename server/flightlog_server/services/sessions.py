@@ -70,7 +70,10 @@ _DraftWork = Callable[[SessionWrites], Awaitable[SessionDraft]]
 
 
 class MetricIds:
-    """Metric IDs by (org, name), kept once read: definitions are never deleted or renamed."""
+    """Metric IDs by (org, name), kept once read from a committed definition: definitions are
+    never deleted or renamed. A definition the caller's own transaction creates is not kept: that
+    transaction may still roll back (a retry, a failure later in the call), and another writer
+    given its ID would then insert values for a metric that does not exist."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._ids: dict[tuple[str, str], str] = {}
@@ -81,10 +84,10 @@ class MetricIds:
         ids = {n: self._ids[(org_id, n)] for n in names if (org_id, n) in self._ids}
         missing = [n for n in names if n not in ids]
         if missing:
-            found = await metric_store.metric_ids(tx, org_id, caller.principal_id, missing)
+            found, created = await metric_store.metric_ids(tx, org_id, caller.principal_id, missing)
             if len(self._ids) + len(found) > self._capacity:
                 self._ids.clear()
-            self._ids.update(((org_id, n), i) for n, i in found.items())
+            self._ids.update(((org_id, n), i) for n, i in found.items() if n not in created)
             ids.update(found)
         return ids
 
