@@ -46,20 +46,33 @@ class ServerThread:
     stands for another version of the server's encoding of sessions (default: this one's)."""
 
     def __init__(
-        self, settings: ServerSettings, record_format: RecordFormat = SESSION_RECORDS
+        self,
+        settings: ServerSettings,
+        record_format: RecordFormat = SESSION_RECORDS,
+        *,
+        wait_until_serving: bool = True,
     ) -> None:
+        """Without ``wait_until_serving`` it returns once the server listens, which may be
+        before it serves (while it waits for the database); ``started`` then waits for that."""
         self.settings = settings
         self.record_format = record_format
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server: FlightlogServer = self.call(self._start())
+        self.server: FlightlogServer = self.call(self._create())
         self.port = self.server.port
+        self._starting: Future[None] = asyncio.run_coroutine_threadsafe(
+            self.server.start(), self.loop
+        )
+        if wait_until_serving:
+            self.started()
 
-    async def _start(self) -> FlightlogServer:
-        server = FlightlogServer(self.settings, self.record_format)
-        await server.start()
-        return server
+    async def _create(self) -> FlightlogServer:
+        return FlightlogServer(self.settings, self.record_format)
+
+    def started(self, timeout: float = 60) -> None:
+        """Waits until the server serves (its start has returned)."""
+        self._starting.result(timeout)
 
     def call(self, coroutine: Any, timeout: float = 60) -> Any:
         """Runs a coroutine on the server's loop and returns its result."""
@@ -67,6 +80,8 @@ class ServerThread:
         return future.result(timeout)
 
     def stop(self) -> None:
+        if not self._starting.done():
+            self._starting.cancel()  # still waiting for the database: safe to cancel
         self.call(self.server.stop(grace=1))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

@@ -425,14 +425,16 @@ def test_the_key_is_read_by_the_first_listing_even_after_starting_with_the_datab
     who = create_identity(url, unique("late-"))
     private_postgres.stop("fast")
     server = ServerThread(
-        ServerSettings(database=DatabaseSettings(url=url, pool_size=2), bind="127.0.0.1:0")
-    )  # it starts: nothing reads the key before a listing
+        ServerSettings(database=DatabaseSettings(url=url, pool_size=2), bind="127.0.0.1:0"),
+        wait_until_serving=False,
+    )  # it listens, waiting for the database: nothing reads the key before a listing
     stubs = Stubs(f"127.0.0.1:{server.port}", who.api_key, who.org_id)
     try:
         devices = catalog_pb.ListDevicesRequest(page_size=1)
         down = invoke(stubs, LISTINGS_BY_NAME["ListDevices"], devices, 5)
         assert down.code == grpc.StatusCode.UNAVAILABLE
         private_postgres.start()
+        server.started()
         for device_id in ("a", "b"):
             stubs.catalog.CreateDevice(catalog_pb.CreateDeviceRequest(device_id=device_id))
         assert run_in_database(url, count_keys) == 0  # no listing yet, so no key
