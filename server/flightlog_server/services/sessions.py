@@ -383,13 +383,22 @@ class Sessions:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _one(self, caller: Caller, work: _DraftWork) -> SessionView:
-        """Runs a write of one session and returns it as it is afterwards (written, or as it was
-        when the write turned out to change nothing)."""
-        draft, result = await write_sessions(self.database, caller, self.record_format, work)
-        if draft.session_id in result.sessions:
-            return self._view(result, draft.session_id)
-        (view,) = await self.get_many(caller, [draft.session_id])
-        return view
+        """Runs a write of one session and returns it as it is afterwards: as written, or, when
+        the write turned out to change nothing, as it is under the write's lock. (Read after the
+        commit instead, it could show a later write's state under this call's answer: a no-op
+        attach answering with a revision at which another call had detached the device.)"""
+
+        async def work_and_read(w: SessionWrites) -> tuple[SessionDraft, SessionView | None]:
+            draft = await work(w)
+            if draft.kind is not None:
+                return draft, None
+            (unchanged,) = await self._views(w.tx, caller, [draft.session_id])
+            return draft, unchanged
+
+        (draft, unchanged), result = await write_sessions(
+            self.database, caller, self.record_format, work_and_read
+        )
+        return unchanged or self._view(result, draft.session_id)
 
     def _view(self, result: WriteResult, session_id: str) -> SessionView:
         record = result.sessions[session_id].record
