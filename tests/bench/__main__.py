@@ -417,13 +417,27 @@ def table(rows: list[Row]) -> str:
     return "\n".join([*out, "", "notes:", *notes])
 
 
+GROUPS = ("list", "writes", "files", "limits", "workers")
+"""The groups of rows ``--only`` chooses from, in the order they run."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="50,000 sessions, shorter runs")
     parser.add_argument("--sessions", type=int, help="sessions in the big org (overrides)")
     parser.add_argument("--json", default=".data/bench.json", help="where to write the JSON")
     parser.add_argument("--profile", action="store_true", help="profile the ListSessions run")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default=set(GROUPS),
+        help=f"run only these groups of rows, comma-separated (of: {', '.join(GROUPS)})",
+    )
     args = parser.parse_args(argv)
+    unknown = args.only - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown groups {', '.join(sorted(unknown))}; known: {', '.join(GROUPS)}")
+    only: set[str] = args.only
     sessions = args.sessions or (50_000 if args.quick else 1_000_000)
     seconds = 3.0 if args.quick else 5.0
     repeats = 1 if args.quick else 2
@@ -448,32 +462,38 @@ def main(argv: list[str] | None = None) -> int:
             ServerProcess("real", url, str(profile_path) if profile_path else None) as real,
             ServerProcess("bare", url) as bare,
         ):
-            log("ListSessions")
-            list_rows, rate = bench_list(real, url, big, repeats, args.profile)
-            rows += list_rows
-            log("slow reader")
-            rows.append(bench_slow_reader(real, big, rate, 20 if args.quick else 60))
-            log("filtered listing")
-            rows.append(bench_filtered(real, big, 5))
-            log("GetSession, CreateSession, UpdateSession")
-            rows += writes.bench_unary(real, bare, big, writer, seconds)
-            log("CreateSession in one org and in eight")
-            rows.append(writes.bench_orgs(real, url, seconds))
-            log("BatchCreateSessions")
-            rows.append(
-                writes.bench_batch_create(real, url, 10_000 if args.quick else 100_000, 1_000)
-            )
-            log("AddSessionFiles")
-            rows += bench_add_files(real, url, writer, catalog, 2 if args.quick else 3)
-            log("ListSessionTopics")
-            rows += bench_topics(real, url, writer, catalog, 3)
-            log("RegisterFile and AddSessionFiles at their limits")
-            probe = (big.identity, big.sample_ids[0])
-            rows += bounded.bench_register_and_add(real, writer, catalog.loose, probe)
-            log("one request at each limit")
-            limits = bounded.limits_table(real, writer, catalog.loose)
-        log("CreateSession on serve --workers 1 and 2")
-        rows.append(writes.bench_workers(url, writer, seconds))
+            if "list" in only:
+                log("ListSessions")
+                list_rows, rate = bench_list(real, url, big, repeats, args.profile)
+                rows += list_rows
+                log("slow reader")
+                rows.append(bench_slow_reader(real, big, rate, 20 if args.quick else 60))
+                log("filtered listing")
+                rows.append(bench_filtered(real, big, 5))
+            if "writes" in only:
+                log("GetSession, CreateSession, UpdateSession")
+                rows += writes.bench_unary(real, bare, big, writer, seconds)
+                log("CreateSession in one org and in eight")
+                rows.append(writes.bench_orgs(real, url, seconds))
+                log("BatchCreateSessions")
+                rows.append(
+                    writes.bench_batch_create(real, url, 10_000 if args.quick else 100_000, 1_000)
+                )
+            if "files" in only:
+                log("AddSessionFiles")
+                rows += bench_add_files(real, url, writer, catalog, 2 if args.quick else 3)
+                log("ListSessionTopics")
+                rows += bench_topics(real, url, writer, catalog, 3)
+            limits: list[dict[str, Any]] = []
+            if "limits" in only:
+                log("RegisterFile and AddSessionFiles at their limits")
+                probe = (big.identity, big.sample_ids[0])
+                rows += bounded.bench_register_and_add(real, writer, catalog.loose, probe)
+                log("one request at each limit")
+                limits = bounded.limits_table(real, writer, catalog.loose)
+        if "workers" in only:
+            log("CreateSession on serve --workers 1 and 2")
+            rows.append(writes.bench_workers(url, writer, seconds))
         with data.connect(url) as conn:
             server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
     timings["total_s"] = time.perf_counter() - started
@@ -481,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    print("one request at each limit (the server's RSS growth and longest event-loop hold):")
-    print(bounded.format_limits(limits))
-    print()
+    if limits:
+        print("one request at each limit (the server's RSS growth and longest event-loop hold):")
+        print(bounded.format_limits(limits))
+        print()
     print(
         f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python"
         f" {platform.python_version()}, grpcio {version('grpcio')}, PostgreSQL {server_version};"
