@@ -10,7 +10,8 @@ place (:meth:`SessionWrites._finish`):
 * bounds are recomputed for every session whose contributions, or whose files, changed;
 * each session's record is encoded once, from the state read under the lock plus the changes;
 * the record, the columns, the values and one change per session are stored by one statement
-  that takes the org's revisions last (``storage.sessions``), and COMMIT travels with it.
+  that takes the org's next revisions (``storage.sessions``), and COMMIT travels with it;
+* once committed, the org's change-feed readers are woken (``storage.sessions.notify_changes``).
 
 A use case cannot skip any of this: it has no other way to write a session (the statements live
 in ``storage.sessions`` and take drafts only from here), and the ending is not its to call.
@@ -409,7 +410,10 @@ async def write_sessions(
         result = await work(writes)
         outcome = await writes._finish()
         await tx.commit()  # sent right behind the last statement: one round trip for both
-        return result, await outcome()
+        written = await outcome()
+        if written.sessions:
+            await sql.notify_changes(tx, caller.org_id)
+        return result, written
 
     return await database.write(attempt)
 

@@ -53,6 +53,26 @@ from flightlog_server.storage.database import Pending, RetryTransaction, Row, Tx
 
 CHANGES_CHANNEL = "flightlog_session_changes"
 
+# The wake-up for the org's change feed readers (``storage.changes``), sent in a transaction of
+# its own right after the write commits, never by the write itself: PostgreSQL serializes the
+# commits of every transaction that notifies, in the whole cluster, behind one lock held through
+# the commit's WAL flush, so a NOTIFY inside the writes capped the writes of all orgs together
+# at about one per fsync. Alone, the notifying transaction has nothing to make durable, so it
+# commits without waiting for the flush (``synchronous_commit`` off: a crash can lose only the
+# wake-up, which the readers' periodic check makes up for). Payload: "<org_id>:<revision>".
+_NOTIFY = f"""
+SELECT set_config('synchronous_commit', 'off', true),
+       pg_notify('{CHANGES_CHANNEL}',
+                 $1 || ':' || (SELECT revision FROM change_feeds WHERE org_id = $1))
+"""
+
+
+async def notify_changes(tx: Tx, org_id: str) -> None:
+    """Wakes the org's feed readers; call it after the write's COMMIT (see ``_NOTIFY``)."""
+    await tx.run(_NOTIFY, [org_id])
+    await tx.commit()
+
+
 # The custom-field value columns, in the order the statements below list them.
 _VALUE_COLUMNS = ("bool_value", "text_value", "number_value", "timestamp_ns")
 _COLUMN_OF_TYPE: dict[CustomFieldType, int] = {
@@ -402,7 +422,6 @@ WITH head AS (
 SELECT (SELECT array_agg(revision ORDER BY ord) FROM item),
        (SELECT count(*) FROM fields) = cardinality($9::text[])
            OR flightlog_retry('a custom field changed status while values were written'),
-       pg_notify('{CHANGES_CHANNEL}', $1 || ':' || (SELECT max(revision) FROM item)),
        ARRAY(SELECT name FROM custom_fields
              WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready' ORDER BY name)
 """
@@ -426,7 +445,7 @@ class StoreReport:
 
     async def read(self) -> Stored:
         row = await self._pending.one()
-        return Stored(list(row[0]), list(row[3]))
+        return Stored(list(row[0]), list(row[2]))
 
 
 async def store_sessions(
@@ -599,7 +618,6 @@ WITH head AS (
 SELECT (SELECT array_agg(revision ORDER BY ord) FROM item),
        (SELECT count(*) FROM inserted) = cardinality($2::text[])
            OR flightlog_retry('a concurrent create with the same request_id committed first'),
-       pg_notify('{CHANGES_CHANNEL}', $1 || ':' || (SELECT max(revision) FROM item)),
        ARRAY(SELECT name FROM custom_fields
              WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready' ORDER BY name),
        (SELECT count(*) FROM fields) = cardinality($10::text[])
@@ -668,7 +686,7 @@ async def create_sessions(
     return StoreReport(pending)
 
 
-_DELETE_SESSION = f"""
+_DELETE_SESSION = """
 WITH head AS (
     INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, 1)
     ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + 1
@@ -680,8 +698,7 @@ WITH head AS (
     SELECT $1, head.revision, gone.session_id, 'deleted', NULL, $3::text[], $4::text[]
     FROM head, gone
 )
-SELECT ARRAY[head.revision], true, pg_notify('{CHANGES_CHANNEL}', $1 || ':' || head.revision),
-       ARRAY[]::text[]
+SELECT ARRAY[head.revision], true, ARRAY[]::text[]
 FROM head
 """
 
