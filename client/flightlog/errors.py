@@ -77,6 +77,7 @@ class FlightlogError(Exception):
             before it succeeded (items ``0`` to ``batch_offset - 1``), nothing of the failed
             call was written, and a violation named ``requests[i]...`` (or
             ``session_ids[i]``) is about input item ``batch_offset + i``. ``None`` otherwise.
+        batch_size: With ``batch_offset``, how many input items the failed call held.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class FlightlogError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.request_id = request_id
         self.batch_offset: int | None = None
+        self.batch_size: int | None = None
 
     def __str__(self) -> str:
         """Return the message followed by the field violations it does not already state, as

@@ -253,7 +253,7 @@ def publish(
                 c.sessions.PublishMetrics, pb.PublishMetricsRequest(requests=chunk), org_id=org_id
             )
         except FlightlogError as error:
-            error.batch_offset = offset
+            error.batch_offset, error.batch_size = offset, len(chunk)
             raise
         for item, answer in zip(chunk, response.responses, strict=True):
             part = BulkPublishMetricsResult.from_proto(answer, item.session_id)

@@ -389,7 +389,7 @@ def create_session_batches(
                 org_id=caller_org_id,
             )
         except FlightlogError as error:
-            error.batch_offset = offset
+            error.batch_offset, error.batch_size = offset, len(chunk)
             raise
         yield [Session(message, client=c) for message in response.sessions]
         offset += len(chunk)
@@ -729,7 +729,7 @@ class Session:
                     org_id=owner_org_id,
                 )
             except FlightlogError as error:
-                error.batch_offset = len(loaded)
+                error.batch_offset, error.batch_size = len(loaded), len(chunk)
                 raise
             loaded.extend(cls(message, client=c) for message in response.sessions)
         return loaded
