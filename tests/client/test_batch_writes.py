@@ -128,7 +128,7 @@ def test_sessions_over_one_mebibyte_are_split_into_calls_under_the_limit(
     assert whole.ByteSize() > 1 << 20
     with pytest.raises(grpc.RpcError) as refused:  # one call would be refused
         flightlog_client.sessions.BatchCreateSessions(whole)
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     batch_sizes: list[int] = []
     sessions = Session.create_many(

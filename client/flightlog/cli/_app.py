@@ -1039,18 +1039,26 @@ def _import_failure_lines(error: FlightlogError, pending: Sequence[_ImportLine])
     return named or [line.number for line in pending]
 
 
-def _line_violations(
-    error: FlightlogError, pending: Sequence[_ImportLine]
-) -> list[tuple[str, str]]:
-    """The error's violations, ``requests[i].field`` renamed ``line N: field``."""
+def _name_lines(error: FlightlogError, pending: Sequence[_ImportLine]) -> bool:
+    """Rename ``requests[i].field`` to ``line N: field`` in the error's message and
+    violations; return whether any was renamed."""
+    pattern = re.compile(r"requests\[(\d+)\]\.?")
+    renamed = False
 
-    def rename(field: str) -> str:
-        match = _VIOLATION_INDEX.match(field)
-        if match is None or int(match.group(1)) >= len(pending):
-            return field
-        return f"line {pending[int(match.group(1))].number}: {field[match.end() :]}"
+    def rename(match: re.Match[str]) -> str:
+        nonlocal renamed
+        index = int(match.group(1))
+        if index >= len(pending):
+            return match.group(0)
+        renamed = True
+        return f"line {pending[index].number}: "
 
-    return [(rename(field), why) for field, why in error.field_violations]
+    error.message = pattern.sub(rename, error.message)
+    error.args = (error.message,)
+    error.field_violations = [
+        (pattern.sub(rename, field), why) for field, why in error.field_violations
+    ]
+    return renamed
 
 
 def _batch_size(text: str) -> int:
@@ -1098,6 +1106,7 @@ def _sessions_import(ctx: _Context) -> int:
 
     failure: BaseException | None = None
     failed_lines: list[int] = []
+    named = False  # whether the error's own text names the failed lines
     with source, progress:
         task = progress.add_task("0 sessions", total=total)
         try:
@@ -1119,7 +1128,7 @@ def _sessions_import(ctx: _Context) -> int:
         except FlightlogError as error:
             batch = list(pending)[: error.batch_size or len(pending)]
             failed_lines = _import_failure_lines(error, batch)
-            error.field_violations = _line_violations(error, batch)
+            named = _name_lines(error, batch)
             failure = error
     summary = {
         "file": str(path),
@@ -1146,7 +1155,12 @@ def _sessions_import(ctx: _Context) -> int:
         else f"lines {', '.join(map(str, failed_lines[:10]))}"
         + (", ..." if len(failed_lines) > 10 else "")
     )
-    out.failure(failure, line=where)
+    if out.json_mode:
+        out.failure(failure, lines=failed_lines)
+    elif named:
+        out.failure(failure)
+    else:
+        out.failure(failure, line=where)
     if imported:
         return EXIT_PARTIAL
     return EXIT_USAGE if isinstance(failure, _BadLine) else exit_code_for(failure)
