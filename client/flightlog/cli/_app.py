@@ -1140,7 +1140,8 @@ def _sessions_import(ctx: _Context) -> int:
     if out.json_mode:
         out.json({"summary": summary})
     elif failure is None:
-        out.info(f"imported {imported:,} sessions from {path} in {batches_sent:,} calls")
+        calls = "call" if batches_sent == 1 else "calls"
+        out.info(f"imported {imported:,} sessions from {path} in {batches_sent:,} {calls}")
     else:
         out.info(
             f"imported {imported:,} sessions from {path} (through line {last_line}) before "
