@@ -70,6 +70,7 @@ def batches(
     file) propagates at once: every chunk closed before it has been yielded, and the chunk
     being filled, to which the failing item would have belonged, never is.
 
+    >>> from flightlog._batching import batches
     >>> list(batches(["aa", "b", "cc", "d"], len, max_items=3, max_bytes=3))
     [['aa', 'b'], ['cc', 'd']]
     """

@@ -6,17 +6,18 @@ allow) or :meth:`flightlog.Session.publish_metrics`, which wraps it; read them b
 sends both in one call with :meth:`flightlog.Session.update` (``metrics=``).
 
 Example:
-    >>> from flightlog import metrics
+    >>> from flightlog import Session, metrics
     >>> from flightlog.metrics import MetricEntry
+    >>> a, b = Session.create_many([{"name": "run-a"}, {"name": "run-b"}])
     >>> result = metrics.publish(
     ...     {
-    ...         "ss_0123456789abcdef": [MetricEntry("cpu.usage_max", 87.2)],
-    ...         "ss_fedcba9876543210": [MetricEntry("cpu.usage_max", 64.0)],
+    ...         a.session_id: [MetricEntry("cpu.usage_max", 87.2)],
+    ...         b.session_id: [MetricEntry("cpu.usage_max", 64.0)],
     ...     },
     ...     device_id=None,
     ... )
-    >>> sorted(m.session_id for m in result.succeeded)
-    ['ss_0123456789abcdef', 'ss_fedcba9876543210']
+    >>> sorted(m.value for m in result.succeeded)
+    [64.0, 87.2]
 """
 
 from __future__ import annotations

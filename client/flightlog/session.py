@@ -1440,16 +1440,21 @@ class Session:
             This Session, refreshed from the server response.
 
         Example:
-            A pipeline step that tags a session, sets a custom field and records a metric,
-            in one call:
+            A pipeline step that tags a session, sets a custom field (``max_speed``, a Ready
+            number field of the org) and records a metric, in one call:
 
             >>> from flightlog import CustomFieldChangeset, MetadataChangeset, MetricEntry
-            >>> session.update(
+            >>> session = Session.create(name="flight-001")
+            >>> session = session.update(
             ...     metadata_changeset=MetadataChangeset(put_tags=["analyzed"]),
             ...     custom_fields_changeset=CustomFieldChangeset(set_fields={"max_speed": 12.5}),
             ...     metrics=[MetricEntry("cpu.usage_max", 87.2)],
             ...     metrics_device_id=None,
             ... )
+            >>> session.tags, session.custom_fields["max_speed"]
+            (['analyzed'], 12.5)
+            >>> [(m.name, m.value) for m in session.list_metrics()]
+            [('cpu.usage_max', 87.2)]
         """
         request = pb.UpdateSessionRequest(session_id=self.session_id)
         name_update = _string_update(name)
