@@ -188,3 +188,29 @@ def test_the_request_id_depends_on_the_key_the_line_number_and_the_content() -> 
     assert same != import_request_id("/data/a.jsonl", 4, line)
     assert same != import_request_id("/data/a.jsonl", 3, b'{"name": "b"}\n')
     assert len(same) <= 128
+
+
+def test_a_copy_resumes_with_the_same_key_and_not_without_it(
+    cli_env: dict[str, str], tmp_path: Path, flightlog_client: FlightlogClient
+) -> None:
+    tag = unique("imp")
+    lines = [{"name": f"{tag}-1", "tags": [tag]}]
+    original = _write(tmp_path / "a.jsonl", lines)
+    copy = _write(tmp_path / "b.jsonl", lines)
+
+    first = flightlog("--json", "sessions", "import", str(original), "--key", "fleet-2026")
+    same_key = flightlog("--json", "sessions", "import", str(copy), "--key", "fleet-2026")
+    assert first.json_lines()[0] == same_key.json_lines()[0]
+    assert len(list(Session.query(tags_all=[tag], client=flightlog_client))) == 1
+
+    other_key = flightlog("--json", "sessions", "import", str(copy))  # its own path as the key
+    assert other_key.code == 0
+    assert len(list(Session.query(tags_all=[tag], client=flightlog_client))) == 2
+
+
+def test_the_batch_size_is_1_to_1000(cli_env: dict[str, str], tmp_path: Path) -> None:
+    source = _write(tmp_path / "s.jsonl", [{}])
+    for bad in ("0", "1001", "many"):
+        result = flightlog("sessions", "import", str(source), "--batch-size", bad)
+        assert result.code == 2, bad
+        assert "--batch-size" in result.stderr

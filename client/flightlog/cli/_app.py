@@ -937,8 +937,8 @@ the fields of `sessions create` under their API names (blank lines are skipped):
    "tags": ["nightly"], "metadata": {"pilot": "ada"}, "custom_fields": {"max_speed": 12.5}}
 
 Every field is optional. A custom field's value is a JSON value of its type; a timestamp is
-nanoseconds or an ISO 8601 string. "request_id" (1 to 128 characters) overrides the key
-described below.
+nanoseconds or an ISO 8601 string. A "request_id" (1 to 128 characters) replaces the request
+ID the line would be given as described below.
 
 Lines are sent in batches (BatchCreateSessions: up to 1,000 sessions and about 900 KiB a call),
 each created all or nothing. Every line carries a request ID derived from the import key (by
@@ -1126,10 +1126,11 @@ def _sessions_import(ctx: _Context) -> int:
         except _BadLine as error:
             failure, failed_lines = error, [error.line]
         except FlightlogError as error:
-            batch = list(pending)[: error.batch_size or len(pending)]
-            failed_lines = _import_failure_lines(error, batch)
-            named = _name_lines(error, batch)
             failure = error
+            if error.batch_size is not None:  # a batch was refused, not a lookup before it
+                batch = list(pending)[: error.batch_size]
+                failed_lines = _import_failure_lines(error, batch)
+                named = _name_lines(error, batch)
     summary = {
         "file": str(path),
         "imported": imported,
@@ -1158,7 +1159,7 @@ def _sessions_import(ctx: _Context) -> int:
     )
     if out.json_mode:
         out.failure(failure, lines=failed_lines)
-    elif named:
+    elif named or not failed_lines:
         out.failure(failure)
     else:
         out.failure(failure, line=where)
@@ -1205,7 +1206,8 @@ exit codes:
   6  conflict (already exists, stale revision, ambiguous name)
   7  server unavailable or unreachable, or no answer within --timeout
   8  partial failure: some items failed, the others succeeded
-     (ingest: some recordings were ingested, see the errors for the others)
+     (ingest: some recordings were ingested, see the errors for the others;
+     sessions import: the batches before the failed one were imported)
   9  ingest: no recording could be ingested (each one failed on its own);
      any code other than 0 and 8 means ingest added nothing
 """
