@@ -16,7 +16,7 @@ The connection is configured from ``FLIGHTLOG_ENDPOINT``, ``FLIGHTLOG_API_KEY``,
 Failures raise the typed exceptions of :mod:`flightlog.errors`.
 """
 
-from flightlog import catalog, custom_fields, errors
+from flightlog import catalog, custom_fields, errors, metrics
 from flightlog._client import (
     FlightlogClient,
     RetrySettings,
@@ -50,6 +50,7 @@ from flightlog.errors import (
 )
 from flightlog.metrics import BulkPublishMetricsResult, Metric, MetricEntry, MetricFailure
 from flightlog.session import (
+    CreateSessionRequest,
     CustomFieldChangeset,
     FieldCondition,
     MetadataChangeset,
@@ -70,6 +71,7 @@ __all__ = [
     "ClientConfig",
     "ConfigurationError",
     "ConflictError",
+    "CreateSessionRequest",
     "CustomField",
     "CustomFieldChangeset",
     "Dataset",
@@ -109,6 +111,7 @@ __all__ = [
     "custom_fields",
     "errors",
     "get_default_client",
+    "metrics",
     "set_default_client",
     "watch",
 ]

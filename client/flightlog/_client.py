@@ -103,7 +103,9 @@ RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
     "flightlog.v1.SessionService": (
         "CreateSession",
         "CreateSessionFromDataset",
+        "BatchCreateSessions",  # create_many gives every item a request_id
         "GetSession",
+        "BatchGetSessions",
         "UpdateSession",
         "DeleteSession",
         "ListSessions",
@@ -116,6 +118,7 @@ RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
         "ListSessionTopics",
         "GetSessionTopic",
         "PublishSessionMetrics",
+        "PublishMetrics",
         "ListSessionMetrics",
         "WatchSessions",
     ),

@@ -71,6 +71,13 @@ class FlightlogError(Exception):
         field_violations: ``(field, description)`` pairs naming each offending request field.
         metadata: The ``ErrorInfo`` metadata.
         request_id: The id under which the server logged an unexpected failure, or ``""``.
+        batch_offset: Set by the batched helpers (:meth:`flightlog.Session.create_many`,
+            :meth:`flightlog.Session.get_many`, :func:`flightlog.metrics.publish`) when one
+            of their calls failed: the input index of that call's first item. The calls
+            before it succeeded (items ``0`` to ``batch_offset - 1``), nothing of the failed
+            call was written, and a violation named ``requests[i]...`` (or
+            ``session_ids[i]``) is about input item ``batch_offset + i``. ``None`` otherwise.
+        batch_size: With ``batch_offset``, how many input items the failed call held.
     """
 
     def __init__(
@@ -90,6 +97,8 @@ class FlightlogError(Exception):
         self.field_violations: list[FieldViolation] = list(field_violations)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.request_id = request_id
+        self.batch_offset: int | None = None
+        self.batch_size: int | None = None
 
     def __str__(self) -> str:
         """Return the message followed by the field violations it does not already state, as

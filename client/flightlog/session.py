@@ -23,11 +23,12 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
 
+from flightlog._batching import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, batches, field_size
 from flightlog._client import FlightlogClient, resolve_client
 from flightlog._values import (
     NotSet,
@@ -40,13 +41,14 @@ from flightlog._values import (
     metadata_to_proto,
 )
 from flightlog.catalog import Topic
-from flightlog.errors import from_rpc_error
-from flightlog.metrics import BulkPublishMetricsResult, Metric, MetricEntry
+from flightlog.errors import FlightlogError, from_rpc_error
+from flightlog.metrics import BulkPublishMetricsResult, Metric, MetricEntry, publish
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
 
 __all__ = [
     "SESSION_CHANGE_KINDS",
+    "CreateSessionRequest",
     "CustomFieldChangeset",
     "FieldCondition",
     "MetadataChangeset",
@@ -272,6 +274,125 @@ class CustomFieldChangeset:
             set_fields=custom_fields_to_proto(self.set_fields),
             clear_fields=list(self.clear_fields),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateSessionRequest:
+    """One session to create with :meth:`Session.create_many`: the arguments of
+    :meth:`Session.create`, plus an optional idempotency key.
+
+    Attributes:
+        name: Optional short name (max 120 characters).
+        description: Optional description.
+        device_ids: Devices to attach at creation; each must exist in the org.
+        metadata: Optional initial metadata.
+        tags: Optional initial tags.
+        custom_fields: Optional initial values for Ready custom fields.
+        request_id: Idempotency key, 1 to 128 characters, unique within one call. Sending the
+            same key and the same session again returns the session the first call created
+            instead of creating another. ``None``: :meth:`Session.create_many` generates one.
+    """
+
+    name: str | None = None
+    description: str | None = None
+    device_ids: Sequence[str] = ()
+    metadata: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+    custom_fields: Mapping[str, Any] | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> CreateSessionRequest:
+        """Build from a mapping of the attributes' names (a parsed JSON object, say).
+
+        Raises:
+            ValueError: A key is not an attribute, or a value has the wrong shape.
+        """
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown session field(s): {', '.join(unknown)}")
+        for key in ("name", "description", "request_id"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise ValueError(f"{key} must be a string")
+        for key in ("device_ids", "tags"):
+            value = values.get(key)
+            if value is not None and (
+                not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value)
+            ):
+                raise ValueError(f"{key} must be a list of strings")
+        for key in ("metadata", "custom_fields"):
+            if values.get(key) is not None and not isinstance(values[key], Mapping):
+                raise ValueError(f"{key} must be an object")
+        return cls(
+            name=values.get("name"),
+            description=values.get("description"),
+            device_ids=tuple(values.get("device_ids") or ()),
+            metadata=values.get("metadata"),
+            tags=tuple(values.get("tags") or ()),
+            custom_fields=values.get("custom_fields"),
+            request_id=values.get("request_id"),
+        )
+
+    def to_proto(self) -> pb.CreateSessionRequest:
+        """Return the wire form; a missing ``request_id`` is generated.
+
+        Raises:
+            TypeError: A metadata or custom-field value has no wire representation.
+        """
+        request = pb.CreateSessionRequest(
+            name=self.name or "",
+            description=self.description or "",
+            device_ids=list(self.device_ids),
+            tags=list(self.tags),
+            custom_fields=custom_fields_to_proto(self.custom_fields or {}),
+            request_id=self.request_id or _new_request_id(),
+        )
+        if self.metadata:
+            request.metadata.CopyFrom(metadata_to_proto(self.metadata))
+        return request
+
+
+def create_session_batches(
+    requests: Iterable[pb.CreateSessionRequest],
+    *,
+    caller_org_id: str | None = None,
+    client: FlightlogClient | None = None,
+    max_items: int = MAX_BATCH_ITEMS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> Iterator[list[Session]]:
+    """Create sessions from wire requests with BatchCreateSessions, one call per batch, and
+    yield each batch's sessions as soon as its call succeeded.
+
+    The building block of :meth:`Session.create_many` and ``flightlog sessions import``, for
+    callers that report progress or build the requests themselves. ``requests`` is read
+    lazily and cut into batches of at most ``max_items`` sessions and ``max_bytes`` encoded
+    bytes (see :mod:`flightlog._batching`). Each request should carry a ``request_id``: the
+    client retries a call that failed in transit, and only request IDs make the retry return
+    the sessions the lost call created.
+
+    Raises:
+        FlightlogError: A call failed; its ``batch_offset`` is the index of that call's first
+            request. Every batch before it was created; nothing of it was.
+    """
+    c = resolve_client(client)
+    offset = 0
+    for chunk in batches(
+        requests,
+        lambda request: field_size(request.ByteSize()),
+        max_items=max_items,
+        max_bytes=max_bytes,
+    ):
+        try:
+            response = c.call(
+                c.sessions.BatchCreateSessions,
+                pb.BatchCreateSessionsRequest(requests=chunk),
+                org_id=caller_org_id,
+            )
+        except FlightlogError as error:
+            error.batch_offset, error.batch_size = offset, len(chunk)
+            raise
+        yield [Session(message, client=c) for message in response.sessions]
+        offset += len(chunk)
 
 
 _OPERATORS: dict[str, pb.ComparisonOperator.ValueType] = {
@@ -509,6 +630,109 @@ class Session:
             request.metadata.CopyFrom(metadata_to_proto(metadata))
         response = c.call(c.sessions.CreateSessionFromDataset, request, org_id=caller_org_id)
         return cls(response.session, client=c)
+
+    @classmethod
+    def create_many(
+        cls,
+        sessions: Iterable[CreateSessionRequest | Mapping[str, Any]],
+        caller_org_id: str | None = None,
+        client: FlightlogClient | None = None,
+        *,
+        on_batch: Callable[[list[Session]], None] | None = None,
+    ) -> list[Session]:
+        """Create many Sessions in as few calls as the server's limits allow.
+
+        The sessions are sent with BatchCreateSessions, up to 1,000 a call and under the
+        server's 1 MiB message limit (a call holds at most about 900 KiB of encoded sessions).
+        Each call is all or nothing. Every session carries a ``request_id``, its own or a
+        generated one, so a retried call (the client retries one lost in transit) returns the
+        sessions the first attempt created instead of creating duplicates. To make a whole
+        import resumable across runs, give each session a ``request_id`` derived from its
+        source (as ``flightlog sessions import`` does): running it again returns the sessions
+        already created and creates only the others.
+
+        Args:
+            sessions: The sessions to create, as :class:`CreateSessionRequest` values or
+                mappings of their attributes (``{"name": ..., "device_ids": [...]}``). Read
+                lazily, one batch at a time.
+            caller_org_id: Caller's org scope. Required when the caller belongs to multiple
+                orgs.
+            client: Optional client; defaults to the ambient one.
+            on_batch: Called with each batch's Sessions once its call succeeded (for
+                progress).
+
+        Returns:
+            The created Sessions, in the order of ``sessions``.
+
+        Raises:
+            InvalidRequestError: A session is invalid; ``field_violations`` names it as
+                ``requests[i].<field>``, input item ``batch_offset + i``.
+            NotFoundError: A device does not exist in the org.
+            ConflictError: A ``request_id`` was used before with a different session.
+
+        Example:
+            >>> from flightlog import CreateSessionRequest, Session
+            >>> sessions = Session.create_many(
+            ...     [
+            ...         CreateSessionRequest(name="run-1", tags=["nightly"]),
+            ...         {"name": "run-2", "tags": ["nightly"], "request_id": "nightly-run-2"},
+            ...     ]
+            ... )
+            >>> [s.name for s in sessions]
+            ['run-1', 'run-2']
+        """
+        c = resolve_client(client)
+        requests = (
+            (
+                item
+                if isinstance(item, CreateSessionRequest)
+                else CreateSessionRequest.from_mapping(item)
+            ).to_proto()
+            for item in sessions
+        )
+        created: list[Session] = []
+        for batch in create_session_batches(requests, caller_org_id=caller_org_id, client=c):
+            created.extend(batch)
+            if on_batch is not None:
+                on_batch(batch)
+        return created
+
+    @classmethod
+    def get_many(
+        cls,
+        session_ids: Iterable[str],
+        owner_org_id: str | None = None,
+        client: FlightlogClient | None = None,
+    ) -> list[Session]:
+        """Load Sessions by ID with BatchGetSessions, 1,000 a call.
+
+        Args:
+            session_ids: Session primary keys; an ID given twice is returned twice.
+            owner_org_id: Caller's org scope. Required when the caller belongs to multiple
+                orgs.
+            client: Optional client; defaults to the ambient one.
+
+        Returns:
+            The Sessions, in the order of ``session_ids``.
+
+        Raises:
+            NotFoundError: A session does not exist in the org (reason
+                ``SESSION_NOT_FOUND``, ``metadata["ids"]`` lists the missing ones).
+        """
+        c = resolve_client(client)
+        loaded: list[Session] = []
+        for chunk in batches(session_ids, lambda session_id: field_size(len(session_id.encode()))):
+            try:
+                response = c.call(
+                    c.sessions.BatchGetSessions,
+                    pb.BatchGetSessionsRequest(session_ids=chunk),
+                    org_id=owner_org_id,
+                )
+            except FlightlogError as error:
+                error.batch_offset, error.batch_size = len(loaded), len(chunk)
+                raise
+            loaded.extend(cls(message, client=c) for message in response.sessions)
+        return loaded
 
     @classmethod
     def from_id(
@@ -1073,9 +1297,11 @@ class Session:
     ) -> BulkPublishMetricsResult:
         """Record metric values for this Session in a single network call.
 
-        Each (metric, session) pair is upserted: republishing under the same name replaces the
-        previous value. Metric definitions are created on first use. Entries that fail on their
-        own (bad name, NaN) are reported in ``failed``; the others are recorded.
+        Convenience wrapper around :func:`flightlog.metrics.publish` that supplies this
+        Session's ``session_id`` and org. Each (metric, session) pair is upserted:
+        republishing under the same name replaces the previous value. Metric definitions are
+        created on first use. Entries that fail on their own (bad name, NaN) are reported in
+        ``failed``; the others are recorded.
 
         Args:
             metrics: Metric names and numeric values to record.
@@ -1091,16 +1317,13 @@ class Session:
             InvalidRequestError: ``device_id`` was omitted and this Session has zero or more
                 than one attached devices.
         """
-        request = pb.PublishSessionMetricsRequest(
-            session_id=self.session_id, metrics=[m.to_proto() for m in metrics]
+        return publish(
+            metrics,
+            session_id=self.session_id,
+            device_id=device_id,
+            org_id=self._org,
+            client=self._client,
         )
-        if device_id is None:
-            request.no_device = True
-        elif not isinstance(device_id, NotSetType):
-            request.device_id = device_id
-        c = self._client
-        response = c.call(c.sessions.PublishSessionMetrics, request, org_id=self._org)
-        return BulkPublishMetricsResult.from_proto(response)
 
     # Tags, metadata, custom fields -----------------------------------------------------------
 
@@ -1189,6 +1412,8 @@ class Session:
         custom_fields_changeset: CustomFieldChangeset | None = None,
         *,
         expected_revision: int | None = None,
+        metrics: Sequence[MetricEntry] = (),
+        metrics_device_id: str | NotSetType | None = NotSet,
     ) -> Session:
         """Update mutable Session fields.
 
@@ -1204,9 +1429,32 @@ class Session:
             custom_fields_changeset: Changes to Ready custom-field values.
             expected_revision: Apply only if the Session's :attr:`revision` still equals this
                 (optimistic concurrency); otherwise :class:`~flightlog.errors.ConflictError`.
+            metrics: Metric values to publish in the same call (1 to 1,000), all or nothing
+                with the other changes: one transaction, one change in the feed, one new
+                revision. Unlike :meth:`publish_metrics`, a bad entry fails the whole call
+                (its violation is named ``metrics.entries[i]``).
+            metrics_device_id: Device to associate with the ``metrics``, or ``None`` for no
+                device; when omitted, inferred from the one attached device.
 
         Returns:
             This Session, refreshed from the server response.
+
+        Example:
+            A pipeline step that tags a session, sets a custom field (``max_speed``, a Ready
+            number field of the org) and records a metric, in one call:
+
+            >>> from flightlog import CustomFieldChangeset, MetadataChangeset, MetricEntry
+            >>> session = Session.create(name="flight-001")
+            >>> session = session.update(
+            ...     metadata_changeset=MetadataChangeset(put_tags=["analyzed"]),
+            ...     custom_fields_changeset=CustomFieldChangeset(set_fields={"max_speed": 12.5}),
+            ...     metrics=[MetricEntry("cpu.usage_max", 87.2)],
+            ...     metrics_device_id=None,
+            ... )
+            >>> session.tags, session.custom_fields["max_speed"]
+            (['analyzed'], 12.5)
+            >>> [(m.name, m.value) for m in session.list_metrics()]
+            [('cpu.usage_max', 87.2)]
         """
         request = pb.UpdateSessionRequest(session_id=self.session_id)
         name_update = _string_update(name)
@@ -1221,6 +1469,12 @@ class Session:
             request.custom_fields_changeset.CopyFrom(custom_fields_changeset.to_proto())
         if expected_revision is not None:
             request.expected_revision = expected_revision
+        if metrics:
+            request.metrics.entries.extend(m.to_proto() for m in metrics)
+            if metrics_device_id is None:
+                request.metrics.no_device = True
+            elif not isinstance(metrics_device_id, NotSetType):
+                request.metrics.device_id = metrics_device_id
         c = self._client
         return self._apply(c.call(c.sessions.UpdateSession, request, org_id=self._org).session)
 

@@ -17,6 +17,7 @@ import pytest
 from flightlog import FlightlogClient, catalog, set_default_client
 from flightlog.ingest import read_recording, register_recording
 from tests.client.recordings import BY_NAME
+from tests.support import Identity
 
 EnsureDevice = Callable[[str], str]
 RegisterRecording = Callable[[str], catalog.File]
@@ -135,3 +136,13 @@ def silent_endpoint() -> Iterator[str]:
     for connection in accepted:
         connection.close()
     thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def other_flightlog_client(grpc_target: str, other_identity: Identity) -> Iterator[FlightlogClient]:
+    """A client acting as another org's principal, for tenant-isolation tests."""
+    client = FlightlogClient(
+        grpc_target, api_key=other_identity.api_key, org_id=other_identity.org_id, timeout=30
+    )
+    yield client
+    client.close()

@@ -23,6 +23,7 @@ from flightlog import (
     Session,
     UnavailableError,
     catalog,
+    metrics,
 )
 from flightlog.v1 import (
     catalog_service_pb2,
@@ -95,6 +96,29 @@ class ScriptedSessions(session_service_pb2_grpc.SessionServiceServicer):
             succeeded=[
                 pb.Metric(name=m.name, value=m.value, session_id=request.session_id)
                 for m in request.metrics
+            ]
+        )
+
+    def BatchCreateSessions(self, request: Any, context: Any) -> Any:
+        self._record("BatchCreateSessions", request, context)
+        return pb.BatchCreateSessionsResponse(
+            sessions=[
+                self.session(f"ss_{item.request_id}", name=item.name or None)
+                for item in request.requests
+            ]
+        )
+
+    def PublishMetrics(self, request: Any, context: Any) -> Any:
+        self._record("PublishMetrics", request, context)
+        return pb.PublishMetricsResponse(
+            responses=[
+                pb.PublishSessionMetricsResponse(
+                    succeeded=[
+                        pb.Metric(name=m.name, value=m.value, session_id=item.session_id)
+                        for m in item.metrics
+                    ]
+                )
+                for item in request.requests
             ]
         )
 
@@ -231,6 +255,33 @@ def test_creates_are_retried_with_the_same_request_id(harness: Harness) -> None:
     first, retry, second = (c.request.request_id for c in harness.sessions.of("CreateSession"))
     assert first and first == retry
     assert second != first
+
+
+def test_a_batch_create_is_retried_with_the_same_request_ids(harness: Harness) -> None:
+    harness.sessions.failures["BatchCreateSessions"] = [grpc.StatusCode.UNAVAILABLE]
+
+    sessions = Session.create_many(
+        [{"name": "a"}, {"name": "b", "request_id": "mine"}], client=harness.client
+    )
+
+    first, retry = (c.request for c in harness.sessions.of("BatchCreateSessions"))
+    assert first == retry
+    generated, given = (item.request_id for item in first.requests)
+    assert generated and given == "mine"
+    assert [s.name for s in sessions] == ["a", "b"]
+
+
+def test_publish_across_sessions_is_retried(harness: Harness) -> None:
+    harness.sessions.failures["PublishMetrics"] = [grpc.StatusCode.UNAVAILABLE]
+
+    result = metrics.publish(
+        {"ss_a": [MetricEntry("x", 1.0)], "ss_b": [MetricEntry("x", 2.0)]},
+        device_id=None,
+        client=harness.client,
+    )
+
+    assert len(harness.sessions.of("PublishMetrics")) == 2
+    assert [(m.session_id, m.value) for m in result.succeeded] == [("ss_a", 1.0), ("ss_b", 2.0)]
 
 
 def test_calls_that_are_not_safe_to_repeat_are_not_retried(harness: Harness) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import hashlib
 import json
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +24,7 @@ from rich.progress import (
 )
 
 from flightlog import catalog, custom_fields
+from flightlog._batching import MAX_BATCH_ITEMS
 from flightlog._client import FlightlogClient
 from flightlog._config import ClientConfig
 from flightlog.catalog import TimelineExtent, TopicPartition, TopicPartitionSpec
@@ -59,12 +63,15 @@ from flightlog.ingest import (
 from flightlog.metrics import Metric, MetricEntry
 from flightlog.session import (
     SESSION_CHANGE_KINDS,
+    CreateSessionRequest,
     CustomFieldChangeset,
     MetadataChangeset,
     Session,
     SessionChange,
     SessionFile,
+    create_session_batches,
 )
+from flightlog.v1 import session_service_pb2 as pb
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -920,6 +927,247 @@ def _ingested_json(ingested: IngestedFile) -> dict[str, Any]:
     }
 
 
+# Import --------------------------------------------------------------------------------------
+
+_IMPORT_DESCRIPTION = """\
+Create sessions from a JSON Lines file: one JSON object per line, one session per object, with
+the fields of `sessions create` under their API names (blank lines are skipped):
+
+  {"name": "flight-001", "description": "...", "device_ids": ["dv_abc"],
+   "tags": ["nightly"], "metadata": {"pilot": "ada"}, "custom_fields": {"max_speed": 12.5}}
+
+Every field is optional. A custom field's value is a JSON value of its type; a timestamp is
+nanoseconds or an ISO 8601 string. A "request_id" (1 to 128 characters) replaces the request
+ID the line would be given as described below.
+
+Lines are sent in batches (BatchCreateSessions: up to 1,000 sessions and about 900 KiB a call),
+each created all or nothing. Every line carries a request ID derived from the import key (by
+default the file's absolute path), its line number and its content, so running the same import
+again is safe: lines already imported return the sessions created the first time, and only the
+others are created. After a failure, fix the line named in the error (in place: inserting or
+deleting lines renumbers the lines after it) and run the same command again. A bad line stops
+the import before its batch is sent: every batch before it is imported, nothing of its own.
+"""
+
+
+class _BadLine(ValueError):
+    """A line of an import file that is not a session."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImportLine:
+    """A line of an import file, parsed."""
+
+    number: int
+    end_offset: int
+    request: pb.CreateSessionRequest
+
+
+def import_request_id(key: str, line_number: int, line: bytes) -> str:
+    """The request ID of one line of an import: the same key, line number and content give
+    the same ID, on any machine and in any run."""
+    digest = hashlib.sha256()
+    for part in (key.encode(), str(line_number).encode(), line.strip()):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return f"import-{digest.hexdigest()}"
+
+
+def _import_custom_fields(ctx: _Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Custom-field values of a line: text of a timestamp or enum field is parsed as
+    ``sessions create --field`` parses it; other JSON values are sent as they are."""
+    definitions = ctx.session_fields()
+    result: dict[str, Any] = {}
+    for name, value in values.items():
+        field = definitions.get(name)
+        if isinstance(value, str) and field is not None and field.type in ("timestamp", "enum"):
+            result[name] = parse_custom_field_value(name, value, definitions)
+        elif isinstance(value, int) and field is not None and field.type == "timestamp":
+            result[name] = parse_custom_field_value(name, str(value), definitions)
+        else:
+            result[name] = value
+    return result
+
+
+def _read_import(ctx: _Context, source: IO[bytes], key: str) -> Iterator[_ImportLine]:
+    """Parse an import file line by line.
+
+    Raises:
+        _BadLine: A line is not a JSON object describing a session.
+    """
+    offset = 0
+    for number, raw in enumerate(source, start=1):
+        offset += len(raw)
+        if not raw.strip():
+            continue
+        try:
+            try:
+                values = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            spec = CreateSessionRequest.from_mapping(values)
+            if spec.custom_fields:
+                spec = dataclasses.replace(
+                    spec, custom_fields=_import_custom_fields(ctx, dict(spec.custom_fields))
+                )
+            if spec.request_id is None:
+                spec = dataclasses.replace(spec, request_id=import_request_id(key, number, raw))
+            request = spec.to_proto()
+        except (ValueError, TypeError) as error:  # JSONDecodeError and UsageError included
+            raise _BadLine(number, str(error)) from None
+        yield _ImportLine(number, offset, request)
+
+
+_VIOLATION_INDEX = re.compile(r"^requests\[(\d+)\]\.?")
+
+
+def _import_failure_lines(error: FlightlogError, pending: Sequence[_ImportLine]) -> list[int]:
+    """The lines a failed batch's error is about: those its violations name, else all."""
+    named = sorted(
+        {
+            pending[int(match.group(1))].number
+            for field, _ in error.field_violations
+            if (match := _VIOLATION_INDEX.match(field)) and int(match.group(1)) < len(pending)
+        }
+    )
+    return named or [line.number for line in pending]
+
+
+def _name_lines(error: FlightlogError, pending: Sequence[_ImportLine]) -> bool:
+    """Rename ``requests[i].field`` to ``line N: field`` in the error's message and
+    violations; return whether any was renamed."""
+    pattern = re.compile(r"requests\[(\d+)\]\.?")
+    renamed = False
+
+    def rename(match: re.Match[str]) -> str:
+        nonlocal renamed
+        index = int(match.group(1))
+        if index >= len(pending):
+            return match.group(0)
+        renamed = True
+        return f"line {pending[index].number}: "
+
+    error.message = pattern.sub(rename, error.message)
+    error.args = (error.message,)
+    error.field_violations = [
+        (pattern.sub(rename, field), why) for field, why in error.field_violations
+    ]
+    return renamed
+
+
+def _batch_size(text: str) -> int:
+    """Parse ``--batch-size``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BATCH_ITEMS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_BATCH_ITEMS}")
+    return value
+
+
+def _sessions_import(ctx: _Context) -> int:
+    a = ctx.args
+    out = ctx.out
+    path = Path(a.file)
+    key = a.key or str(path.resolve())
+    client = ctx.client  # a configuration error stops the command before anything is read
+    try:
+        source = path.open("rb")
+        total = path.stat().st_size
+    except OSError as error:
+        raise UsageError(f"cannot read {a.file}: {error.strerror}") from None
+    progress = Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=out.stderr),
+        transient=True,
+        redirect_stdout=False,
+        disable=not out.stderr.isatty(),
+    )
+    pending: collections.deque[_ImportLine] = collections.deque()
+    imported = 0
+    last_line = 0
+    batches_sent = 0
+
+    def lines() -> Iterator[pb.CreateSessionRequest]:
+        for line in _read_import(ctx, source, key):
+            pending.append(line)
+            yield line.request
+
+    failure: BaseException | None = None
+    failed_lines: list[int] = []
+    named = False  # whether the error's own text names the failed lines
+    with source, progress:
+        task = progress.add_task("0 sessions", total=total)
+        try:
+            for sessions in create_session_batches(
+                lines(), caller_org_id=None, client=client, max_items=a.batch_size
+            ):
+                batches_sent += 1
+                done = [pending.popleft() for _ in sessions]
+                imported += len(sessions)
+                last_line = done[-1].number
+                if out.json_mode:
+                    for line, session in zip(done, sessions, strict=True):
+                        out.json({"line": line.number, "session": session})
+                progress.update(
+                    task, completed=done[-1].end_offset, description=f"{imported:,} sessions"
+                )
+        except _BadLine as error:
+            failure, failed_lines = error, [error.line]
+        except FlightlogError as error:
+            failure = error
+            if error.batch_size is not None:  # a batch was refused, not a lookup before it
+                batch = list(pending)[: error.batch_size]
+                failed_lines = _import_failure_lines(error, batch)
+                named = _name_lines(error, batch)
+    summary = {
+        "file": str(path),
+        "imported": imported,
+        "last_imported_line": last_line or None,
+        "batches": batches_sent,
+        "failed_lines": failed_lines,
+    }
+    if out.json_mode:
+        out.json({"summary": summary})
+    elif failure is None:
+        calls = "call" if batches_sent == 1 else "calls"
+        out.info(f"imported {imported:,} sessions from {path} in {batches_sent:,} {calls}")
+    else:
+        out.info(
+            f"imported {imported:,} sessions from {path} (through line {last_line}) before "
+            "the failure; fix it and run the same command again: imported lines are not "
+            "created twice"
+        )
+    if failure is None:
+        return EXIT_OK
+    where = (
+        f"line {failed_lines[0]}"
+        if len(failed_lines) == 1
+        else f"lines {', '.join(map(str, failed_lines[:10]))}"
+        + (", ..." if len(failed_lines) > 10 else "")
+    )
+    if out.json_mode:
+        out.failure(failure, lines=failed_lines)
+    elif named or not failed_lines:
+        out.failure(failure)
+    else:
+        out.failure(failure, line=where)
+    if imported:
+        return EXIT_PARTIAL
+    return EXIT_USAGE if isinstance(failure, _BadLine) else exit_code_for(failure)
+
+
 # Parser --------------------------------------------------------------------------------------
 
 
@@ -958,7 +1206,8 @@ exit codes:
   6  conflict (already exists, stale revision, ambiguous name)
   7  server unavailable or unreachable, or no answer within --timeout
   8  partial failure: some items failed, the others succeeded
-     (ingest: some recordings were ingested, see the errors for the others)
+     (ingest: some recordings were ingested, see the errors for the others;
+     sessions import: the batches before the failed one were imported)
   9  ingest: no recording could be ingested (each one failed on its own);
      any code other than 0 and 8 means ingest added nothing
 """
@@ -1151,6 +1400,39 @@ def build_parser() -> argparse.ArgumentParser:
     device = p.add_mutually_exclusive_group()
     device.add_argument("--device", help="associate the values with this device")
     device.add_argument("--no-device", action="store_true", help="associate no device")
+
+    p = command(
+        sessions,
+        "import",
+        _sessions_import,
+        "create sessions from a JSON Lines file, resumably",
+        description=_IMPORT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "output: a summary line, or with --json one object per imported line\n"
+            '({"line": N, "session": {...}}) and a last {"summary": {...}}.\n'
+            "exit codes:\n"
+            "  0  every line was imported (or had been by an earlier run)\n"
+            "  8  the lines before the failed batch were imported, the others not\n"
+            "  2  a bad line (not a session) before anything was imported\n"
+            "  any other non-zero code: nothing was imported (see flightlog --help)"
+        ),
+    )
+    p.add_argument("file", metavar="FILE.jsonl", help="one session per line")
+    p.add_argument(
+        "--key",
+        help=(
+            "import key from which the request IDs are derived (default: the file's absolute "
+            "path); give the same key to resume an import of a moved or copied file"
+        ),
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=MAX_BATCH_ITEMS,
+        metavar="N",
+        help=f"sessions per call, 1 to {MAX_BATCH_ITEMS} (default: {MAX_BATCH_ITEMS})",
+    )
 
     p = command(sessions, "watch", _sessions_watch, "follow session changes")
     p.add_argument(
