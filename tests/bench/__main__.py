@@ -6,22 +6,27 @@ server and a bare grpc.aio baseline server as subprocesses (``tests.bench.proces
 them through the generated stubs, like any client. It prints a table and writes it as JSON
 (``.data/bench.json`` unless ``--json PATH``).
 
-Figures (see issue 5):
+Figures, by group (``--only GROUP,...`` runs some of them):
 
-* ListSessions of the whole big org (1,000,000 sessions; ``--quick``: 50,000) through the
-  generated stub, 1,000 a batch, against a psycopg server-side binary cursor reading the same
-  columns of the same rows in the same order, 1,000 rows a fetch (best of two runs each).
-* The real server's RSS growth while a reader consumes that stream at a tenth of that speed.
-* GetSession and CreateSession with 8 calls in flight, against the bare server.
-* AddSessionFiles of 10,000 files against one executemany INSERT (and COPY) of the same rows.
-* ListSessionTopics over 1,000 files x 50 topics x 4 extents per topic partition, time to the
-  first batch and to the end, against the raw SQL of the same result.
-* A filtered listing at the big org's size (tag "outdoor" on ~30% of sessions, custom field
-  battery_pct >= 20 on ~76%, sorted by custom field max_speed descending): time to first batch.
-* Issue 11 (``tests.bench.bounded``): RegisterFile and AddSessionFiles at their documented
+* ``list``: ListSessions of the whole big org (1,000,000 sessions; ``--quick``: 50,000) through
+  the generated stub, 1,000 a batch, against three psycopg baselines reading the same rows in
+  the same order with a server-side binary cursor, 1,000 rows a fetch (best of two runs each):
+  the stored records as the server reads them (the physical limit of the server's own read),
+  the same records each parsed into ``Session`` (the limit of a Python client), and the columns
+  a user would read by hand, metadata as a dict (what a user would do instead). Then the real
+  server's RSS growth while a reader consumes that stream at a tenth of that speed, and a
+  filtered listing's time to its first batch.
+* ``writes``: GetSession, CreateSession and UpdateSession with 8 calls in flight against a bare
+  grpc.aio server running one statement each; CreateSession in one org against eight orgs;
+  BatchCreateSessions against psycopg ``executemany`` of the same rows.
+* ``files``: AddSessionFiles of 10,000 files against one executemany INSERT (and COPY) of the
+  same rows; ListSessionTopics over 1,000 files x 50 topics x 4 extents per topic partition, time
+  to the first batch and to the end, against the raw SQL of the same result.
+* ``limits`` (``tests.bench.bounded``): RegisterFile and AddSessionFiles at their documented
   maxima (the server's RSS growth, its longest event-loop hold, and the p99 of GetSession calls
-  made meanwhile against the same calls without them), then a second table: one request at each
-  documented limit, with the RSS growth and loop hold it cost.
+  made meanwhile against the same calls without them), then a second table: one request at
+  each documented limit, with the RSS growth and loop hold it cost.
+* ``workers``: CreateSession on ``serve --workers 2`` against ``--workers 1``.
 
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
