@@ -305,8 +305,10 @@ class Database:
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query."""
         try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            # In autocommit: a ROLLBACK (which a transaction's checked-in connection gets) makes
+            # psycopg drop every statement it prepared on that connection.
+            async with self._pipelined(transaction=False) as tx:
+                await tx.one("SELECT 1")
             return True
         except Exception:  # noqa: BLE001 - any failure means "not serving"
             return False
