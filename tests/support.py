@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 import pytest
@@ -152,28 +152,58 @@ def create_identity(url: str, name: str, org_ids: list[str] | None = None) -> Id
     return result
 
 
-class _Metadata(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
+if TYPE_CHECKING:
+    # grpc-stubs declares the client interceptor bases generic in (request, response); at run
+    # time they are plain ABCs that cannot be subscripted, so the parameters exist for mypy only.
+    # Requests and responses are any object: a channel also carries raw bytes (hostile input).
+    UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor[object, object]
+    UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor[object, object]
+else:
+    UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor
+    UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    """An outgoing call's details with other metadata (grpc's own class for them is private)."""
+
+    def __init__(self, original: grpc.ClientCallDetails, metadata: grpc.Metadata) -> None:
+        self.method = original.method
+        self.timeout = original.timeout
+        self.metadata = metadata
+        self.credentials = original.credentials
+        self.wait_for_ready = original.wait_for_ready
+        self.compression = original.compression
+
+
+class _Metadata(UnaryUnaryInterceptor, UnaryStreamInterceptor):
     def __init__(self, metadata: list[tuple[str, str]]) -> None:
         self.metadata = metadata
 
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or []), *self.metadata])
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(details, (*(details.metadata or ()), *self.metadata))
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallFuture[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallFuture[object]:
+        return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallIterator[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallIterator[object]:
+        return continuation(self._details(client_call_details), request)
 
 
 class Stubs:
     """The three generated stubs over one channel, with the caller's metadata on every call."""
 
     def __init__(self, target: str, api_key: str | None, org_id: str | None) -> None:
-        metadata = []
+        metadata: list[tuple[str, str]] = []
         if api_key is not None:
             metadata.append(("authorization", f"Bearer {api_key}"))
         if org_id is not None:

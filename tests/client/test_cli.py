@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flightlog.cli._output import format_duration_ns
 from tests.client.cli_support import flightlog, one_error_line
 from tests.client.conftest import EnsureDevice, RegisterRecording, unique
 from tests.client.recordings import BY_NAME, REPO_ROOT
+from tests.support import UnaryStreamInterceptor, UnaryUnaryInterceptor
 
 # Sessions -------------------------------------------------------------------------------------
 
@@ -178,18 +180,28 @@ def test_with_json_an_unreachable_server_is_a_json_error(
     assert silent_endpoint in error["message"]
 
 
-class _DeadlineRecorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _DeadlineRecorder(UnaryUnaryInterceptor, UnaryStreamInterceptor):
     """Records the deadline each call is made with."""
 
     def __init__(self) -> None:
         self.timeouts: list[float | None] = []
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.timeouts.append(details.timeout)
-        return continuation(details, request)
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallFuture[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallFuture[object]:
+        self.timeouts.append(client_call_details.timeout)
+        return continuation(client_call_details, request)
 
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(details, request)
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallIterator[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallIterator[object]:
+        return continuation(client_call_details, request)
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def test_register_file_at_its_limits_grows_the_server_by_at_most_10_times_the_re
 
 
 @pytest.fixture
-def extents_locked(database_url: str) -> Iterator[psycopg.Connection]:  # type: ignore[type-arg]
+def extents_locked(database_url: str) -> Iterator[psycopg.Connection]:
     """A transaction holding ``timeline_extents`` in SHARE mode, which a registration's insert
     of its extents waits for (reads are not blocked); released when the test ends."""
     with psycopg.connect(libpq_conninfo(database_url)) as conn:
@@ -128,7 +128,7 @@ def test_calls_are_served_while_a_maximal_register_file_is_in_flight(
     stubs: Stubs,
     grpc_target: str,
     database_url: str,
-    extents_locked: psycopg.Connection,  # type: ignore[type-arg]
+    extents_locked: psycopg.Connection,
 ) -> None:
     dataset = make_dataset(stubs)
     request = maximal_register_file_request(dataset.dataset_id)
@@ -166,7 +166,7 @@ def test_a_cancelled_register_file_stores_nothing_and_returns_its_connection(
     server: ServerThread,
     stubs: Stubs,
     database_url: str,
-    extents_locked: psycopg.Connection,  # type: ignore[type-arg]
+    extents_locked: psycopg.Connection,
 ) -> None:
     dataset = make_dataset(stubs)
     in_flight = stubs.catalog.RegisterFile.future(
@@ -178,7 +178,7 @@ def test_a_cancelled_register_file_stores_nothing_and_returns_its_connection(
         120,
         "the registration waits to insert its extents",
     )
-    in_flight.cancel()
+    in_flight.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
     poll(lambda: not blocked_by(conninfo, holder), 30, "the registration's insert is gone")
     extents_locked.rollback()
     poll(lambda: checked_out(server) == 0, 30, "no connection stays checked out")
@@ -299,9 +299,7 @@ def test_100000_bad_extents_keep_100_violations_and_count_the_rest(stubs: Stubs)
 # epoch range, so every generated file is valid.
 TIME = st.integers(-(2**61), 2**61)
 EXTENT = st.tuples(TIME, TIME).map(lambda pair: (min(pair), max(pair)))
-NAME = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), max_size=12
-)
+NAME = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00\r\n"), max_size=12)
 PARTITION = st.tuples(
     NAME,  # topic name, after a unique prefix
     NAME,  # schema name

@@ -168,7 +168,7 @@ def test_a_cancelled_call_leaves_no_query_waiting(
         pid = holder.info.backend_pid
         future = client.sessions.UpdateSession.future(rename(session.session_id, "after"))
         poll(lambda: len(blocked_by(conninfo, pid)) == 1, 5, "the call waits for the row lock")
-        future.cancel()
+        future.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
         poll(lambda: blocked_by(conninfo, pid) == [], 2.0, "the cancelled call's query ends")
         holder.rollback()
     poll(lambda: checked_out(own_server) == 0, 5, "the connection is back in the pool")

@@ -104,7 +104,8 @@ def test_sigterm_refuses_new_calls_drains_in_flight_ones_and_exits_zero(
             stream = stubs.sessions.ListSessionDevices(
                 pb.ListSessionDevicesRequest(session_id=listed.session_id, page_size=1), timeout=30
             )
-            first = next(stream)
+            batches = iter(stream)
+            first = next(batches)
 
             process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -124,7 +125,7 @@ def test_sigterm_refuses_new_calls_drains_in_flight_ones_and_exits_zero(
             poll(refused, 2, "a new call is refused with UNAVAILABLE after SIGTERM")
             assert process.poll() is None, "the server exited with a call still in flight"
 
-            rest = [d.device_id for batch in stream for d in batch.devices]
+            rest = [d.device_id for batch in batches for d in batch.devices]
             assert [d.device_id for d in first.devices] + rest == devices
             assert stream.code() == grpc.StatusCode.OK
 

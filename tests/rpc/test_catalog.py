@@ -944,7 +944,9 @@ SHA_B = "b" * 63 + "2"
 
 
 def _recovery(
-    reason: int = pb.RECOVERY_REASON_TRUNCATED, readable_bytes: int = 10, detail: str = "cut"
+    reason: pb.RecoveryReason.ValueType = pb.RECOVERY_REASON_TRUNCATED,
+    readable_bytes: int = 10,
+    detail: str = "cut",
 ) -> pb.FileRecovery:
     return pb.FileRecovery(reason=reason, detail=detail, readable_bytes=readable_bytes)
 
@@ -1055,7 +1057,8 @@ def test_a_recovered_file_carries_its_recovery_and_the_message_count_of_its_part
 
 def test_list_files_filters_recovered_and_intact_files(fresh: Stubs) -> None:
     dataset = make_dataset(fresh)
-    recovered, intact = [], []
+    recovered: list[pb.File] = []
+    intact: list[pb.File] = []
     for n in range(5):
         request = register_file_request(dataset.dataset_id, path=f"run/{n}.mcap", size_bytes=100)
         if n % 2 == 0:
@@ -1122,7 +1125,7 @@ def test_register_file_names_every_bad_recovery_field_at_once(stubs: Stubs) -> N
 @pytest.mark.parametrize(
     ("recovery", "field"),
     [
-        (_recovery(reason=99), "recovery.reason"),
+        (_recovery(reason=pb.RecoveryReason.ValueType(99)), "recovery.reason"),
         (_recovery(readable_bytes=-1), "recovery.readable_bytes"),
         (_recovery(detail="x" * 1001), "recovery.detail"),
         (_recovery(detail="nul\x00"), "recovery.detail"),
