@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
+import psycopg
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -32,11 +33,14 @@ from flightlog.v1 import (
     session_service_pb2_grpc,
 )
 from flightlog_server.app import SESSION_RECORDS, FlightlogServer, ServerSettings
+from flightlog_server.domain.rules import new_id
+from flightlog_server.domain.types import CustomFieldStatus, CustomFieldType
 from flightlog_server.rpc.pagination import TokenCodec
 from flightlog_server.services.unit_of_work import RecordFormat
 from flightlog_server.storage.database import Database, DatabaseSettings
 from flightlog_server.storage.identity import IdentityRepository
 from flightlog_server.storage.page_token_keys import page_token_keys
+from flightlog_server.storage.urls import libpq_conninfo
 
 T = TypeVar("T")
 
@@ -117,6 +121,33 @@ def run_identity(url: str, work: Callable[[IdentityRepository], Any]) -> Any:
     return run_in_database(url, lambda session: work(IdentityRepository(session)))
 
 
+def sql(url: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    """Runs one statement on the database at ``url`` (autocommit); the rows it returned."""
+    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def define_field(
+    url: str,
+    org_id: str,
+    name: str,
+    type_: CustomFieldType,
+    enum_values: Sequence[str] = (),
+    status: CustomFieldStatus = CustomFieldStatus.READY,
+) -> str:
+    """Defines a session custom field straight in the database (to seed data without the API,
+    in any status); returns its ID."""
+    field_id = new_id("custom_field")
+    sql(
+        url,
+        "INSERT INTO custom_fields (org_id, custom_field_id, entity_type, name, type, enum_values,"
+        " status, created_by) VALUES (%s, %s, 'session', %s, %s, %s, %s, 'test')",
+        (org_id, field_id, name, type_.value, list(enum_values), status.value),
+    )
+    return field_id
+
+
 def server_page_token_keys(url: str) -> dict[int, bytes]:
     """The keys the servers on ``url`` sign page tokens with (made now if none exists yet)."""
     return run_in_database(url, page_token_keys)
@@ -156,11 +187,37 @@ if TYPE_CHECKING:
     # grpc-stubs declares the client interceptor bases generic in (request, response); at run
     # time they are plain ABCs that cannot be subscripted, so the parameters exist for mypy only.
     # Requests and responses are any object: a channel also carries raw bytes (hostile input).
-    UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor[object, object]
-    UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor[object, object]
+    _UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor[object, object]
+    _UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor[object, object]
 else:
-    UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor
-    UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor
+    _UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor
+    _UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor
+
+
+class CallDetailsInterceptor(_UnaryUnaryInterceptor, _UnaryStreamInterceptor):
+    """A client interceptor that sees, and may replace, the details of every unary and
+    server-streaming call before it is made (``details``; by default it changes nothing)."""
+
+    def details(
+        self, details: grpc.ClientCallDetails, *, streaming: bool
+    ) -> grpc.ClientCallDetails:
+        return details
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallFuture[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallFuture[object]:
+        return continuation(self.details(client_call_details, streaming=False), request)
+
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallIterator[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallIterator[object]:
+        return continuation(self.details(client_call_details, streaming=True), request)
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -175,28 +232,14 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = original.compression
 
 
-class _Metadata(UnaryUnaryInterceptor, UnaryStreamInterceptor):
+class _Metadata(CallDetailsInterceptor):
     def __init__(self, metadata: list[tuple[str, str]]) -> None:
         self.metadata = metadata
 
-    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+    def details(
+        self, details: grpc.ClientCallDetails, *, streaming: bool
+    ) -> grpc.ClientCallDetails:
         return _CallDetails(details, (*(details.metadata or ()), *self.metadata))
-
-    def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallFuture[object]],
-        client_call_details: grpc.ClientCallDetails,
-        request: object,
-    ) -> grpc.CallFuture[object]:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallIterator[object]],
-        client_call_details: grpc.ClientCallDetails,
-        request: object,
-    ) -> grpc.CallIterator[object]:
-        return continuation(self._details(client_call_details), request)
 
 
 class Stubs:
@@ -256,6 +299,19 @@ def rpc_error(call: Callable[[], Any]) -> RpcFailure:
     except grpc.RpcError as error:
         return failure(error)
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+def assert_invalid(failure: RpcFailure, *fields: str) -> None:
+    """INVALID_ARGUMENT with exactly one BadRequest violation per named field."""
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+    assert failure.reason == "INVALID_REQUEST"
+    assert set(failure.fields) == set(fields), failure.fields
+
+
+def assert_not_found(failure: RpcFailure, reason: str) -> None:
+    """NOT_FOUND with the ErrorInfo ``reason`` (``DEVICE_NOT_FOUND``, ...)."""
+    assert failure.code == grpc.StatusCode.NOT_FOUND, failure
+    assert failure.reason == reason
 
 
 # --- Programs outside Python (tests/polyglot) ----------------------------------------------------

@@ -28,7 +28,7 @@ from flightlog.ingest import (
     read_recording,
 )
 from tests.client.cli_support import Result, flightlog, one_error_line
-from tests.client.conftest import EnsureDevice, unique
+from tests.client.conftest import EnsureDevice
 from tests.client.recordings import (
     BY_NAME,
     EXAMPLES_DIR,
@@ -41,6 +41,7 @@ from tests.client.recordings import (
     cut_copy,
     rechunked,
 )
+from tests.rpc.factories import unique
 
 SPLIT_PATHS = [str(r.path) for r in SPLIT_RECORDING]  # in examples/recordings
 

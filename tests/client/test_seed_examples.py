@@ -28,8 +28,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from flightlog import FlightlogClient, Session, SessionFile, catalog, set_default_client
-from tests.client.conftest import EnsureDevice, RegisterRecording, unique
+from tests.client.conftest import EnsureDevice, RegisterRecording
 from tests.client.recordings import BY_NAME
+from tests.rpc.factories import unique
 
 # The examples, verbatim apart from the import lines. -------------------------------------------
 

@@ -41,8 +41,10 @@ from tests.support import (
     ServerThread,
     Stubs,
     create_identity,
+    define_field,
     page_token_codec,
     rpc_error,
+    sql,
 )
 
 UTC = dt.UTC
@@ -53,30 +55,6 @@ N = 36
 
 
 # --- seeding ---------------------------------------------------------------------------------
-
-
-def sql(url: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
-
-
-def define_field(
-    url: str,
-    org_id: str,
-    name: str,
-    type_: str,
-    enum_values: Sequence[str] = (),
-    status: str = "ready",
-) -> str:
-    field_id = new_id("custom_field")
-    sql(
-        url,
-        "INSERT INTO custom_fields (org_id, custom_field_id, entity_type, name, type, enum_values,"
-        " status, created_by) VALUES (%s, %s, 'session', %s, %s, %s, %s, 'test')",
-        (org_id, field_id, name, type_, list(enum_values), status),
-    )
-    return field_id
 
 
 def define_devices(url: str, org_id: str, device_ids: Sequence[str]) -> None:
@@ -256,12 +234,14 @@ def make_org(database_url: str, grpc_target: str, prefix: str, count: int) -> Or
     stubs = Stubs(grpc_target, identity.api_key, identity.org_id)
     org_id = identity.org_id
     fields = {
-        "score": define_field(database_url, org_id, "score", "number"),
-        "label": define_field(database_url, org_id, "label", "string"),
-        "kind": define_field(database_url, org_id, "kind", "enum", KINDS),
-        "flag": define_field(database_url, org_id, "flag", "boolean"),
-        "seen": define_field(database_url, org_id, "seen", "timestamp"),
-        "draft": define_field(database_url, org_id, "draft", "number", status="creating"),
+        "score": define_field(database_url, org_id, "score", CustomFieldType.NUMBER),
+        "label": define_field(database_url, org_id, "label", CustomFieldType.STRING),
+        "kind": define_field(database_url, org_id, "kind", CustomFieldType.ENUM, KINDS),
+        "flag": define_field(database_url, org_id, "flag", CustomFieldType.BOOLEAN),
+        "seen": define_field(database_url, org_id, "seen", CustomFieldType.TIMESTAMP),
+        "draft": define_field(
+            database_url, org_id, "draft", CustomFieldType.NUMBER, status=CustomFieldStatus.CREATING
+        ),
     }
     define_devices(database_url, org_id, ["dev-a", "dev-b", "dev-c"])
     datasets: dict[str, str] = {}
@@ -897,7 +877,7 @@ def big_org(plans_url: str) -> tuple[str, dict[str, CustomFieldDef]]:
     database_url = plans_url
     identity = create_identity(database_url, f"plans-{secrets.token_hex(4)}")
     org_id = identity.org_id
-    field_id = define_field(database_url, org_id, "speed", "number")
+    field_id = define_field(database_url, org_id, "speed", CustomFieldType.NUMBER)
     sql(
         database_url,
         """
