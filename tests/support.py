@@ -194,14 +194,18 @@ else:
     _UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor
 
 
-class CallDetailsInterceptor(_UnaryUnaryInterceptor, _UnaryStreamInterceptor):
-    """A client interceptor that sees, and may replace, the details of every unary and
-    server-streaming call before it is made (``details``; by default it changes nothing)."""
+class ClientInterceptor(_UnaryUnaryInterceptor, _UnaryStreamInterceptor):
+    """A client interceptor of unary and server-streaming calls: ``details`` and ``request``
+    see, and may replace, each call's details and request before it is made (by default they
+    change nothing)."""
 
     def details(
         self, details: grpc.ClientCallDetails, *, streaming: bool
     ) -> grpc.ClientCallDetails:
         return details
+
+    def request(self, request: object) -> object:
+        return request
 
     def intercept_unary_unary(
         self,
@@ -209,7 +213,8 @@ class CallDetailsInterceptor(_UnaryUnaryInterceptor, _UnaryStreamInterceptor):
         client_call_details: grpc.ClientCallDetails,
         request: object,
     ) -> grpc.CallFuture[object]:
-        return continuation(self.details(client_call_details, streaming=False), request)
+        details = self.details(client_call_details, streaming=False)
+        return continuation(details, self.request(request))
 
     def intercept_unary_stream(
         self,
@@ -217,7 +222,8 @@ class CallDetailsInterceptor(_UnaryUnaryInterceptor, _UnaryStreamInterceptor):
         client_call_details: grpc.ClientCallDetails,
         request: object,
     ) -> grpc.CallIterator[object]:
-        return continuation(self.details(client_call_details, streaming=True), request)
+        details = self.details(client_call_details, streaming=True)
+        return continuation(details, self.request(request))
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -232,7 +238,7 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = original.compression
 
 
-class _Metadata(CallDetailsInterceptor):
+class _Metadata(ClientInterceptor):
     def __init__(self, metadata: list[tuple[str, str]]) -> None:
         self.metadata = metadata
 

@@ -20,7 +20,7 @@ from tests.client.cli_support import flightlog, one_error_line
 from tests.client.conftest import EnsureDevice, RegisterRecording
 from tests.client.recordings import BY_NAME, REPO_ROOT
 from tests.rpc.factories import unique
-from tests.support import CallDetailsInterceptor
+from tests.support import ClientInterceptor
 
 # Sessions -------------------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ def test_with_json_an_unreachable_server_is_a_json_error(
     assert silent_endpoint in error["message"]
 
 
-class _DeadlineRecorder(CallDetailsInterceptor):
+class _DeadlineRecorder(ClientInterceptor):
     """Records the deadline each unary call is made with."""
 
     def __init__(self) -> None:
