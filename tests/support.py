@@ -159,13 +159,18 @@ def page_token_codec(url: str) -> TokenCodec:
     return TokenCodec(server_page_token_keys(url))
 
 
+def b64(data: bytes) -> str:
+    """``data`` in unpadded URL-safe base64, the alphabet of page tokens."""
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
 def seal_page_token(key_id: int, key: bytes, scope: str, payload: bytes) -> str:
     """A page token of any ``payload`` bytes, in the documented wire form (``rpc.pagination``),
     written out here independently of the server's codec:
     ``key_id | HMAC-SHA256(key, key_id | rest)[:16] | len(scope) | scope | payload``."""
     rest = bytes([len(scope.encode())]) + scope.encode() + payload
     mac = hmac.new(key, bytes([key_id]) + rest, hashlib.sha256).digest()[:16]
-    return base64.urlsafe_b64encode(bytes([key_id]) + mac + rest).decode().rstrip("=")
+    return b64(bytes([key_id]) + mac + rest)
 
 
 def create_identity(url: str, name: str, org_ids: list[str] | None = None) -> Identity:

@@ -23,7 +23,6 @@ makes) its key on the first listing once the database is back, and a failed read
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import logging
@@ -64,6 +63,7 @@ from tests.rpc.factories import add_files, register_file, unique
 from tests.support import (
     ServerThread,
     Stubs,
+    b64,
     create_identity,
     failure,
     run_in_database,
@@ -283,10 +283,6 @@ def shaped_positions(listing: Listing) -> Any:
     return st.lists(value, min_size=len(listing.position), max_size=len(listing.position)).map(
         lambda position: json.dumps(position, ensure_ascii=False)
     )
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def unsigned(scope: str, text: str) -> str:

@@ -14,6 +14,7 @@ from flightlog.v1 import catalog_service_pb2 as pb
 from flightlog.v1 import session_service_pb2 as sessions_pb
 from tests.rpc.factories import (
     add_files,
+    bounds,
     check_paging,
     drain,
     first_batch,
@@ -47,13 +48,6 @@ def file_topics(stubs: Stubs, file_id: str) -> list[pb.TopicPartition]:
         stubs.catalog.ListFileTopics(pb.ListFileTopicsRequest(file_id=file_id)), "partitions"
     )
     return partitions
-
-
-def bounds(session: sessions_pb.Session) -> tuple[int, int] | None:
-    if not session.HasField("min_timestamp_ns"):
-        assert not session.HasField("max_timestamp_ns")
-        return None
-    return session.min_timestamp_ns, session.max_timestamp_ns
 
 
 def set_offset(stubs: Stubs, file_id: str, offset: int) -> pb.File:
