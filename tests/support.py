@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import grpc
 import psycopg
 import pytest
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -284,19 +284,19 @@ class RpcFailure:
 
 
 def failure(error: grpc.RpcError) -> RpcFailure:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    # The errors a call raises are Calls too; rpc_status reads a Call's trailing metadata.
+    status: status_pb2.Status | None = (
+        rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    )
     reason = None
     metadata: dict[str, str] = {}
     fields: dict[str, str] = {}
     for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+        if detail.Unpack(info):  # False (and ``info`` untouched) for another detail type
             reason = info.reason
             metadata = dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+        elif detail.Unpack(bad):
             fields = {v.field: v.description for v in bad.field_violations}
     return RpcFailure(error.code(), error.details() or "", reason, metadata, fields)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ def _bounds(session: Session) -> tuple[int | None, int | None]:
     return session.min_timestamp_ns, session.max_timestamp_ns
 
 
-def _new(client: FlightlogClient, **kwargs: object) -> Session:
-    return Session.create(name=unique("s"), client=client, **kwargs)  # type: ignore[arg-type]
+def _new(client: FlightlogClient, **kwargs: Any) -> Session:
+    return Session.create(name=unique("s"), client=client, **kwargs)
 
 
 # Errors ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ complete with every extent stored. Cancelled there instead, it must leave nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import psycopg
@@ -80,14 +80,16 @@ def _the_issues_shape(dataset_id: str) -> pb.RegisterFileRequest:
     ids=["10000-partitions-x-10", "1-partition-x-100000", "500-partitions-x-200"],
 )
 def test_register_file_at_its_limits_grows_the_server_by_at_most_10_times_the_request(
-    own_process: ServerProcess, database_url: str, shape: object
+    own_process: ServerProcess,
+    database_url: str,
+    shape: Callable[[str], pb.RegisterFileRequest],
 ) -> None:
     who = create_identity(database_url, unique("memory-"))
     stubs = Stubs(own_process.target, who.api_key, who.org_id)
     try:
         dataset = make_dataset(stubs)
         warm_up_registrations(stubs, dataset.dataset_id)
-        request = shape(dataset.dataset_id)  # type: ignore[operator]
+        request = shape(dataset.dataset_id)
         size = request.ByteSize()
         assert size <= rules.MAX_REQUEST_BYTES
         own_process.reset_peaks()

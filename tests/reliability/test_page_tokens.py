@@ -134,6 +134,8 @@ def read_whole(
 def paged(request: M, size: int, token: str = "") -> M:
     copy = type(request)()
     copy.CopyFrom(request)
+    # Every listing request has these fields; Message declares none, and Python's types cannot
+    # say "a Message with paging fields" (no intersection types).
     copy.page_size = size  # type: ignore[attr-defined]
     copy.page_token = token  # type: ignore[attr-defined]
     return copy
