@@ -50,7 +50,7 @@ import grpc
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
 from tests.bench import bounded, data, writes
-from tests.bench.common import CHANNEL_OPTIONS, log, metadata
+from tests.bench.common import CHANNEL_OPTIONS, aligned, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
 from tests.support import Identity, create_identity
@@ -407,14 +407,8 @@ def table(rows: list[Row]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
-    out = []
-    for i, line in enumerate([header, *lines]):
-        out.append(" | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
-        if i == 0:
-            out.append("-+-".join("-" * w for w in widths))
     notes = [f"  {r.figure}: {r.note}" for r in rows if r.note]
-    return "\n".join([*out, "", "notes:", *notes])
+    return "\n".join([*aligned(header, lines), "", "notes:", *notes])
 
 
 def main(argv: list[str] | None = None) -> int:
