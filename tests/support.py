@@ -16,6 +16,7 @@ import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -126,6 +127,16 @@ def sql(url: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -
     with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
         cursor = conn.execute(statement, params)
         return cursor.fetchall() if cursor.description else []
+
+
+@contextmanager
+def session_row_locked(url: str, session_id: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection whose open transaction holds the session's row lock (``FOR UPDATE``), as a
+    concurrent writer's would: writes of the session wait until ``rollback()`` or the block's
+    end releases it."""
+    with psycopg.connect(libpq_conninfo(url)) as holder:
+        holder.execute("SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session_id,))
+        yield holder
 
 
 def define_field(
