@@ -323,17 +323,20 @@ def rpc_error(call: Callable[[], Any]) -> RpcFailure:
     raise AssertionError("the call succeeded but was expected to fail")
 
 
+# pytest rewrites the asserts of test modules only: these name what failed themselves.
+
+
 def assert_invalid(failure: RpcFailure, *fields: str) -> None:
     """INVALID_ARGUMENT with exactly one BadRequest violation per named field."""
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
-    assert failure.reason == "INVALID_REQUEST"
+    assert failure.reason == "INVALID_REQUEST", failure
     assert set(failure.fields) == set(fields), failure.fields
 
 
 def assert_not_found(failure: RpcFailure, reason: str) -> None:
     """NOT_FOUND with the ErrorInfo ``reason`` (``DEVICE_NOT_FOUND``, ...)."""
     assert failure.code == grpc.StatusCode.NOT_FOUND, failure
-    assert failure.reason == reason
+    assert failure.reason == reason, failure
 
 
 # --- Programs outside Python (tests/polyglot) ----------------------------------------------------
