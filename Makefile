@@ -63,8 +63,8 @@ lint: $(STAMP) ## buf lint/format/breaking, proto-check, ruff check/format, then
 	$(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 
-typecheck: $(STAMP) ## mypy --strict on server/flightlog_server and client/flightlog.
-	$(BIN)/mypy server/flightlog_server client/flightlog protos/gen_docs.py
+typecheck: $(STAMP) ## mypy --strict on server/flightlog_server, client/flightlog and tests.
+	$(BIN)/mypy server/flightlog_server client/flightlog protos/gen_docs.py tests
 
 test: $(STAMP) ## Run the test suite (TEST_DATABASE_URL=... to use a running PostgreSQL); PYTEST_ARGS=... passes options.
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

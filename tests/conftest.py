@@ -26,6 +26,8 @@ from flightlog_server.app import ServerSettings
 from flightlog_server.storage.database import DatabaseSettings
 from flightlog_server.storage.migrate import alembic_config
 from flightlog_server.storage.urls import libpq_conninfo, with_database
+from tests.reliability.private_postgres import PrivatePostgres
+from tests.rpc.factories import new_org_stubs
 from tests.support import Identity, ServerThread, Stubs, create_identity
 
 CreateDatabase = Callable[[str], str]
@@ -149,6 +151,39 @@ def other_stubs(grpc_target: str, other_identity: Identity) -> Iterator[Stubs]:
     s = Stubs(grpc_target, other_identity.api_key, other_identity.org_id)
     yield s
     s.close()
+
+
+@pytest.fixture
+def fresh(database_url: str, grpc_target: str) -> Iterator[Stubs]:
+    """Stubs of a new, empty org: its listings hold only what the test made."""
+    stubs = new_org_stubs(database_url, grpc_target)
+    yield stubs
+    stubs.close()
+
+
+# --- A PostgreSQL of the test's own, for tests that stop or start the database ------------------
+
+
+@pytest.fixture
+def stopped_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own (never the shared server), initialised but not
+    started; destroyed when the test ends."""
+    # Not pytest's tmp_path: its parent folders are private to root, and PostgreSQL runs as the
+    # 'postgres' user when the tests run as root.
+    root = Path(tempfile.mkdtemp(prefix="flightlog-private-"))
+    try:
+        cluster = PrivatePostgres(root)
+        yield cluster
+        cluster.destroy()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres(stopped_postgres: PrivatePostgres) -> PrivatePostgres:
+    """A running PostgreSQL cluster of the test's own, which it may stop and restart."""
+    stopped_postgres.start()
+    return stopped_postgres
 
 
 @pytest.fixture

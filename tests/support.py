@@ -16,13 +16,15 @@ import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
+import psycopg
 import pytest
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,11 +34,14 @@ from flightlog.v1 import (
     session_service_pb2_grpc,
 )
 from flightlog_server.app import SESSION_RECORDS, FlightlogServer, ServerSettings
+from flightlog_server.domain.rules import new_id
+from flightlog_server.domain.types import CustomFieldStatus, CustomFieldType
 from flightlog_server.rpc.pagination import TokenCodec
 from flightlog_server.services.unit_of_work import RecordFormat
 from flightlog_server.storage.database import Database, DatabaseSettings
 from flightlog_server.storage.identity import IdentityRepository
 from flightlog_server.storage.page_token_keys import page_token_keys
+from flightlog_server.storage.urls import libpq_conninfo
 
 T = TypeVar("T")
 
@@ -117,6 +122,43 @@ def run_identity(url: str, work: Callable[[IdentityRepository], Any]) -> Any:
     return run_in_database(url, lambda session: work(IdentityRepository(session)))
 
 
+def sql(url: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    """Runs one statement on the database at ``url`` (autocommit); the rows it returned."""
+    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+@contextmanager
+def session_row_locked(url: str, session_id: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection whose open transaction holds the session's row lock (``FOR UPDATE``), as a
+    concurrent writer's would: writes of the session wait until ``rollback()`` or the block's
+    end releases it."""
+    with psycopg.connect(libpq_conninfo(url)) as holder:
+        holder.execute("SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session_id,))
+        yield holder
+
+
+def define_field(
+    url: str,
+    org_id: str,
+    name: str,
+    type_: CustomFieldType,
+    enum_values: Sequence[str] = (),
+    status: CustomFieldStatus = CustomFieldStatus.READY,
+) -> str:
+    """Defines a session custom field straight in the database (to seed data without the API,
+    in any status); returns its ID."""
+    field_id = new_id("custom_field")
+    sql(
+        url,
+        "INSERT INTO custom_fields (org_id, custom_field_id, entity_type, name, type, enum_values,"
+        " status, created_by) VALUES (%s, %s, 'session', %s, %s, %s, %s, 'test')",
+        (org_id, field_id, name, type_.value, list(enum_values), status.value),
+    )
+    return field_id
+
+
 def server_page_token_keys(url: str) -> dict[int, bytes]:
     """The keys the servers on ``url`` sign page tokens with (made now if none exists yet)."""
     return run_in_database(url, page_token_keys)
@@ -128,13 +170,18 @@ def page_token_codec(url: str) -> TokenCodec:
     return TokenCodec(server_page_token_keys(url))
 
 
+def b64(data: bytes) -> str:
+    """``data`` in unpadded URL-safe base64, the alphabet of page tokens."""
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
 def seal_page_token(key_id: int, key: bytes, scope: str, payload: bytes) -> str:
     """A page token of any ``payload`` bytes, in the documented wire form (``rpc.pagination``),
     written out here independently of the server's codec:
     ``key_id | HMAC-SHA256(key, key_id | rest)[:16] | len(scope) | scope | payload``."""
     rest = bytes([len(scope.encode())]) + scope.encode() + payload
     mac = hmac.new(key, bytes([key_id]) + rest, hashlib.sha256).digest()[:16]
-    return base64.urlsafe_b64encode(bytes([key_id]) + mac + rest).decode().rstrip("=")
+    return b64(bytes([key_id]) + mac + rest)
 
 
 def create_identity(url: str, name: str, org_ids: list[str] | None = None) -> Identity:
@@ -152,28 +199,76 @@ def create_identity(url: str, name: str, org_ids: list[str] | None = None) -> Id
     return result
 
 
-class _Metadata(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
+if TYPE_CHECKING:
+    # grpc-stubs declares the client interceptor bases generic in (request, response); at run
+    # time they are plain ABCs that cannot be subscripted, so the parameters exist for mypy only.
+    # Requests and responses are any object: a channel also carries raw bytes (hostile input).
+    _UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor[object, object]
+    _UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor[object, object]
+else:
+    _UnaryUnaryInterceptor = grpc.UnaryUnaryClientInterceptor
+    _UnaryStreamInterceptor = grpc.UnaryStreamClientInterceptor
+
+
+class ClientInterceptor(_UnaryUnaryInterceptor, _UnaryStreamInterceptor):
+    """A client interceptor of unary and server-streaming calls: ``details`` and ``request``
+    see, and may replace, each call's details and request before it is made (by default they
+    change nothing)."""
+
+    def details(
+        self, details: grpc.ClientCallDetails, *, streaming: bool
+    ) -> grpc.ClientCallDetails:
+        return details
+
+    def request(self, request: object) -> object:
+        return request
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallFuture[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallFuture[object]:
+        details = self.details(client_call_details, streaming=False)
+        return continuation(details, self.request(request))
+
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, object], grpc.CallIterator[object]],
+        client_call_details: grpc.ClientCallDetails,
+        request: object,
+    ) -> grpc.CallIterator[object]:
+        details = self.details(client_call_details, streaming=True)
+        return continuation(details, self.request(request))
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    """An outgoing call's details with other metadata (grpc's own class for them is private)."""
+
+    def __init__(self, original: grpc.ClientCallDetails, metadata: grpc.Metadata) -> None:
+        self.method = original.method
+        self.timeout = original.timeout
+        self.metadata = metadata
+        self.credentials = original.credentials
+        self.wait_for_ready = original.wait_for_ready
+        self.compression = original.compression
+
+
+class _Metadata(ClientInterceptor):
     def __init__(self, metadata: list[tuple[str, str]]) -> None:
         self.metadata = metadata
 
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or []), *self.metadata])
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+    def details(
+        self, details: grpc.ClientCallDetails, *, streaming: bool
+    ) -> grpc.ClientCallDetails:
+        return _CallDetails(details, (*(details.metadata or ()), *self.metadata))
 
 
 class Stubs:
     """The three generated stubs over one channel, with the caller's metadata on every call."""
 
     def __init__(self, target: str, api_key: str | None, org_id: str | None) -> None:
-        metadata = []
+        metadata: list[tuple[str, str]] = []
         if api_key is not None:
             metadata.append(("authorization", f"Bearer {api_key}"))
         if org_id is not None:
@@ -200,19 +295,19 @@ class RpcFailure:
 
 
 def failure(error: grpc.RpcError) -> RpcFailure:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    # The errors a call raises are Calls too; rpc_status reads a Call's trailing metadata.
+    status: status_pb2.Status | None = (
+        rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    )
     reason = None
     metadata: dict[str, str] = {}
     fields: dict[str, str] = {}
     for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+        info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+        if detail.Unpack(info):  # False (and ``info`` untouched) for another detail type
             reason = info.reason
             metadata = dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+        elif detail.Unpack(bad):
             fields = {v.field: v.description for v in bad.field_violations}
     return RpcFailure(error.code(), error.details() or "", reason, metadata, fields)
 
@@ -226,6 +321,22 @@ def rpc_error(call: Callable[[], Any]) -> RpcFailure:
     except grpc.RpcError as error:
         return failure(error)
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+# pytest rewrites the asserts of test modules only: these name what failed themselves.
+
+
+def assert_invalid(failure: RpcFailure, *fields: str) -> None:
+    """INVALID_ARGUMENT with exactly one BadRequest violation per named field."""
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+    assert failure.reason == "INVALID_REQUEST", failure
+    assert set(failure.fields) == set(fields), failure.fields
+
+
+def assert_not_found(failure: RpcFailure, reason: str) -> None:
+    """NOT_FOUND with the ErrorInfo ``reason`` (``DEVICE_NOT_FOUND``, ...)."""
+    assert failure.code == grpc.StatusCode.NOT_FOUND, failure
+    assert failure.reason == reason, failure
 
 
 # --- Programs outside Python (tests/polyglot) ----------------------------------------------------

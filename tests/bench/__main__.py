@@ -55,7 +55,7 @@ import grpc
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
 from tests.bench import bounded, data, writes
-from tests.bench.common import CHANNEL_OPTIONS, log, metadata
+from tests.bench.common import CHANNEL_OPTIONS, aligned, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
 from tests.support import Identity, create_identity
@@ -79,7 +79,7 @@ def read_listing(
         for response in call:
             count += len(response.sessions)
             if on_batch is not None and not on_batch(count):
-                call.cancel()  # type: ignore[no-untyped-call]
+                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
                 break
         return count, time.perf_counter() - started
 
@@ -244,7 +244,7 @@ def bench_filtered(server: ServerProcess, big: data.BigOrg, repeats: int) -> Row
             first = next(iter(call))
             times.append(time.perf_counter() - started)
             sizes.append(len(first.sessions))
-            call.cancel()  # type: ignore[no-untyped-call]
+            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
     median = statistics.median(times) * 1000
     return Row(
         f"filtered listing at {big.count:,} sessions, time to first batch",
@@ -443,14 +443,8 @@ def table(rows: list[Row]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
-    out = []
-    for i, line in enumerate([header, *lines]):
-        out.append(" | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
-        if i == 0:
-            out.append("-+-".join("-" * w for w in widths))
     notes = [f"  {r.figure}: {r.note}" for r in rows if r.note]
-    return "\n".join([*out, "", "notes:", *notes])
+    return "\n".join([*aligned(header, lines), "", "notes:", *notes])
 
 
 GROUPS = ("list", "writes", "files", "limits", "workers")
@@ -531,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             log("CreateSession on serve --workers 1 and 2")
             rows.append(writes.bench_workers(url, writer, seconds))
         with data.connect(url) as conn:
-            server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            (row,) = conn.execute("SHOW server_version").fetchall()
+            server_version = str(row[0])
     timings["total_s"] = time.perf_counter() - started
 
     print()

@@ -31,6 +31,7 @@ from flightlog.v1 import custom_field_service_pb2 as fields_pb
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.domain import catalog as catalog_limits
 from flightlog_server.domain import rules
+from tests.bench.common import aligned
 from tests.bench.processes import Peaks, ServerProcess
 from tests.bench.rows import Row
 from tests.rpc.factories import (
@@ -455,10 +456,4 @@ def format_limits(results: list[dict[str, Any]]) -> str:
         )
         for r in results
     ]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
-    out = []
-    for i, line in enumerate([header, *lines]):
-        out.append(" | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
-        if i == 0:
-            out.append("-+-".join("-" * w for w in widths))
-    return "\n".join(out)
+    return "\n".join(aligned(header, lines))

@@ -1,12 +1,12 @@
-"""What every bench module shares: the table's row, logging, call metadata, and the driver of
-unary calls with a fixed number in flight."""
+"""What every bench module shares: the table's row and its columns, logging, call metadata, and
+the driver of unary calls with a fixed number in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from grpc import aio
@@ -15,13 +15,24 @@ from flightlog.v1 import session_service_pb2_grpc
 from tests.bench.rows import Row
 from tests.support import Identity
 
-__all__ = ["CHANNEL_OPTIONS", "Row", "calls_per_second", "log", "metadata"]
+__all__ = ["CHANNEL_OPTIONS", "Row", "aligned", "calls_per_second", "log", "metadata"]
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def aligned(header: Sequence[object], lines: Sequence[Sequence[object]]) -> list[str]:
+    """``header`` and ``lines`` as text in aligned columns, with a rule under the header."""
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
+    out = []
+    for i, line in enumerate([header, *lines]):
+        out.append(" | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
+        if i == 0:
+            out.append("-+-".join("-" * w for w in widths))
+    return out
 
 
 def metadata(identity: Identity) -> tuple[tuple[str, str | bytes], ...]:

@@ -30,7 +30,7 @@ from flightlog_server.domain.types import CustomFieldType, FieldValue, SessionSt
 from flightlog_server.rpc.convert import encode_session
 from flightlog_server.storage.migrate import upgrade
 from flightlog_server.storage.urls import libpq_conninfo, with_database
-from tests.support import Identity, create_identity
+from tests.support import Identity, create_identity, define_field
 
 Log = Callable[[str], None]
 
@@ -105,19 +105,6 @@ class BigOrg:
     sample_ids: list[str]
 
 
-def define_field(
-    conn: psycopg.Connection[Any], org_id: str, name: str, type_: CustomFieldType
-) -> str:
-    field_id = random_id(random.Random(), "cf_")
-    values = list(SITES) if type_ is CustomFieldType.ENUM else []
-    conn.execute(
-        "INSERT INTO custom_fields (org_id, custom_field_id, entity_type, name, type, enum_values,"
-        " status, created_by) VALUES (%s, %s, 'session', %s, %s, %s, 'ready', 'bench')",
-        (org_id, field_id, name, type_.value, values),
-    )
-    return field_id
-
-
 @contextmanager
 def _bulk_load(conn: psycopg.Connection[Any], tables: list[str], log: Log) -> Iterator[None]:
     """Drops the tables' foreign keys and the indexes that back no constraint, and recreates
@@ -169,9 +156,12 @@ def load_big_org(url: str, count: int, log: Log) -> BigOrg:
     org_id, principal = identity.org_id, identity.principal_id
     rng = random.Random(20260101)
     started = time.perf_counter()
+    field_ids = {
+        name: define_field(url, org_id, name, type_, SITES if type_ is CustomFieldType.ENUM else ())
+        for name, type_, _ in FIELDS
+    }
     with connect(url) as conn:
         conn.execute("SET synchronous_commit = off")
-        field_ids = {name: define_field(conn, org_id, name, type_) for name, type_, _ in FIELDS}
         t_first = dt.datetime(2025, 1, 1, tzinfo=UTC)
         sample: list[str] = []
         with _bulk_load(conn, ["sessions", "session_custom_field_values"], log):

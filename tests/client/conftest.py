@@ -7,7 +7,6 @@ They build on ``grpc_target`` (``"127.0.0.1:PORT"``), ``api_key`` and ``org_id``
 from __future__ import annotations
 
 import contextlib
-import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -17,15 +16,11 @@ import pytest
 from flightlog import FlightlogClient, catalog, set_default_client
 from flightlog.ingest import read_recording, register_recording
 from tests.client.recordings import BY_NAME
+from tests.rpc.factories import unique
 from tests.support import Identity
 
 EnsureDevice = Callable[[str], str]
 RegisterRecording = Callable[[str], catalog.File]
-
-
-def unique(prefix: str) -> str:
-    """A name no other test uses: ``prefix`` and random hex."""
-    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 @pytest.fixture(scope="session")

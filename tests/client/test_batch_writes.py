@@ -21,7 +21,8 @@ from flightlog import (
 )
 from flightlog._batching import MAX_BATCH_BYTES, field_size
 from flightlog.v1 import session_service_pb2 as pb
-from tests.client.conftest import EnsureDevice, unique
+from tests.client.conftest import EnsureDevice
+from tests.rpc.factories import unique
 
 
 def _names(sessions: list[Session]) -> list[str | None]:

@@ -17,8 +17,10 @@ from flightlog import FlightlogClient, catalog
 from flightlog.cli import build_parser
 from flightlog.cli._output import format_duration_ns
 from tests.client.cli_support import flightlog, one_error_line
-from tests.client.conftest import EnsureDevice, RegisterRecording, unique
+from tests.client.conftest import EnsureDevice, RegisterRecording
 from tests.client.recordings import BY_NAME, REPO_ROOT
+from tests.rpc.factories import unique
+from tests.support import ClientInterceptor
 
 # Sessions -------------------------------------------------------------------------------------
 
@@ -178,18 +180,18 @@ def test_with_json_an_unreachable_server_is_a_json_error(
     assert silent_endpoint in error["message"]
 
 
-class _DeadlineRecorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Records the deadline each call is made with."""
+class _DeadlineRecorder(ClientInterceptor):
+    """Records the deadline each unary call is made with."""
 
     def __init__(self) -> None:
         self.timeouts: list[float | None] = []
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.timeouts.append(details.timeout)
-        return continuation(details, request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(details, request)
+    def details(
+        self, details: grpc.ClientCallDetails, *, streaming: bool
+    ) -> grpc.ClientCallDetails:
+        if not streaming:
+            self.timeouts.append(details.timeout)
+        return details
 
 
 @pytest.mark.parametrize(
@@ -344,7 +346,7 @@ def test_devices_datasets_and_files_commands(cli_env: dict[str, str], tmp_path: 
 
 
 def test_custom_field_commands(cli_env: dict[str, str]) -> None:
-    name = unique("weather").replace("-", "_")
+    name = unique("weather")
     created = flightlog(
         "--json", "fields", "create", name, "--type", "enum",
         "--enum-value", "clear", "--enum-value", "rain",

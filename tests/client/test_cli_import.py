@@ -10,7 +10,8 @@ from typing import Any
 from flightlog import FlightlogClient, Session, custom_fields
 from flightlog.cli._app import import_request_id
 from tests.client.cli_support import flightlog
-from tests.client.conftest import EnsureDevice, unique
+from tests.client.conftest import EnsureDevice
+from tests.rpc.factories import unique
 
 
 def _write(path: Path, lines: list[Any]) -> Path:

@@ -176,6 +176,8 @@ class Harness:
 def harness() -> Iterator[Harness]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     # Unscripted RPCs answer UNIMPLEMENTED, from the generated base classes.
+    # The generated stubs (.pyi) declare every RPC of a servicer base abstract; at run time the
+    # base class answers the unscripted ones with UNIMPLEMENTED, which is what these tests want.
     sessions, catalog_servicer = ScriptedSessions(), ScriptedCatalog()  # type: ignore[abstract]
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(sessions, server)
     catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(catalog_servicer, server)

@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcap.writer import CompressionType, IndexType, Writer
@@ -167,7 +168,7 @@ def _write(
     messages: list[tuple[str, int]],
     *,
     topics: dict[str, int] | None = None,
-    **writer_options: object,
+    **writer_options: Any,
 ) -> None:
     """Write an MCAP file with ``(channel key, log_time)`` messages.
 
@@ -175,7 +176,7 @@ def _write(
     key's first letter is the topic, so ``a`` and ``a2`` are two channels of topic ``/a``.
     """
     stream = io.BytesIO()
-    writer = Writer(stream, **writer_options)  # type: ignore[arg-type]
+    writer = Writer(stream, **writer_options)
     writer.start(profile="test", library="flightlog-tests")
     schema_id = writer.register_schema(name="test/Msg", encoding="jsonschema", data=b"{}")
     channel_ids: dict[str, int] = {}
@@ -191,7 +192,7 @@ def _write(
             data=json.dumps({"n": sequence}).encode(),
             sequence=sequence,
         )
-    writer.finish()  # type: ignore[no-untyped-call]
+    writer.finish()  # type: ignore[no-untyped-call]  # mcap leaves Writer.finish unannotated
     path.write_bytes(stream.getvalue())
 
 

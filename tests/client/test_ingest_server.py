@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from flightlog.ingest import (
     read_recording,
 )
 from tests.client.cli_support import Result, flightlog, one_error_line
-from tests.client.conftest import EnsureDevice, unique
+from tests.client.conftest import EnsureDevice
 from tests.client.recordings import (
     BY_NAME,
     EXAMPLES_DIR,
@@ -41,6 +42,7 @@ from tests.client.recordings import (
     cut_copy,
     rechunked,
 )
+from tests.rpc.factories import unique
 
 SPLIT_PATHS = [str(r.path) for r in SPLIT_RECORDING]  # in examples/recordings
 
@@ -55,9 +57,9 @@ def _datasets_named(name: str, client: FlightlogClient) -> list[catalog.Dataset]
     return list(catalog.list_datasets(name=name, client=client))
 
 
-def _summary(result: Result) -> dict[str, object]:
+def _summary(result: Result) -> dict[str, Any]:
     *_, last = result.json_lines()
-    summary: dict[str, object] = last["summary"]
+    summary: dict[str, Any] = last["summary"]
     return summary
 
 
@@ -118,7 +120,7 @@ def test_running_the_same_ingest_twice_leaves_what_one_run_leaves(
     assert session.revision == _session_named(name, flightlog_client).revision
     assert len(list(session.list_files())) == 4
     # The second run wrote nothing: the session is at the revision the first run left.
-    assert _summary(first)["session"]["revision"] == session.revision  # type: ignore[index]
+    assert _summary(first)["session"]["revision"] == session.revision
 
     text = flightlog(*args)
     assert text.code == 0, text.stderr

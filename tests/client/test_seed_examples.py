@@ -22,14 +22,15 @@ import io
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from flightlog import FlightlogClient, Session, SessionFile, catalog, set_default_client
-from tests.client.conftest import EnsureDevice, RegisterRecording, unique
+from tests.client.conftest import EnsureDevice, RegisterRecording
 from tests.client.recordings import BY_NAME
+from tests.rpc.factories import unique
+from tests.support import ClientInterceptor
 
 # The examples, verbatim apart from the import lines. -------------------------------------------
 
@@ -162,10 +163,7 @@ def run_example(text: str, namespace: dict[str, Any]) -> str:
     return printed.getvalue()
 
 
-class _AliasInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-):
+class _AliasInterceptor(ClientInterceptor):
     """Rewrites the seed's literal file and dataset IDs in requests to real IDs."""
 
     def __init__(self, aliases: Mapping[str, str]) -> None:
@@ -195,11 +193,9 @@ class _AliasInterceptor(
         self._rewrite(copy)
         return copy
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(details, self._copy(request))
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(details, self._copy(request))
+    def request(self, request: object) -> object:
+        assert isinstance(request, Message)
+        return self._copy(request)
 
 
 @dataclasses.dataclass(frozen=True)

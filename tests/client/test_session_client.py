@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -25,16 +26,17 @@ from flightlog import (
     create_session_for_dataset,
     custom_fields,
 )
-from tests.client.conftest import EnsureDevice, RegisterRecording, unique
+from tests.client.conftest import EnsureDevice, RegisterRecording
 from tests.client.recordings import BY_NAME, SPLIT_END_NS, SPLIT_START_NS
+from tests.rpc.factories import unique
 
 
 def _bounds(session: Session) -> tuple[int | None, int | None]:
     return session.min_timestamp_ns, session.max_timestamp_ns
 
 
-def _new(client: FlightlogClient, **kwargs: object) -> Session:
-    return Session.create(name=unique("s"), client=client, **kwargs)  # type: ignore[arg-type]
+def _new(client: FlightlogClient, **kwargs: Any) -> Session:
+    return Session.create(name=unique("s"), client=client, **kwargs)
 
 
 # Errors ---------------------------------------------------------------------------------------
@@ -335,7 +337,7 @@ def test_flightlog_watch_is_session_watch(flightlog_client: FlightlogClient) -> 
 
 
 def test_custom_fields_set_read_clear_and_filter(flightlog_client: FlightlogClient) -> None:
-    suffix = unique("f").replace("-", "_")
+    suffix = unique("f")
     weather = custom_fields.create_custom_field(
         f"weather_{suffix}", "enum", enum_values=["clear", "rain"], client=flightlog_client
     )
@@ -381,7 +383,7 @@ def test_custom_fields_set_read_clear_and_filter(flightlog_client: FlightlogClie
 
 
 def test_custom_field_lifecycle(flightlog_client: FlightlogClient) -> None:
-    name = unique("stage").replace("-", "_")
+    name = unique("stage")
     field = custom_fields.create_custom_field(
         name, "enum", enum_values=["a"], initial_status="creating", client=flightlog_client
     )

@@ -23,7 +23,7 @@ from flightlog_server.storage.database import DatabaseSettings
 from flightlog_server.storage.migrate import upgrade
 from flightlog_server.storage.urls import libpq_conninfo
 from tests.conftest import CreateDatabase
-from tests.support import Identity, ServerThread, Stubs, create_identity
+from tests.support import Identity, ServerThread, Stubs, create_identity, session_row_locked
 
 
 def _without_created_by(state: SessionState) -> bytes:
@@ -130,8 +130,7 @@ def test_the_rewrite_skips_sessions_writers_hold_and_takes_them_afterwards(
 ) -> None:
     _, created = old_sessions
     held_id = created[0].session_id
-    with psycopg.connect(libpq_conninfo(url)) as held:
-        held.execute("SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (held_id,))
+    with session_row_locked(url, held_id) as held:
         done = threading.Event()
         outcome: list[int] = []
 

@@ -63,19 +63,6 @@ def seconds_between(start: str, end: str) -> float:
 
 
 @pytest.fixture
-def stopped_postgres() -> Iterator[PrivatePostgres]:
-    """A private PostgreSQL cluster, initialised but not started."""
-    # Not pytest's tmp_path: PostgreSQL runs as the 'postgres' user when the tests run as root.
-    root = Path(tempfile.mkdtemp(prefix="flightlog-startup-"))
-    try:
-        cluster = PrivatePostgres(root)
-        yield cluster
-        cluster.destroy()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
 def folder() -> Iterator[Path]:
     """An empty folder to run ``dev`` in (it keeps ``.data/`` in its working folder)."""
     path = Path(tempfile.mkdtemp(prefix="flightlog-startup-dev-"))

@@ -12,6 +12,7 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
+from sqlalchemy.pool import QueuePool
 
 from tests.support import ServerThread
 
@@ -102,7 +103,9 @@ def checked_out(server: ServerThread) -> int:
     """How many of the server's pooled connections are checked out now."""
 
     async def read() -> int:
-        return int(server.server.database.engine.pool.checkedout())  # type: ignore[attr-defined]
+        pool = server.server.database.engine.pool
+        assert isinstance(pool, QueuePool)
+        return pool.checkedout()
 
     result: int = server.call(read())
     return result

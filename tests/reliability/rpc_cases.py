@@ -381,8 +381,10 @@ class Outcome:
         parts = [r.SerializeToString() for r in self.responses]
         if self.error is not None:
             parts.append((self.error.details() or "").encode())
-            for _, value in self.error.trailing_metadata() or ():  # type: ignore[attr-defined]
-                parts.append(value if isinstance(value, bytes) else value.encode())
+            # The errors a call raises are Calls too; Call types its trailing metadata.
+            if isinstance(self.error, grpc.Call):
+                for _, value in self.error.trailing_metadata() or ():
+                    parts.append(value if isinstance(value, bytes) else value.encode())
         return b"\n".join(parts)
 
 

@@ -15,7 +15,7 @@ complete with every extent stored. Cancelled there instead, it must leave nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import psycopg
@@ -80,14 +80,16 @@ def _the_issues_shape(dataset_id: str) -> pb.RegisterFileRequest:
     ids=["10000-partitions-x-10", "1-partition-x-100000", "500-partitions-x-200"],
 )
 def test_register_file_at_its_limits_grows_the_server_by_at_most_10_times_the_request(
-    own_process: ServerProcess, database_url: str, shape: object
+    own_process: ServerProcess,
+    database_url: str,
+    shape: Callable[[str], pb.RegisterFileRequest],
 ) -> None:
     who = create_identity(database_url, unique("memory-"))
     stubs = Stubs(own_process.target, who.api_key, who.org_id)
     try:
         dataset = make_dataset(stubs)
         warm_up_registrations(stubs, dataset.dataset_id)
-        request = shape(dataset.dataset_id)  # type: ignore[operator]
+        request = shape(dataset.dataset_id)
         size = request.ByteSize()
         assert size <= rules.MAX_REQUEST_BYTES
         own_process.reset_peaks()
@@ -114,7 +116,7 @@ def test_register_file_at_its_limits_grows_the_server_by_at_most_10_times_the_re
 
 
 @pytest.fixture
-def extents_locked(database_url: str) -> Iterator[psycopg.Connection]:  # type: ignore[type-arg]
+def extents_locked(database_url: str) -> Iterator[psycopg.Connection]:
     """A transaction holding ``timeline_extents`` in SHARE mode, which a registration's insert
     of its extents waits for (reads are not blocked); released when the test ends."""
     with psycopg.connect(libpq_conninfo(database_url)) as conn:
@@ -128,7 +130,7 @@ def test_calls_are_served_while_a_maximal_register_file_is_in_flight(
     stubs: Stubs,
     grpc_target: str,
     database_url: str,
-    extents_locked: psycopg.Connection,  # type: ignore[type-arg]
+    extents_locked: psycopg.Connection,
 ) -> None:
     dataset = make_dataset(stubs)
     request = maximal_register_file_request(dataset.dataset_id)
@@ -166,7 +168,7 @@ def test_a_cancelled_register_file_stores_nothing_and_returns_its_connection(
     server: ServerThread,
     stubs: Stubs,
     database_url: str,
-    extents_locked: psycopg.Connection,  # type: ignore[type-arg]
+    extents_locked: psycopg.Connection,
 ) -> None:
     dataset = make_dataset(stubs)
     in_flight = stubs.catalog.RegisterFile.future(
@@ -178,7 +180,7 @@ def test_a_cancelled_register_file_stores_nothing_and_returns_its_connection(
         120,
         "the registration waits to insert its extents",
     )
-    in_flight.cancel()
+    in_flight.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
     poll(lambda: not blocked_by(conninfo, holder), 30, "the registration's insert is gone")
     extents_locked.rollback()
     poll(lambda: checked_out(server) == 0, 30, "no connection stays checked out")
@@ -299,9 +301,7 @@ def test_100000_bad_extents_keep_100_violations_and_count_the_rest(stubs: Stubs)
 # epoch range, so every generated file is valid.
 TIME = st.integers(-(2**61), 2**61)
 EXTENT = st.tuples(TIME, TIME).map(lambda pair: (min(pair), max(pair)))
-NAME = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), max_size=12
-)
+NAME = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00\r\n"), max_size=12)
 PARTITION = st.tuples(
     NAME,  # topic name, after a unique prefix
     NAME,  # schema name

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from flightlog.v1 import catalog_service_pb2 as catalog_pb
 from flightlog.v1 import common_pb2
@@ -319,7 +320,7 @@ def test_concurrent_writers_keep_every_session_consistent_and_lose_no_acknowledg
         assert windows == {k: v for k, v in want("file").items() if v is not None}
         assert {d.device_id for d in devices} == {k for k, v in want("device").items() if v}
         assert set(session.tags) == {k for k, v in want("tag").items() if v}
-        metadata = dict(session.metadata)
+        metadata = json_format.MessageToDict(session.metadata)
         for key, n in want("meta").items():
             if n is None:
                 assert key not in metadata

@@ -49,6 +49,11 @@ class Ledger:
         with self.lock:
             self.codes[code.name] += 1
 
+    def grown_by(self, n: int) -> Callable[[], bool]:
+        """A condition for ``poll``: ``n`` more writes acknowledged than now."""
+        target = self.writes + n
+        return lambda: self.writes >= target
+
 
 class Writer(threading.Thread):
     """Creates sessions (with request ids) and tags them, until told to stop.
@@ -146,8 +151,7 @@ def test_outage_fails_fast_reports_not_serving_and_recovers_without_losing_write
             ]
             for writer in writers:
                 writer.start()
-            before = ledger.writes
-            poll(lambda b=before: ledger.writes >= b + 30, 30, "writers make progress")
+            poll(ledger.grown_by(30), 30, "writers make progress")
 
             private_postgres.stop(mode)  # under load
             poll(
@@ -199,8 +203,7 @@ def test_outage_fails_fast_reports_not_serving_and_recovers_without_losing_write
                 RECOVERY_LIMIT_S,
                 "health reports SERVING again",
             )
-            after_restart = ledger.writes
-            poll(lambda a=after_restart: ledger.writes >= a + 10, 30, "writers resume")
+            poll(ledger.grown_by(10), 30, "writers resume")
             stop.set()
             for writer in writers:
                 writer.join(30)

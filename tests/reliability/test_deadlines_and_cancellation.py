@@ -44,7 +44,14 @@ from tests.rpc.factories import (
     register_file,
     unique,
 )
-from tests.support import Identity, ServerThread, Stubs, create_identity, rpc_error
+from tests.support import (
+    Identity,
+    ServerThread,
+    Stubs,
+    create_identity,
+    rpc_error,
+    session_row_locked,
+)
 
 STREAMS = 1_000
 CLIENT_THREADS = 8
@@ -94,10 +101,7 @@ def test_a_50_ms_deadline_ends_the_call_and_its_query_while_the_row_stays_locked
 ) -> None:
     session = make_session(client, name="before")
     conninfo = libpq_conninfo(database_url)
-    with psycopg.connect(conninfo) as holder:
-        holder.execute(
-            "SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session.session_id,)
-        )
+    with session_row_locked(database_url, session.session_id) as holder:
         started = time.monotonic()
         failure = rpc_error(
             lambda: client.sessions.UpdateSession(rename(session.session_id, "after"), timeout=0.05)
@@ -121,7 +125,6 @@ def test_the_time_left_becomes_the_transactions_statement_timeout(
     """The mechanism behind the test above, without gRPC (whose cancellation of the handler
     would also end the query): the storage layer alone bounds the wait by the deadline."""
     session = make_session(client)
-    conninfo = libpq_conninfo(database_url)
 
     async def scenario() -> tuple[str, float]:
         database = Database(DatabaseSettings(url=database_url, pool_size=1))
@@ -146,10 +149,7 @@ def test_the_time_left_becomes_the_transactions_statement_timeout(
             request_context.call_deadline.reset(token)
             await database.close()
 
-    with psycopg.connect(conninfo) as holder:
-        holder.execute(
-            "SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session.session_id,)
-        )
+    with session_row_locked(database_url, session.session_id) as holder:
         shown, waited = asyncio.run(scenario())
         holder.rollback()
     assert shown.endswith("ms") and 0 < int(shown[:-2]) <= 300, shown
@@ -161,14 +161,11 @@ def test_a_cancelled_call_leaves_no_query_waiting(
 ) -> None:
     session = make_session(client, name="before")
     conninfo = libpq_conninfo(database_url)
-    with psycopg.connect(conninfo) as holder:
-        holder.execute(
-            "SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (session.session_id,)
-        )
+    with session_row_locked(database_url, session.session_id) as holder:
         pid = holder.info.backend_pid
         future = client.sessions.UpdateSession.future(rename(session.session_id, "after"))
         poll(lambda: len(blocked_by(conninfo, pid)) == 1, 5, "the call waits for the row lock")
-        future.cancel()
+        future.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
         poll(lambda: blocked_by(conninfo, pid) == [], 2.0, "the cancelled call's query ends")
         holder.rollback()
     poll(lambda: checked_out(own_server) == 0, 5, "the connection is back in the pool")

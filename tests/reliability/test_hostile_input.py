@@ -23,6 +23,7 @@ derandomized, so CI sees the same inputs every time.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import time
@@ -147,6 +148,12 @@ def hostile(database_url: str, grpc_target: str) -> Iterator[tuple[Stubs, World,
     stubs.close()
 
 
+# A page token position's element of the wrong type or out of range, whatever it stands for.
+WRONG_POSITION_VALUES: tuple[object, ...] = (
+    2**70, -(2**70), "\x00", "x", None, 1.5, True, [], {}, "1e309",
+)  # fmt: skip
+
+
 def page_tokens(stubs: Stubs, world: World, codec: TokenCodec) -> dict[str, list[str]]:
     """For each listing: a real resume token and forgeries of it, signed with the server's own
     key so that they get past the MAC to the position checks (same scope, positions of the
@@ -168,7 +175,7 @@ def page_tokens(stubs: Stubs, world: World, codec: TokenCodec) -> dict[str, list
                 [*position, 1], position[:-1], [], ["9" * 400] * len(position), [{"$gt": ""}],
             ]  # fmt: skip
             for i in range(len(position)):  # the right shape, one value wrong
-                for bad in (2**70, -(2**70), "\x00", "x", None, 1.5, True, [], {}, "1e309"):
+                for bad in WRONG_POSITION_VALUES:
                     positions.append([*position[:i], bad, *position[i + 1 :]])
             for forged_position in positions:
                 signed = codec.encode(scope, forged_position)
@@ -276,6 +283,7 @@ def scalars(pools: Pools, method: MethodDescriptor, field: FieldDescriptor, huge
     if t == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if t == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         defined = [v.number for v in field.enum_type.values]
         return st.one_of(st.sampled_from(defined), st.integers(-(2**31), 2**31 - 1))
     if t == FieldDescriptor.TYPE_BYTES:
@@ -452,10 +460,16 @@ def call_raw(
     timeout = watch_timeout if method.name == "WatchSessions" else CALL_TIMEOUT_S
     try:
         if method.server_streaming:
-            for _ in stubs.channel.unary_stream(path)(data, timeout=timeout):
+            raw_stream = stubs.channel.unary_stream(
+                path, request_serializer=None, response_deserializer=None
+            )
+            for _ in raw_stream(data, timeout=timeout):
                 pass
         else:
-            stubs.channel.unary_unary(path)(data, timeout=timeout)
+            raw_unary = stubs.channel.unary_unary(
+                path, request_serializer=None, response_deserializer=None
+            )
+            raw_unary(data, timeout=timeout)
     except grpc.RpcError as e:
         code: grpc.StatusCode = e.code()
         return code
@@ -534,7 +548,7 @@ def test_hostile_requests_get_ok_or_a_client_error(
 # --- every field at its boundaries ---------------------------------------------------------------
 
 EDGE_STRINGS = ["", " ", "\x00", "a\x00b", "\U0010ffff" * 3, "é" * 200, "x" * 5000, "x" * MEGABYTE]
-EDGE_STRUCTS = [
+EDGE_STRUCTS: list[dict[str, Any]] = [
     {"nan": math.nan},
     {"inf": math.inf, "minus": -math.inf},
     {"\x00": "\x00"},
@@ -579,27 +593,37 @@ def edge_setters(
         return setters
     if entry is not None and entry.full_name == "google.protobuf.Struct":
         for value in EDGE_STRUCTS:
-            setters.append(
-                (str(value)[:24], lambda p, v=value: getattr(p, name).CopyFrom(to_struct(v)))
-            )
+
+            def put_struct(parent: Message, value: dict[str, Any] = value) -> None:
+                getattr(parent, name).CopyFrom(to_struct(value))
+
+            setters.append((str(value)[:24], put_struct))
         return setters
     if entry is not None and entry.full_name == "google.protobuf.Timestamp":
+        timestamp = GetMessageClass(entry)
         for seconds, nanos in ((-(2**63), 0), (2**63 - 1, 0), (0, -1), (0, 10**9)):
-            setters.append(
-                (f"{seconds}s{nanos}n", lambda p, s=seconds, n=nanos: (
-                    getattr(p, name).add() if field.is_repeated else getattr(p, name)
-                ).MergeFrom(GetMessageClass(entry)(seconds=s, nanos=n)))
-            )  # fmt: skip
+
+            def put_time(parent: Message, seconds: int = seconds, nanos: int = nanos) -> None:
+                slot = getattr(parent, name).add() if field.is_repeated else getattr(parent, name)
+                slot.MergeFrom(timestamp(seconds=seconds, nanos=nanos))
+
+            setters.append((f"{seconds}s{nanos}n", put_time))
         return setters
     if entry is not None:  # present but empty (e.g. a value with no member set)
-        setters.append(
-            ("empty", lambda p: getattr(p, name).add() if field.is_repeated else (
-                getattr(p, name).SetInParent()))
-        )  # fmt: skip
+
+        def put_empty(parent: Message) -> None:
+            if field.is_repeated:
+                getattr(parent, name).add()
+            else:
+                getattr(parent, name).SetInParent()
+
+        def put_many_empty(parent: Message) -> None:
+            for _ in range(10_001):
+                getattr(parent, name).add()
+
+        setters.append(("empty", put_empty))
         if field.is_repeated:
-            setters.append(
-                ("10,001 empty", lambda p: [getattr(p, name).add() for _ in range(10_001)])
-            )
+            setters.append(("10,001 empty", put_many_empty))
         return setters
     t = field.type
     values: list[Any]
@@ -877,7 +901,7 @@ def _limit_cases(w: World) -> list[tuple[str, Callable[[Stubs], Any], grpc.Statu
 def test_documented_size_limits_are_enforced(hostile: tuple[Stubs, World, Pools]) -> None:
     stubs, world, _ = hostile
     for what, call, code, field in _limit_cases(world):
-        failure = rpc_error(lambda call=call: call(stubs))
+        failure = rpc_error(functools.partial(call, stubs))
         assert failure.code == code, what
         if field:
             assert field in failure.fields, (what, failure.fields)
@@ -908,7 +932,9 @@ def test_hostile_call_metadata_is_a_client_error(
         for metadata in headers:
             try:
                 sessions.GetSession(
-                    pb.GetSessionRequest(session_id=world.session_id), metadata=metadata, timeout=5
+                    pb.GetSessionRequest(session_id=world.session_id),
+                    metadata=tuple(metadata),
+                    timeout=5,
                 )
                 code = grpc.StatusCode.OK
             except grpc.RpcError as e:

@@ -23,7 +23,6 @@ makes) its key on the first listing once the database is back, and a failed read
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import logging
@@ -64,6 +63,7 @@ from tests.rpc.factories import add_files, register_file, unique
 from tests.support import (
     ServerThread,
     Stubs,
+    b64,
     create_identity,
     failure,
     run_in_database,
@@ -134,6 +134,8 @@ def read_whole(
 def paged(request: M, size: int, token: str = "") -> M:
     copy = type(request)()
     copy.CopyFrom(request)
+    # Every listing request has these fields; Message declares none, and Python's types cannot
+    # say "a Message with paging fields" (no intersection types).
     copy.page_size = size  # type: ignore[attr-defined]
     copy.page_token = token  # type: ignore[attr-defined]
     return copy
@@ -283,10 +285,6 @@ def shaped_positions(listing: Listing) -> Any:
     return st.lists(value, min_size=len(listing.position), max_size=len(listing.position)).map(
         lambda position: json.dumps(position, ensure_ascii=False)
     )
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def unsigned(scope: str, text: str) -> str:

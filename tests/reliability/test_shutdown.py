@@ -25,7 +25,7 @@ from flightlog_server.storage.urls import libpq_conninfo
 from tests.reliability.helpers import SERVING, health, outcome, poll, record
 from tests.reliability.private_postgres import free_port
 from tests.rpc.factories import make_device, make_session, unique
-from tests.support import Identity, Stubs, create_identity
+from tests.support import Identity, Stubs, create_identity, session_row_locked
 
 GRACE_S = 5.0
 WAITING_FOR = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
@@ -79,10 +79,7 @@ def test_sigterm_refuses_new_calls_drains_in_flight_ones_and_exits_zero(
         locked = make_session(stubs, name="before")
         devices = [make_device(stubs).device_id for _ in range(4)]
         listed = make_session(stubs, device_ids=devices)
-        with psycopg.connect(conninfo) as holder:
-            holder.execute(
-                "SELECT 1 FROM sessions WHERE session_id = %s FOR UPDATE", (locked.session_id,)
-            )
+        with session_row_locked(database_url, locked.session_id) as holder:
             in_flight = stubs.sessions.UpdateSession.future(
                 pb.UpdateSessionRequest(
                     session_id=locked.session_id, name=common_pb2.StringUpdate(set="after")
@@ -104,7 +101,8 @@ def test_sigterm_refuses_new_calls_drains_in_flight_ones_and_exits_zero(
             stream = stubs.sessions.ListSessionDevices(
                 pb.ListSessionDevicesRequest(session_id=listed.session_id, page_size=1), timeout=30
             )
-            first = next(stream)
+            batches = iter(stream)
+            first = next(batches)
 
             process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -124,7 +122,7 @@ def test_sigterm_refuses_new_calls_drains_in_flight_ones_and_exits_zero(
             poll(refused, 2, "a new call is refused with UNAVAILABLE after SIGTERM")
             assert process.poll() is None, "the server exited with a call still in flight"
 
-            rest = [d.device_id for batch in stream for d in batch.devices]
+            rest = [d.device_id for batch in batches for d in batch.devices]
             assert [d.device_id for d in first.devices] + rest == devices
             assert stream.code() == grpc.StatusCode.OK
 

@@ -184,7 +184,7 @@ def create_session(target: str, who: Identity, creds: grpc.ChannelCredentials | 
         stub = session_service_pb2_grpc.SessionServiceStub(channel)
         response = stub.CreateSession(
             pb.CreateSessionRequest(name="over tls"),
-            metadata=[("authorization", f"Bearer {who.api_key}"), ("x-org-id", who.org_id)],
+            metadata=(("authorization", f"Bearer {who.api_key}"), ("x-org-id", who.org_id)),
             timeout=5,
         )
     session_id: str = response.session.session_id

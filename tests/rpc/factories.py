@@ -176,6 +176,23 @@ def get_session(stubs: Stubs, session_id: str) -> sessions_pb.Session:
     return stubs.sessions.GetSession(sessions_pb.GetSessionRequest(session_id=session_id)).session
 
 
+def bounds(session: sessions_pb.Session) -> tuple[int, int] | None:
+    """The session's (min, max) timestamps, or None when it has none (never only one)."""
+    if not session.HasField("min_timestamp_ns"):
+        assert not session.HasField("max_timestamp_ns")
+        return None
+    return session.min_timestamp_ns, session.max_timestamp_ns
+
+
+def list_session_files(stubs: Stubs, session_id: str) -> list[sessions_pb.SessionFile]:
+    """Every file of the session (all pages), in the listing's order."""
+    files, _ = drain(
+        stubs.sessions.ListSessionFiles(sessions_pb.ListSessionFilesRequest(session_id=session_id)),
+        "files",
+    )
+    return files
+
+
 # --- custom fields -------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@ show (or stop showing) a field's values as it moves through it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,30 +26,10 @@ from tests.rpc.factories import (
     new_org_stubs,
     unique,
 )
-from tests.support import Identity, RpcFailure, Stubs, rpc_error
+from tests.support import Identity, Stubs, assert_invalid, assert_not_found, rpc_error
 
 UNKNOWN_FIELD = "cf_" + "a" * 20
 NULL = common_pb2.CustomFieldValue(null_value=struct_pb2.NULL_VALUE)
-
-
-@pytest.fixture
-def fresh(database_url: str, grpc_target: str) -> Iterator[Stubs]:
-    """Stubs of a new, empty org: its listings hold only what the test made."""
-    stubs = new_org_stubs(database_url, grpc_target)
-    yield stubs
-    stubs.close()
-
-
-def assert_invalid(failure: RpcFailure, *fields: str) -> None:
-    """INVALID_ARGUMENT with exactly one BadRequest violation per named field."""
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
-    assert failure.reason == "INVALID_REQUEST"
-    assert set(failure.fields) == set(fields), failure.fields
-
-
-def assert_not_found(failure: RpcFailure) -> None:
-    assert failure.code == grpc.StatusCode.NOT_FOUND, failure
-    assert failure.reason == "CUSTOM_FIELD_NOT_FOUND"
 
 
 def create(stubs: Stubs, **fields: Any) -> pb.CustomField:
@@ -206,7 +186,7 @@ def test_create_custom_field_with_a_taken_name_is_already_exists(stubs: Stubs) -
 
 
 def test_get_custom_field_of_an_unknown_id_is_not_found(stubs: Stubs) -> None:
-    assert_not_found(rpc_error(lambda: get(stubs, UNKNOWN_FIELD)))
+    assert_not_found(rpc_error(lambda: get(stubs, UNKNOWN_FIELD)), "CUSTOM_FIELD_NOT_FOUND")
 
 
 @pytest.mark.parametrize("custom_field_id", ["", "weather", "ss_abc", "cf_UPPER"])
@@ -331,7 +311,7 @@ def test_update_custom_field_rejects_an_unknown_status(stubs: Stubs) -> None:
 
 def test_update_custom_field_of_an_unknown_id_is_not_found(stubs: Stubs) -> None:
     failure = rpc_error(lambda: update(stubs, UNKNOWN_FIELD, status=pb.CUSTOM_FIELD_STATUS_READY))
-    assert_not_found(failure)
+    assert_not_found(failure, "CUSTOM_FIELD_NOT_FOUND")
 
 
 # --- delete --------------------------------------------------------------------------------------
@@ -340,8 +320,10 @@ def test_update_custom_field_of_an_unknown_id_is_not_found(stubs: Stubs) -> None
 def test_delete_custom_field_then_get_is_not_found(stubs: Stubs) -> None:
     field = create(stubs)
     delete(stubs, field.custom_field_id)
-    assert_not_found(rpc_error(lambda: get(stubs, field.custom_field_id)))
-    assert_not_found(rpc_error(lambda: delete(stubs, field.custom_field_id)))
+    assert_not_found(rpc_error(lambda: get(stubs, field.custom_field_id)), "CUSTOM_FIELD_NOT_FOUND")
+    assert_not_found(
+        rpc_error(lambda: delete(stubs, field.custom_field_id)), "CUSTOM_FIELD_NOT_FOUND"
+    )
 
 
 def test_a_deleted_custom_field_name_can_be_defined_again(stubs: Stubs) -> None:
@@ -490,7 +472,7 @@ def test_another_org_gets_not_found_for_every_rpc_on_this_orgs_fields(
         lambda: delete(other_stubs, field.custom_field_id),
     ]
     for call in calls:
-        assert_not_found(rpc_error(call))
+        assert_not_found(rpc_error(call), "CUSTOM_FIELD_NOT_FOUND")
     assert get(stubs, field.custom_field_id) == field
     # Names are unique per org only.
     assert create(other_stubs, name=field.name).name == field.name

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from alembic import command
 from google.protobuf import struct_pb2, timestamp_pb2
+from sqlalchemy.pool import QueuePool
 
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
@@ -41,8 +42,10 @@ from tests.support import (
     ServerThread,
     Stubs,
     create_identity,
+    define_field,
     page_token_codec,
     rpc_error,
+    sql,
 )
 
 UTC = dt.UTC
@@ -53,30 +56,6 @@ N = 36
 
 
 # --- seeding ---------------------------------------------------------------------------------
-
-
-def sql(url: str, statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
-
-
-def define_field(
-    url: str,
-    org_id: str,
-    name: str,
-    type_: str,
-    enum_values: Sequence[str] = (),
-    status: str = "ready",
-) -> str:
-    field_id = new_id("custom_field")
-    sql(
-        url,
-        "INSERT INTO custom_fields (org_id, custom_field_id, entity_type, name, type, enum_values,"
-        " status, created_by) VALUES (%s, %s, 'session', %s, %s, %s, %s, 'test')",
-        (org_id, field_id, name, type_, list(enum_values), status),
-    )
-    return field_id
 
 
 def define_devices(url: str, org_id: str, device_ids: Sequence[str]) -> None:
@@ -256,12 +235,14 @@ def make_org(database_url: str, grpc_target: str, prefix: str, count: int) -> Or
     stubs = Stubs(grpc_target, identity.api_key, identity.org_id)
     org_id = identity.org_id
     fields = {
-        "score": define_field(database_url, org_id, "score", "number"),
-        "label": define_field(database_url, org_id, "label", "string"),
-        "kind": define_field(database_url, org_id, "kind", "enum", KINDS),
-        "flag": define_field(database_url, org_id, "flag", "boolean"),
-        "seen": define_field(database_url, org_id, "seen", "timestamp"),
-        "draft": define_field(database_url, org_id, "draft", "number", status="creating"),
+        "score": define_field(database_url, org_id, "score", CustomFieldType.NUMBER),
+        "label": define_field(database_url, org_id, "label", CustomFieldType.STRING),
+        "kind": define_field(database_url, org_id, "kind", CustomFieldType.ENUM, KINDS),
+        "flag": define_field(database_url, org_id, "flag", CustomFieldType.BOOLEAN),
+        "seen": define_field(database_url, org_id, "seen", CustomFieldType.TIMESTAMP),
+        "draft": define_field(
+            database_url, org_id, "draft", CustomFieldType.NUMBER, status=CustomFieldStatus.CREATING
+        ),
     }
     define_devices(database_url, org_id, ["dev-a", "dev-b", "dev-c"])
     datasets: dict[str, str] = {}
@@ -305,11 +286,11 @@ def expected_order(sessions: Sequence[Seeded], key: str, descending: bool) -> li
 
 def condition(
     name: str,
-    operator: int,
+    operator: pb.ComparisonOperator.ValueType,
     value: common_pb2.CustomFieldValue | None = None,
     values: Sequence[common_pb2.CustomFieldValue] = (),
 ) -> pb.CustomFieldCondition:
-    return pb.CustomFieldCondition(field=name, operator=operator, value=value, values=values)  # type: ignore[arg-type]
+    return pb.CustomFieldCondition(field=name, operator=operator, value=value, values=values)
 
 
 cond = condition
@@ -384,9 +365,14 @@ SORTS = [
 @pytest.mark.parametrize("direction", [ASC, DESC], ids=["asc", "desc"])
 @pytest.mark.parametrize("page_size", [4, 1000])
 def test_sort_orders_values_then_absent_ones_with_session_id_ties(
-    org: Org, sort_field: int, custom_field: str, key: str, direction: int, page_size: int
+    org: Org,
+    sort_field: pb.SessionSortField.ValueType,
+    custom_field: str,
+    key: str,
+    direction: pb.SortDirection.ValueType,
+    page_size: int,
 ) -> None:
-    sort = pb.SessionSort(field=sort_field, direction=direction, custom_field=custom_field)  # type: ignore[arg-type]
+    sort = pb.SessionSort(field=sort_field, direction=direction, custom_field=custom_field)
     ids = listed(org.stubs, sort=sort, page_size=page_size)
     assert ids == expected_order(org.sessions, key, descending=direction == DESC)
 
@@ -714,7 +700,7 @@ def test_resume_returns_exactly_the_rest_while_sessions_are_created_and_deleted(
             stream = org.stubs.sessions.ListSessions(pb.ListSessionsRequest(sort=sort, page_size=4))
             batches = iter(stream)
             first, second = next(batches), next(batches)
-            stream.cancel()  # type: ignore[no-untyped-call]
+            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
             seen = [s.session_id for s in [*first.sessions, *second.sessions]]
             assert seen == before[:8]
 
@@ -789,8 +775,8 @@ def test_a_signed_position_of_the_wrong_type_is_still_invalid(org: Org, database
 INVALID = [
     ("page_size", {"page_size": -1}),
     ("page_size", {"page_size": 1001}),
-    ("sort.field", {"sort": pb.SessionSort(field=99)}),  # type: ignore[arg-type]
-    ("sort.direction", {"sort": pb.SessionSort(direction=7)}),  # type: ignore[arg-type]
+    ("sort.field", {"sort": pb.SessionSort(field=pb.SessionSortField.ValueType(99))}),
+    ("sort.direction", {"sort": pb.SessionSort(direction=pb.SortDirection.ValueType(7))}),
     ("sort.custom_field", {"sort": pb.SessionSort(field=BY_FIELD)}),
     ("sort.custom_field", {"sort": pb.SessionSort(field=BY_FIELD, custom_field="nope")}),
     ("sort.custom_field", {"sort": pb.SessionSort(field=BY_FIELD, custom_field="draft")}),
@@ -815,8 +801,14 @@ INVALID = [
     ("filter.custom_fields[0].field", {"filter": conditions([cond("nope", IS_NULL)])}),
     ("filter.custom_fields[0].field", {"filter": conditions([cond("draft", IS_NULL)])}),
     ("filter.custom_fields[0].field", {"filter": conditions([cond("", IS_NULL)])}),
-    ("filter.custom_fields[0].operator", {"filter": conditions([cond("score", 0)])}),
-    ("filter.custom_fields[0].operator", {"filter": conditions([cond("score", 42)])}),
+    (
+        "filter.custom_fields[0].operator",
+        {"filter": conditions([cond("score", pb.COMPARISON_OPERATOR_UNSPECIFIED)])},
+    ),
+    (
+        "filter.custom_fields[0].operator",
+        {"filter": conditions([cond("score", pb.ComparisonOperator.ValueType(42))])},
+    ),
     ("filter.custom_fields[0].operator", {"filter": conditions([cond("flag", LT, boolean(True))])}),
     (
         "filter.custom_fields[0].operator",
@@ -865,12 +857,13 @@ def test_a_cancelled_stream_releases_its_database_connection(
 ) -> None:
     stream = org.stubs.sessions.ListSessions(pb.ListSessionsRequest(page_size=1))
     next(iter(stream))
-    stream.cancel()  # type: ignore[no-untyped-call]
+    stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Call.cancel untyped
     pool = server.server.database.engine.pool
+    assert isinstance(pool, QueuePool)
     deadline = time.monotonic() + 5
-    while pool.checkedout() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+    while pool.checkedout() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert pool.checkedout() == 0
 
 
 # --- query plans -----------------------------------------------------------------------------
@@ -897,7 +890,7 @@ def big_org(plans_url: str) -> tuple[str, dict[str, CustomFieldDef]]:
     database_url = plans_url
     identity = create_identity(database_url, f"plans-{secrets.token_hex(4)}")
     org_id = identity.org_id
-    field_id = define_field(database_url, org_id, "speed", "number")
+    field_id = define_field(database_url, org_id, "speed", CustomFieldType.NUMBER)
     sql(
         database_url,
         """

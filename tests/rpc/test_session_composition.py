@@ -14,29 +14,16 @@ from flightlog.v1 import catalog_service_pb2 as catalog_pb
 from flightlog.v1 import session_service_pb2 as pb
 from tests.rpc.factories import (
     add_files,
+    bounds,
     check_paging,
     drain,
     get_session,
+    list_session_files,
     make_dataset,
     make_session,
     register_file,
 )
 from tests.support import Identity, Stubs, rpc_error
-
-
-def list_files(stubs: Stubs, session_id: str) -> list[pb.SessionFile]:
-    files, _ = drain(
-        stubs.sessions.ListSessionFiles(pb.ListSessionFilesRequest(session_id=session_id)),
-        "files",
-    )
-    return files
-
-
-def bounds(session: pb.Session) -> tuple[int, int] | None:
-    if not session.HasField("min_timestamp_ns"):
-        assert not session.HasField("max_timestamp_ns")
-        return None
-    return session.min_timestamp_ns, session.max_timestamp_ns
 
 
 def remove_files(stubs: Stubs, session_id: str, *file_ids: str) -> pb.Session:
@@ -65,7 +52,7 @@ def test_list_session_files_returns_contributions_in_first_added_order_with_file
     # Re-adding replaces the window but keeps the contribution's place.
     add_files(stubs, session.session_id, second.file_id, window=(5, 6))
 
-    listed = list_files(stubs, session.session_id)
+    listed = list_session_files(stubs, session.session_id)
 
     assert [f.file_id for f in listed] == [second.file_id, first.file_id, third.file_id]
     by_id = {f.file_id: f for f in listed}
@@ -110,11 +97,11 @@ def test_list_session_files_streams_batches_that_resume_without_repeats(
 
 def test_list_session_files_of_a_session_without_files_is_empty(stubs: Stubs) -> None:
     session = make_session(stubs)
-    assert list_files(stubs, session.session_id) == []
+    assert list_session_files(stubs, session.session_id) == []
 
 
 def test_list_session_files_of_an_unknown_session_is_not_found(stubs: Stubs) -> None:
-    failure = rpc_error(lambda: list_files(stubs, "ss_doesnotexist"))
+    failure = rpc_error(lambda: list_session_files(stubs, "ss_doesnotexist"))
     assert failure.code == grpc.StatusCode.NOT_FOUND
     assert failure.reason == "SESSION_NOT_FOUND"
 
@@ -203,7 +190,7 @@ def test_removing_the_last_bounded_contribution_leaves_no_bounds(
 
     assert bounds(session) is None
     assert bounds(get_session(stubs, session.session_id)) is None
-    assert [f.file_id for f in list_files(stubs, session.session_id)] == [empty.file_id]
+    assert [f.file_id for f in list_session_files(stubs, session.session_id)] == [empty.file_id]
 
 
 def test_re_adding_a_file_replaces_its_window(stubs: Stubs, dataset: catalog_pb.Dataset) -> None:
@@ -215,7 +202,7 @@ def test_re_adding_a_file_replaces_its_window(stubs: Stubs, dataset: catalog_pb.
     assert bounds(session) == (500, 600)
     session = add_files(stubs, session.session_id, file.file_id)
     assert bounds(session) == (100, 200)
-    [listed] = list_files(stubs, session.session_id)
+    [listed] = list_session_files(stubs, session.session_id)
     assert not listed.HasField("range_min_timestamp_ns")
 
 
@@ -231,7 +218,7 @@ def test_the_same_file_twice_in_one_call_is_invalid_naming_the_repeat(
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "files[1].file_id" in failure.fields
     assert "files[0].file_id" not in failure.fields
-    assert list_files(stubs, session.session_id) == []
+    assert list_session_files(stubs, session.session_id) == []
 
 
 def test_a_half_open_window_is_rejected_naming_the_missing_bound(
@@ -282,7 +269,7 @@ def test_unknown_and_foreign_files_fail_the_whole_call_naming_every_id(
     after = get_session(stubs, session.session_id)
     assert after.revision == session.revision
     assert bounds(after) == (10, 20)
-    assert [f.file_id for f in list_files(stubs, session.session_id)] == [kept.file_id]
+    assert [f.file_id for f in list_session_files(stubs, session.session_id)] == [kept.file_id]
 
 
 def test_removing_files_that_are_not_in_the_session_is_a_no_op(
@@ -295,7 +282,7 @@ def test_removing_files_that_are_not_in_the_session_is_a_no_op(
     after = remove_files(stubs, session.session_id, never_added.file_id, "fl_unknown")
 
     assert bounds(after) == (10, 20)
-    assert [f.file_id for f in list_files(stubs, session.session_id)] == [kept.file_id]
+    assert [f.file_id for f in list_session_files(stubs, session.session_id)] == [kept.file_id]
 
 
 # --- tenancy -------------------------------------------------------------------------------------
@@ -309,7 +296,7 @@ def test_another_org_cannot_list_add_or_remove_this_orgs_contributions(
     session = add_files(stubs, make_session(stubs).session_id, file.file_id)
 
     failures = [
-        rpc_error(lambda: list_files(other_stubs, session.session_id)),
+        rpc_error(lambda: list_session_files(other_stubs, session.session_id)),
         rpc_error(lambda: add_files(other_stubs, session.session_id, foreign_file.file_id)),
         rpc_error(lambda: remove_files(other_stubs, session.session_id, file.file_id)),
     ]
@@ -318,7 +305,7 @@ def test_another_org_cannot_list_add_or_remove_this_orgs_contributions(
     assert [f.reason for f in failures] == ["SESSION_NOT_FOUND"] * 3
     after = get_session(stubs, session.session_id)
     assert after.revision == session.revision
-    assert [f.file_id for f in list_files(stubs, session.session_id)] == [file.file_id]
+    assert [f.file_id for f in list_session_files(stubs, session.session_id)] == [file.file_id]
 
 
 # --- concurrency ---------------------------------------------------------------------------------
@@ -383,4 +370,4 @@ def test_concurrent_adds_and_removes_leave_bounds_equal_to_the_stored_contributi
 
     assert errors == []
     stored = get_session(stubs, session.session_id)
-    assert bounds(stored) == expected_bounds(list_files(stubs, session.session_id), windows)
+    assert bounds(stored) == expected_bounds(list_session_files(stubs, session.session_id), windows)

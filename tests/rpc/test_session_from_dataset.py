@@ -15,6 +15,7 @@ from flightlog_server.storage.urls import libpq_conninfo
 from tests.rpc.factories import (
     drain,
     get_session,
+    list_session_files,
     make_custom_field,
     make_dataset,
     make_device,
@@ -28,14 +29,6 @@ from tests.support import Identity, Stubs, rpc_error
 def from_dataset(stubs: Stubs, dataset_id: str, **fields: Any) -> pb.Session:
     request = pb.CreateSessionFromDatasetRequest(dataset_id=dataset_id, **fields)
     return stubs.sessions.CreateSessionFromDataset(request).session
-
-
-def list_files(stubs: Stubs, session_id: str) -> list[pb.SessionFile]:
-    files, _ = drain(
-        stubs.sessions.ListSessionFiles(pb.ListSessionFilesRequest(session_id=session_id)),
-        "files",
-    )
-    return files
 
 
 def list_devices(stubs: Stubs, session_id: str) -> list[str]:
@@ -58,7 +51,7 @@ def test_every_file_of_the_dataset_is_added_whole_in_path_order(stubs: Stubs) ->
     assert session.session_id.startswith("ss_")
     assert session.name == "from dataset"
     assert (session.min_timestamp_ns, session.max_timestamp_ns) == (110, 610)
-    listed = list_files(stubs, session.session_id)
+    listed = list_session_files(stubs, session.session_id)
     assert [f.file_id for f in listed] == [a.file_id, b.file_id, c.file_id]
     assert not any(f.HasField("range_min_timestamp_ns") for f in listed)
     assert {f.dataset_id for f in listed} == {dataset.dataset_id}
@@ -89,14 +82,14 @@ def test_a_dataset_without_devices_makes_a_session_without_devices(stubs: Stubs)
     session = from_dataset(stubs, dataset.dataset_id)
 
     assert list_devices(stubs, session.session_id) == []
-    assert len(list_files(stubs, session.session_id)) == 1
+    assert len(list_session_files(stubs, session.session_id)) == 1
 
 
 def test_an_empty_dataset_makes_a_session_without_files_or_bounds(stubs: Stubs) -> None:
     session = from_dataset(stubs, make_dataset(stubs).dataset_id)
 
     assert not session.HasField("min_timestamp_ns")
-    assert list_files(stubs, session.session_id) == []
+    assert list_session_files(stubs, session.session_id) == []
 
 
 def test_the_session_takes_the_requests_description_tags_metadata_and_custom_fields(
@@ -172,7 +165,7 @@ def test_a_dataset_of_more_than_10000_files_is_added_whole(
     session = from_dataset(stubs, dataset.dataset_id)
 
     assert (session.min_timestamp_ns, session.max_timestamp_ns) == (10, 100_015)
-    listed = list_files(stubs, session.session_id)
+    listed = list_session_files(stubs, session.session_id)
     assert len(listed) == 10_001
     assert [f.relative_path for f in listed[:2]] == ["bulk/000001.mcap", "bulk/000002.mcap"]
     assert listed[-1].size_bytes == 10_001
@@ -223,7 +216,7 @@ def test_a_replayed_request_id_returns_the_session_created_first(stubs: Stubs) -
     replay = from_dataset(stubs, dataset.dataset_id, name="once", request_id=request_id)
 
     assert replay.session_id == first.session_id
-    assert len(list_files(stubs, first.session_id)) == 1
+    assert len(list_session_files(stubs, first.session_id)) == 1
 
 
 def test_a_request_id_reused_with_another_body_is_already_exists(stubs: Stubs) -> None:

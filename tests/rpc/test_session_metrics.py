@@ -30,14 +30,18 @@ def entries(*pairs: tuple[str, float]) -> list[pb.MetricEntry]:
 
 
 def publish(
-    stubs: Stubs, session_id: str, *pairs: tuple[str, float], **device: str | bool
+    stubs: Stubs,
+    session_id: str,
+    *pairs: tuple[str, float],
+    device_id: str | None = None,
+    no_device: bool = False,
 ) -> pb.PublishSessionMetricsResponse:
-    """Publishes; ``device`` is ``device_id=...``, ``no_device=True`` or nothing (inferred)."""
-    request = pb.PublishSessionMetricsRequest(
-        session_id=session_id,
-        metrics=entries(*pairs),
-        **device,  # type: ignore[arg-type]
-    )
+    """Publishes to ``device_id``, to no device, or (neither given) to the one inferred."""
+    request = pb.PublishSessionMetricsRequest(session_id=session_id, metrics=entries(*pairs))
+    if device_id is not None:
+        request.device_id = device_id
+    if no_device:
+        request.no_device = True
     return stubs.sessions.PublishSessionMetrics(request)
 
 

@@ -7,17 +7,14 @@ from google.protobuf import struct_pb2
 
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
+from tests.rpc.factories import make_session
 from tests.support import Stubs, rpc_error
-
-
-def create(stubs: Stubs, **fields: object) -> pb.Session:
-    return stubs.sessions.CreateSession(pb.CreateSessionRequest(**fields)).session  # type: ignore[arg-type]
 
 
 def test_create_then_get_returns_the_same_session(stubs: Stubs, org_id: str) -> None:
     metadata = struct_pb2.Struct()
     metadata.update({"pilot": "alice", "wind": {"knots": 12}})
-    created = create(
+    created = make_session(
         stubs,
         name="flight-001",
         description="formation #4",
@@ -33,7 +30,7 @@ def test_create_then_get_returns_the_same_session(stubs: Stubs, org_id: str) -> 
 
 
 def test_update_sets_clears_and_keeps_fields(stubs: Stubs) -> None:
-    session = create(stubs, name="before", description="keep me")
+    session = make_session(stubs, name="before", description="keep me")
     updated = stubs.sessions.UpdateSession(
         pb.UpdateSessionRequest(
             session_id=session.session_id,
@@ -48,14 +45,14 @@ def test_update_sets_clears_and_keeps_fields(stubs: Stubs) -> None:
 
 
 def test_name_over_120_characters_is_invalid_argument_naming_the_field(stubs: Stubs) -> None:
-    failure = rpc_error(lambda: create(stubs, name="x" * 121))
+    failure = rpc_error(lambda: make_session(stubs, name="x" * 121))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.reason == "INVALID_REQUEST"
     assert "name" in failure.fields
 
 
 def test_delete_then_get_is_not_found(stubs: Stubs) -> None:
-    session = create(stubs)
+    session = make_session(stubs)
     stubs.sessions.DeleteSession(pb.DeleteSessionRequest(session_id=session.session_id))
     failure = rpc_error(
         lambda: stubs.sessions.GetSession(pb.GetSessionRequest(session_id=session.session_id))
@@ -65,7 +62,7 @@ def test_delete_then_get_is_not_found(stubs: Stubs) -> None:
 
 
 def test_another_org_cannot_see_the_session(stubs: Stubs, other_stubs: Stubs) -> None:
-    session = create(stubs, name="private")
+    session = make_session(stubs, name="private")
     failure = rpc_error(
         lambda: other_stubs.sessions.GetSession(pb.GetSessionRequest(session_id=session.session_id))
     )

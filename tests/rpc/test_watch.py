@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -49,6 +46,7 @@ from tests.support import (
     create_identity,
     failure,
     rpc_error,
+    sql,
 )
 
 WAIT_S = 30.0  # the most any single step may take before the test fails (not a sleep)
@@ -228,21 +226,13 @@ def summary(changes: list[pb.SessionChange]) -> list[tuple[int, str, int]]:
     return [(c.revision, c.session_id, c.kind) for c in changes]
 
 
-def sql(database_url: str, statement: str, *params: Any) -> list[Any]:
-    with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as conn:
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
-
-
 def age_changes(database_url: str, org_id: str, revisions: list[int], days: float = 8) -> None:
     """Makes changes look ``days`` old, as if they had been committed back then."""
     sql(
         database_url,
         "UPDATE session_changes SET committed = committed - make_interval(days => %s)"
         " WHERE org_id = %s AND revision = ANY(%s)",
-        days,
-        org_id,
-        revisions,
+        (days, org_id, revisions),
     )
 
 
@@ -250,7 +240,7 @@ def retained(database_url: str, org_id: str) -> list[int]:
     rows = sql(
         database_url,
         "SELECT revision FROM session_changes WHERE org_id = %s ORDER BY revision",
-        org_id,
+        (org_id,),
     )
     return [revision for (revision,) in rows]
 
@@ -862,7 +852,7 @@ def test_watchers_miss_nothing_when_the_listen_connection_is_lost(
     lost = notifier.backend_pid
     assert lost in notifier_backends(database_url)
 
-    sql(database_url, "SELECT pg_terminate_backend(%s)", lost)
+    sql(database_url, "SELECT pg_terminate_backend(%s)", (lost,))
     # Committed while the notifier may still be reconnecting: its notification can be lost, the
     # wake-up that follows every reconnection is not.
     renamed = rename(org.stubs, session.session_id, "while reconnecting")
@@ -888,19 +878,6 @@ def test_shutting_down_ends_watch_streams_at_once(database_url: str, org: Org) -
         assert "resume the watch after revision 0" in ended.message
     finally:
         stubs.close()
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL cluster of this test's own, which it may stop (never the shared one)."""
-    root = Path(tempfile.mkdtemp(prefix="flightlog-watch-outage-"))
-    try:
-        cluster = PrivatePostgres(root)
-        cluster.start()
-        yield cluster
-        cluster.destroy()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_watchers_survive_a_database_restart_and_miss_nothing(

@@ -3,8 +3,10 @@ the logic, a real PostgreSQL below it."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -63,17 +65,12 @@ def session_of(view: SessionView) -> pb.Session:
     return pb.Session.FromString(view.record)
 
 
-def new(name: str = "", **fields: object) -> NewSession:
-    base: dict[str, object] = {
-        "name": name or None,
-        "description": None,
-        "tags": (),
-        "metadata": {},
-        "device_ids": (),
-        "values": {},
-    }
-    base.update(fields)
-    return NewSession(**base)  # type: ignore[arg-type]
+def new(name: str = "", **fields: Any) -> NewSession:
+    """A session to create, named ``name`` (none if empty), empty but for ``fields``."""
+    empty = NewSession(
+        name=name or None, description=None, tags=(), metadata={}, device_ids=(), values={}
+    )
+    return dataclasses.replace(empty, **fields)
 
 
 def changes(database_url: str, org_id: str) -> list[tuple[int, str, str]]:

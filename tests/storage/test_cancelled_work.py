@@ -24,6 +24,7 @@ import psycopg.waiting
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.pool import QueuePool
 
 from flightlog_server import request_context
 from flightlog_server.storage.database import Database, DatabaseSettings
@@ -97,11 +98,13 @@ def test_work_cancelled_at_any_wait_returns_its_connection_clean(
                     await WORK[name](database)
                 cancelled = await injector.run(WORK[name](database), at)
                 pool = database.engine.pool
-                if pool.checkedout():  # type: ignore[attr-defined]
+                assert isinstance(pool, QueuePool)
+                if pool.checkedout():
                     problems.append(f"cancelled at wait {at}: the connection is still out")
                 async with database.engine.connect() as connection:
                     raw = await connection.get_raw_connection()
-                    if raw.driver_connection.autocommit:  # type: ignore[union-attr]
+                    assert raw.driver_connection is not None
+                    if raw.driver_connection.autocommit:
                         problems.append(f"cancelled at wait {at}: pooled in autocommit")
             finally:
                 await database.close()

@@ -24,7 +24,7 @@ class Partition:
     schema_name: str = ""
     message_encoding: str = ""
     message_count: int = 0
-    extents: list[object] = field(default_factory=list)
+    extents: list[catalog.ExtentInput] = field(default_factory=list)
 
 
 @dataclass

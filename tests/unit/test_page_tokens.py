@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from flightlog_server.domain.errors import InvalidPageToken
 from flightlog_server.domain.rules import MAX_NAME_CHARS, MAX_STRING_VALUE_CHARS
 from flightlog_server.rpc.pagination import MAX_TOKEN_CHARS, TokenCodec
-from tests.support import seal_page_token
+from tests.support import b64, seal_page_token
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -41,10 +41,6 @@ positions = st.lists(position_values, max_size=4)
 
 def raw(token: str) -> bytes:
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def refused(token: str, scope: str = SCOPE, codec: TokenCodec = CODEC) -> str:

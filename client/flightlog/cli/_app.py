@@ -903,12 +903,6 @@ def _print_ingest_result(ctx: _Context, result: IngestResult) -> None:
         )
 
 
-def _ingest_status(ingested: IngestedFile) -> str:
-    """``added``, ``already present``, followed by the recovery reason of a damaged one."""
-    recovery = ingested.summary.recovery
-    return ingested.status if recovery is None else f"{ingested.status}, {recovery.reason}"
-
-
 def _ingested_json(ingested: IngestedFile) -> dict[str, Any]:
     """The JSON line of one ingested file (times and durations in exact nanoseconds)."""
     summary = ingested.summary

@@ -170,10 +170,6 @@ def null_custom_fields(ready_field_names: tuple[str, ...]) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
-def session_from_record(prefix: bytes, record: bytes) -> session_service_pb2.Session:
-    return session_service_pb2.Session.FromString(prefix + record)
-
-
 # --- Catalog -----------------------------------------------------------------------------------
 
 

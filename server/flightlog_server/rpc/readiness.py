@@ -39,10 +39,6 @@ class ReadinessGate(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._open = False
         self._code, self._message, self._details = rich_status(_NOT_READY)
 
-    @property
-    def is_open(self) -> bool:
-        return self._open
-
     def open(self) -> None:
         """Lets calls through from now on."""
         self._open = True

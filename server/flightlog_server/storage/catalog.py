@@ -36,7 +36,7 @@ from flightlog_server.domain.rules import new_id
 from flightlog_server.domain.types import Caller, IdempotencyKey
 from flightlog_server.pacing import Pacer
 from flightlog_server.storage import models as m
-from flightlog_server.storage.database import RetryTransaction, Row, Tx
+from flightlog_server.storage.database import Row, Tx
 
 DV = m.table(m.Device)
 DS = m.table(m.Dataset)
@@ -44,9 +44,6 @@ F = m.table(m.File)
 T = m.table(m.Topic)
 P = m.table(m.TopicPartition)
 E = m.table(m.TimelineExtent)
-S = m.table(m.Session)
-SD = m.table(m.SessionDevice)
-SF = m.table(m.SessionFile)
 
 # Extents copied between two chances for other calls to run (a partition may hold 100,000).
 _ROWS_PER_TICK = 256
@@ -222,35 +219,6 @@ class CatalogRepository:
         if after is not None:
             query = query.where(DV.c.device_id > after)
         return [_device(row) for row in await self.db.execute(query)]
-
-    async def lock_sessions_of_device(self, device_id: str) -> list[str]:
-        """Locks, in ID order, every session the device is attached to, then the device, and
-        returns the sessions; NOT_FOUND when the device is not in the org. Re-runs the
-        transaction if an attachment appeared or went meanwhile."""
-
-        attached = (
-            select(SD.c.session_id)
-            .where(SD.c.org_id == self.org_id, SD.c.device_id == device_id)
-            .order_by(SD.c.session_id)
-        )
-        sessions = list(
-            await self.db.scalars(
-                select(S.c.session_id)
-                .where(S.c.org_id == self.org_id, S.c.session_id.in_(attached.order_by(None)))
-                .order_by(S.c.session_id)
-                .with_for_update()
-            )
-        )
-        exists = await self.db.scalar(
-            select(DV.c.device_id)
-            .where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
-            .with_for_update()
-        )
-        if exists is None:
-            raise NotFound("device", [device_id])
-        if list(await self.db.scalars(attached)) != sessions:
-            raise RetryTransaction(f"attachments of {device_id} changed while locking")
-        return sessions
 
     async def delete_device(self, device_id: str) -> None:
         """Deletes the device; its attachments go with it (cascade) and the datasets, files and
@@ -598,15 +566,6 @@ class CatalogRepository:
         if row is None:
             raise NotFound("file", [file_id])
         return _file(row)
-
-    async def delete_contributions_of_file(self, file_id: str) -> list[str]:
-        """Removes the file from every session; returns those sessions in ID order."""
-        sessions = await self.db.scalars(
-            delete(SF)
-            .where(SF.c.org_id == self.org_id, SF.c.file_id == file_id)
-            .returning(SF.c.session_id)
-        )
-        return sorted(sessions)
 
     async def delete_file(self, file_id: str) -> None:
         """Deletes the file with its partitions and extents (cascade). Topic identities stay:
