@@ -2,7 +2,7 @@
 
 Every test works in a brand-new org, so its revisions start at 1 and are predictable. Where a
 test needs a change to commit at an exact point of a watch (the seams), it holds the server's
-watch loop with the ``after_read`` test hook of ``flightlog_server.rpc.watch``; everything else
+watch loop with the ``after_read`` test hook of ``flightlog_server.services.change_feed``; everything else
 synchronises on what the watcher receives (queues and events), never on sleeps.
 """
 
@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc
 from flightlog_server.app import ServerSettings
-from flightlog_server.rpc import watch
+from flightlog_server.services import change_feed as watch
 from flightlog_server.storage.changes import ChangeNotifier, change_notifier, prune_changes
 from flightlog_server.storage.database import DatabaseSettings
 from flightlog_server.storage.migrate import upgrade
@@ -838,13 +838,18 @@ def test_cancelled_watchers_leave_no_listener_and_share_one_listen_connection(
     try:
         for call in calls:
             assert next(call).revision == 1  # registered and live
-        assert notifier.listener_count >= 100
+        feed = watch.existing_change_feed(server.server.database)
+        assert feed is not None
+        reader = feed.reader(org.org_id)
+        assert reader is not None and reader.watcher_count == 100  # one reader for them all
         assert notifier_backends(database_url) == [notifier.backend_pid]  # one for them all
     finally:
         for call in calls:
             call.cancel()
 
+    server.call(asyncio.wait_for(feed.wait_idle(), WAIT_S))
     server.call(asyncio.wait_for(notifier.wait_idle(), WAIT_S))
+    assert feed.reader(org.org_id) is None  # the reader left with its last watcher
     assert notifier.listener_count == 0
     assert notifier.connected.is_set()  # the shared connection stays for the next watcher
 
