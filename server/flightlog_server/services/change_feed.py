@@ -153,12 +153,26 @@ class OrgReader:
         self._reading = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        # Reads this reader made (tests and the bench compare it with the changes delivered).
+        # Reads of the feed for this org: the reader's own (one per change at most, whatever the
+        # number of watchers) and the watchers' own (replays, and catching up after a detach).
+        # Tests and the bench compare them with the changes delivered.
         self.shared_reads = 0
+        self.shared_rows = 0
+        self.watcher_reads = 0
+        self._attach_changed = asyncio.Event()
 
     @property
     def watcher_count(self) -> int:
         return len(self._watchers)
+
+    @property
+    def attached_count(self) -> int:
+        return len(self._attached)
+
+    async def wait_attached(self, count: int) -> None:
+        """Returns once at least ``count`` watchers are attached (tests and the bench)."""
+        while len(self._attached) < count:
+            await self._attach_changed.wait()
 
     def start(self) -> None:
         # In a context of its own: not the first watcher's (its deadline, its request id).
@@ -202,6 +216,8 @@ class OrgReader:
             return False
         watcher.attached = True
         self._attached.add(watcher)
+        self._attach_changed.set()
+        self._attach_changed = asyncio.Event()
         if watcher.event.is_set():
             # A notification came since the watcher's last read began: the change it announced
             # may be after that read's snapshot, so the reader must look.
@@ -247,6 +263,7 @@ class OrgReader:
         finally:
             self._reading = False
         self.shared_reads += 1
+        self.shared_rows += len(batch.changes)
         self._fan_out(after, batch, ready)
         if batch.more:
             self._wake.set()
@@ -398,6 +415,7 @@ class ChangeFeed:
                     await watcher.event.wait()
                     continue
                 after = watcher.position
+                reader.watcher_reads += 1
                 async with notifier.query_slots:
                     batch, ready = await self.database.run(
                         functools.partial(self.read, org_id=org_id, after=after, flt=flt)
