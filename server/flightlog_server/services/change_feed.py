@@ -174,13 +174,14 @@ class OrgReader:
         while len(self._attached) < count:
             await self._attach_changed.wait()
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         # In a context of its own: not the first watcher's (its deadline, its request id).
         self._task = asyncio.get_running_loop().create_task(
             self._run(),
             name=f"flightlog-change-reader-{self.org_id}",
             context=contextvars.Context(),
         )
+        return self._task
 
     def stop(self) -> None:
         """Ends the reader. A read in flight finishes first (cancelling it would leave its
@@ -322,6 +323,7 @@ class ChangeFeed:
         self._idle = asyncio.Event()
         self._idle.set()
         self._subscriptions: dict[str, contextlib.AbstractContextManager[Waiter]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def reader(self, org_id: str) -> OrgReader | None:
         """The org's reader, while it has watchers."""
@@ -343,7 +345,9 @@ class ChangeFeed:
             # Registered with the notifier before anything is read.
             self._subscriptions[org_id] = self.notifier.subscribe(org_id, reader)
             self._subscriptions[org_id].__enter__()
-            reader.start()
+            task = reader.start()
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         watcher = _Watcher(flt)
         reader.add(watcher)
         self._idle.clear()
@@ -357,6 +361,14 @@ class ChangeFeed:
                 self._subscriptions.pop(org_id).__exit__(None, None, None)
             if not self._readers:
                 self._idle.set()
+
+    async def close(self) -> None:
+        """Waits for the readers that are still finishing a read (the server calls it once its
+        watch streams have ended, before it closes the database)."""
+        for reader in list(self._readers.values()):
+            reader.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
 
     async def read(
         self, db: AsyncSession, *, org_id: str, after: int, flt: ChangeFilter | None
@@ -456,6 +468,13 @@ def change_feed(database: Database, encode: Encoder) -> ChangeFeed:
     if feed is None:
         feed = _feeds[database] = ChangeFeed(database, encode)
     return feed
+
+
+async def close_change_feed(database: Database) -> None:
+    """Closes the change feed of ``database``, if one was made."""
+    feed = _feeds.get(database)
+    if feed is not None:
+        await feed.close()
 
 
 def existing_change_feed(database: Database) -> ChangeFeed | None:
