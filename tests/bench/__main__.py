@@ -22,6 +22,9 @@ Figures (see issue 5):
   maxima (the server's RSS growth, its longest event-loop hold, and the p99 of GetSession calls
   made meanwhile against the same calls without them), then a second table: one request at each
   documented limit, with the RSS growth and loop hold it cost.
+* Issue 11 (``tests.bench.feed``): CreateSession p50 with 8 writers and 200 watchers of the org
+  (``--quick``: 50) against no watchers, the delivery lag p99 of those changes, and how soon a
+  write reaches an open watch stream after a database restart.
 
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
@@ -49,7 +52,7 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import bounded, data, writes
+from tests.bench import bounded, data, feed, writes
 from tests.bench.common import CHANNEL_OPTIONS, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
@@ -474,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             limits = bounded.limits_table(real, writer, catalog.loose)
         log("CreateSession on serve --workers 1 and 2")
         rows.append(writes.bench_workers(url, writer, seconds))
+        rows += feed.rows(url, args.quick)
         with data.connect(url) as conn:
             server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
     timings["total_s"] = time.perf_counter() - started
