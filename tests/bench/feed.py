@@ -134,7 +134,7 @@ async def _watch(target: str, api_key: str, org_id: str, count: int, out: str) -
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for channel in channels:
-        await channel.close()
+        await channel.close(None)
     with open(out, "wb") as f:
         json_header = json.dumps({"count": len(revisions), "start": start_revision}).encode()
         f.write(len(json_header).to_bytes(4, "little") + json_header)
