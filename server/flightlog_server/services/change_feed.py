@@ -7,7 +7,10 @@ changes, the reader runs ONE query for the rows after its position (unfiltered) 
 in memory, to every watcher *attached* to it; each watcher applies its own filter
 (``ChangeFilter.matches``, the same test as the SQL one) and keeps its own position. So a change
 costs one feed query per process however many watchers follow the org
-(``OrgReader.shared_reads`` counts them).
+(``OrgReader.shared_reads`` counts them). Under a stream of changes the reader gathers them: it
+reads at most every ``watchers / RESPONSES_PER_SECOND`` seconds (``MAX_GATHER_SECONDS`` at most),
+because each read sends one response to each watcher, and those responses, not the query, are
+what a change costs the server (see the README's "Performance").
 
 A watcher is attached or detached:
 
