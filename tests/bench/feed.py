@@ -21,6 +21,7 @@ import argparse
 import array
 import asyncio
 import json
+import os
 import queue
 import secrets
 import shutil
@@ -165,9 +166,10 @@ def _percentile(values: list[float], share: float) -> float:
 
 def _with_watchers(
     server: ServerProcess, identity: Identity, watchers: int, seconds: float, folder: Path
-) -> tuple[list[float], list[float]]:
-    """One phase of writes with ``watchers`` watchers open: the writes' latencies and the
-    delivery lags, having checked that every watcher received every change once, in order."""
+) -> tuple[list[float], list[float], float]:
+    """One phase of writes with ``watchers`` watchers open: the writes' latencies, the
+    delivery lags and the server's CPU time per write, having checked that every watcher
+    received every change once, in order."""
     receipts = str(folder / "receipts.bin")
     process = subprocess.Popen(
         [
@@ -181,7 +183,9 @@ def _with_watchers(
         ready = process.stdout.readline().split()
         if not ready or ready[0] != "READY":
             raise RuntimeError(f"the watchers did not start: {ready}")
+        cpu = _cpu_seconds(server)
         latencies, acked = asyncio.run(_write(server.target, identity, seconds))
+        cpu = _cpu_seconds(server) - cpu
         final = max(acked)
         process.stdin.write(f"STOP {final}\n")
         process.stdin.flush()
@@ -202,7 +206,14 @@ def _with_watchers(
         f"  {watchers} watchers: write p50 {statistics.median(latencies) * 1000:.1f} ms,"
         f" {len(acked):,} writes, {len(revisions):,} deliveries"
     )
-    return latencies, lags
+    return latencies, lags, cpu / len(latencies)
+
+
+def _cpu_seconds(server: ServerProcess) -> float:
+    """The CPU time the server process has used (user and system)."""
+    with open(f"/proc/{server.process.pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list[Row]:
@@ -214,17 +225,22 @@ def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list
     without: list[list[float]] = []
     with_watchers: list[float] = []
     lags: list[float] = []
+    cpu_with: list[float] = []
+    cpu_without: list[float] = []
     try:
         with ServerProcess("real", url) as server:
             for phase in range(2 * rounds + 1):
                 if phase % 2:
-                    latencies, phase_lags = _with_watchers(
+                    latencies, phase_lags, cpu = _with_watchers(
                         server, identity, watchers, seconds, folder
                     )
                     with_watchers += latencies
                     lags += phase_lags
+                    cpu_with.append(cpu)
                 else:
+                    cpu = _cpu_seconds(server)
                     latencies, _ = asyncio.run(_write(server.target, identity, seconds))
+                    cpu_without.append((_cpu_seconds(server) - cpu) / len(latencies))
                     without.append(latencies)
                     log(f"  no watchers: write p50 {statistics.median(latencies) * 1000:.1f} ms")
     finally:
@@ -253,6 +269,16 @@ def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list
             "<= 1.2",
             ratio <= 1.2,
             note,
+        ),
+        Row(
+            f"server CPU per write, {watchers} watchers of the org",
+            statistics.median(cpu_with) * 1000,
+            "ms",
+            statistics.median(cpu_without) * 1000,
+            "ms (no watchers)",
+            statistics.median(cpu_with) / statistics.median(cpu_without),
+            note="user + system time of the server process over a phase, per write (median"
+            " of the phases): less sensitive than latency to other work on the machine",
         ),
         Row(
             f"change delivery lag p99, {watchers} watchers, {WRITERS} writers",

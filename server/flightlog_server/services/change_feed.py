@@ -445,8 +445,7 @@ class ChangeFeed:
             while not notifier.closed:
                 watcher.event.clear()
                 if watcher.queue:
-                    update = watcher.queue.popleft()
-                    watcher.queued_bytes -= sum(len(c) for c in update.changes)
+                    update = self._take(watcher)
                     last = update.revision
                     progress_due = self._progress_due(watcher, last)
                     if update.changes or progress_due:
@@ -481,6 +480,26 @@ class ChangeFeed:
             raise ShuttingDown(
                 f"the server is shutting down; resume the watch after revision {last}"
             )
+
+    @staticmethod
+    def _take(watcher: _Watcher) -> FeedUpdate:
+        """The watcher's queued updates as one response (up to ``BATCH_BYTES``): a watcher
+        whose previous response is still being sent sends what gathered meanwhile at once, so
+        that a busy server sends fewer, larger responses."""
+        first = watcher.queue.popleft()
+        changes = list(first.changes)
+        size = sum(len(c) for c in changes)
+        revision = first.revision
+        while watcher.queue:
+            more = sum(len(c) for c in watcher.queue[0].changes)
+            if size + more > BATCH_BYTES:
+                break
+            following = watcher.queue.popleft()
+            changes += following.changes
+            size += more
+            revision = following.revision
+        watcher.queued_bytes -= size
+        return FeedUpdate(revision, tuple(changes))
 
     @staticmethod
     def _progress_due(watcher: _Watcher, last: int) -> bool:
