@@ -256,7 +256,16 @@ class OrgReader:
                 return
             if self._attached and self._position is not None:
                 last_read = time.monotonic()
-                await self._read_once(self._position)
+                try:
+                    await self._read_once(self._position)
+                except Exception:  # a bug here must not leave the watchers waiting forever
+                    log.exception("change feed of %s: the shared reader failed", self.org_id)
+                    self._detach_all()
+
+    def _detach_all(self) -> None:
+        for watcher in list(self._attached):
+            self._detach(watcher)
+        self._position = None
 
     def _read_interval(self) -> float:
         """Each read sends one response to every attached watcher it has changes for: spacing
@@ -286,9 +295,7 @@ class OrgReader:
             else:
                 if not isinstance(error, RevisionExpired):
                     log.warning("change feed of %s: shared read failed: %r", self.org_id, error)
-                for watcher in list(self._attached):
-                    self._detach(watcher)
-                self._position = None
+                self._detach_all()  # their own reads report it (RevisionExpired: OUT_OF_RANGE)
             return
         finally:
             self._reading = False
@@ -309,7 +316,9 @@ class OrgReader:
         encode = self._feed.encode
         now = time.monotonic()
         for watcher in list(self._attached):
-            if watcher.position < after:  # attached while this read was in flight from later
+            if watcher.position < after:
+                # It attached behind where this read started (the reader had no watcher left
+                # and was reset meanwhile): it reads the gap by itself.
                 self._detach(watcher)
                 continue
             frames: list[bytes] = []
