@@ -37,6 +37,7 @@ from flightlog_server.rpc.pagination import TokenKeys
 from flightlog_server.rpc.readiness import ReadinessGate
 from flightlog_server.rpc.sessions import SessionServicer
 from flightlog_server.services.catalog import Catalog
+from flightlog_server.services.change_feed import close_change_feed
 from flightlog_server.services.custom_fields import CustomFields
 from flightlog_server.services.identity import Authenticator
 from flightlog_server.services.records import count_stale
@@ -236,6 +237,7 @@ class FlightlogServer:
         # rather than let them hold the shutdown for the whole grace period.
         await close_change_notifier(self.database)
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        await close_change_feed(self.database)  # the readers' last reads, if any, end first
         for task in (self._watch, self._prune):
             if task is not None:
                 task.cancel()

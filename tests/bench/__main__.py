@@ -27,6 +27,9 @@ Figures, by group (``--only GROUP,...`` runs some of them):
   made meanwhile against the same calls without them), then a second table: one request at
   each documented limit, with the RSS growth and loop hold it cost.
 * ``workers``: CreateSession on ``serve --workers 2`` against ``--workers 1``.
+* ``feed`` (``tests.bench.feed``): CreateSession p50 with 8 writers and 200 watchers of the org
+  (``--quick``: 50) against no watchers, the delivery lag p99 of those changes, and how soon a
+  write reaches an open watch stream after a database restart.
 
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
@@ -54,7 +57,7 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import bounded, data, writes
+from tests.bench import bounded, data, feed, writes
 from tests.bench.common import CHANNEL_OPTIONS, aligned, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
@@ -447,7 +450,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join([*aligned(header, lines), "", "notes:", *notes])
 
 
-GROUPS = ("list", "writes", "files", "limits", "workers")
+GROUPS = ("list", "writes", "files", "limits", "workers", "feed")
 """The groups of rows ``--only`` chooses from, in the order they run."""
 
 
@@ -524,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         if "workers" in only:
             log("CreateSession on serve --workers 1 and 2")
             rows.append(writes.bench_workers(url, writer, seconds))
+        if "feed" in only:
+            rows += feed.rows(url, args.quick)
         with data.connect(url) as conn:
             (row,) = conn.execute("SHOW server_version").fetchall()
             server_version = str(row[0])

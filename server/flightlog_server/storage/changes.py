@@ -35,7 +35,7 @@ import logging
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import (
@@ -97,6 +97,17 @@ class ChangeFilter:
             conditions.append(CH.c.kind == any_(kinds))
         return and_(true(), *conditions)
 
+    def matches(self, change: StoredChange) -> bool:
+        """The same test as :meth:`condition`, on a change read without a filter (the shared
+        reader of ``services.change_feed`` reads each change once for every watcher)."""
+        if self.session_ids and change.session_id not in self.session_ids:
+            return False
+        if self.tags_any and not set(self.tags_any).intersection(change.tags):
+            return False
+        if self.device_id is not None and self.device_id not in change.device_ids:
+            return False
+        return not self.kinds or change.kind in self.kinds
+
 
 @dataclass(frozen=True)
 class StoredChange:
@@ -109,6 +120,9 @@ class StoredChange:
     committed: dt.datetime
     matched: bool
     record: bytes | None
+    # The session's tags and devices after the change (before it, for a deletion).
+    tags: tuple[str, ...] = ()
+    device_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,8 @@ class ChangeRepository:
                 CH.c.session_id,
                 CH.c.kind,
                 CH.c.committed,
+                CH.c.tags,
+                CH.c.device_ids,
                 matched.label("matched"),
                 case((matched, CH.c.wire_record)).label("record"),
                 record_bytes.label("size"),
@@ -218,6 +234,8 @@ class ChangeRepository:
                 committed=r.committed,
                 matched=bool(r.matched),
                 record=None if r.record is None else bytes(r.record),
+                tags=tuple(r.tags or ()),
+                device_ids=tuple(r.device_ids or ()),
             )
             for r in rows
         ]
@@ -278,14 +296,27 @@ async def _delete_oldest(db: AsyncSession, *, org_id: str, upto: int, limit: int
 # --- Waking watchers -----------------------------------------------------------------------------
 
 
+class Waiter(Protocol):
+    """What the notifier wakes: anything with ``set()`` (an ``asyncio.Event`` is one)."""
+
+    def set(self) -> None: ...
+
+
+W = TypeVar("W", bound=Waiter)
+
+
 class ChangeNotifier:
     """One ``LISTEN`` connection per process that wakes the watchers of an org.
 
-    Started lazily by the first watcher. Each watcher registers an ``asyncio.Event`` (its whole
-    state here: nothing is buffered); a notification ``<org_id>:<revision>`` sets the events of
-    that org's watchers, which then read the table. After every (re)connection, and every
-    ``safety_seconds`` while connected, every watcher is woken, so a notification missed while
+    Started lazily by the first watcher. Each org's shared reader (``services.change_feed``)
+    registers itself (nothing is buffered here); a notification ``<org_id>:<revision>`` wakes
+    that org's reader, which then reads the table. After every (re)connection, and every
+    ``safety_seconds`` while connected, every reader is woken, so a notification missed while
     the connection was down (or lost any other way) delays a change but never loses it.
+
+    While the database is down it tries to connect again every ``max_backoff_s`` at most
+    (0.1 s, then 0.2 s, then every 0.25 s: four attempts a second), so that live delivery
+    resumes well within a second of the database answering again, without spinning.
     """
 
     def __init__(
@@ -294,20 +325,21 @@ class ChangeNotifier:
         *,
         safety_seconds: float = 30.0,
         connect_timeout_s: int = 3,
-        max_backoff_s: float = 10.0,
+        max_backoff_s: float = 0.25,
         query_slots: int = 4,
     ) -> None:
         self._conninfo = conninfo
         self._safety_seconds = safety_seconds
         self._connect_timeout_s = connect_timeout_s
         self._max_backoff_s = max_backoff_s
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
         self._count = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._has_listened = False
+        self._failing = False
         # Set while LISTEN is active, on the backend ``backend_pid`` (tests look at both).
         self.connected = asyncio.Event()
         self.backend_pid: int | None = None
@@ -325,10 +357,11 @@ class ChangeNotifier:
         return self._count
 
     @contextlib.contextmanager
-    def subscribe(self, org_id: str) -> Iterator[asyncio.Event]:
-        """Registers a watcher of ``org_id`` for the duration of the block; the event is set
-        whenever the org may have new changes (and when the notifier closes)."""
-        event = asyncio.Event()
+    def subscribe(self, org_id: str, waiter: W) -> Iterator[W]:
+        """Registers ``waiter`` (an ``asyncio.Event``, or the org's shared reader) for
+        ``org_id`` for the duration of the block; its ``set()`` is called whenever the org may
+        have new changes (and when the notifier closes)."""
+        event = waiter
         self._waiters.setdefault(org_id, set()).add(event)
         self._count += 1
         self._idle.clear()
@@ -383,7 +416,9 @@ class ChangeNotifier:
             try:
                 await self._listen()
             except (psycopg.Error, OSError) as e:
-                log.warning("change notifier: no database connection (%s); retrying", e)
+                if not self._failing:  # logged once per outage, not at every attempt
+                    log.warning("change notifier: no database connection (%s); retrying", e)
+                self._failing = True
             except Exception:  # the notifier must outlive anything; logged with its traceback
                 log.exception("change notifier failed unexpectedly; restarting it")
             if self.connected.is_set():
@@ -407,6 +442,7 @@ class ChangeNotifier:
             await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
             if self._has_listened:
                 log.info("change notifier: listening again")
+            self._failing = False
             self._has_listened = True
             self.backend_pid = conn.info.backend_pid
             self.connected.set()

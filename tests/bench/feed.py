@@ -1,0 +1,401 @@
+"""The change feed at scale (issue 11), each figure against a baseline measured in the same run.
+
+* Writes with many watchers: 8 writers (CreateSession, 8 in flight) in one org, with 200
+  watchers of that org open (``--quick``: 50) against the same writers with none (measured
+  before and after, on the same server). The watchers run in a process of their own
+  (``python -m tests.bench.feed watchers ...``) and record when each change reaches each of
+  them; a change's delivery lag is that time less the time its writer got its response. Every
+  watcher must receive every change of the run exactly once, in order.
+* Live delivery after a database restart: a watcher stays open on a server whose PostgreSQL (a
+  private cluster, ``tests.reliability.private_postgres``) is stopped and started again; the
+  figure is the time from the database answering again (``pg_ctl start -w`` returning) to the
+  watcher receiving a write made from then on (retried while it meets UNAVAILABLE).
+
+``python -m tests.bench.feed [--quick]`` runs these rows alone (``make bench`` runs them with
+the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import json
+import os
+import queue
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from flightlog.v1 import session_service_pb2 as pb
+from flightlog.v1 import session_service_pb2_grpc
+from tests.bench.common import log, metadata
+from tests.bench.processes import ServerProcess
+from tests.bench.rows import Row
+from tests.support import Identity, create_identity
+
+WRITERS = 8
+WATCHER_CHANNELS = 8  # the watchers' streams are spread over this many connections
+
+
+# --- the writers ---------------------------------------------------------------------------------
+
+
+async def _write(
+    target: str, identity: Identity, seconds: float
+) -> tuple[list[float], dict[int, float]]:
+    """CreateSession, ``WRITERS`` in flight for ``seconds``: each call's latency (s), and when
+    each revision's writer got its response (``time.time()``)."""
+    md = metadata(identity)
+    latencies: list[float] = []
+    acked: dict[int, float] = {}
+    async with aio.insecure_channel(target) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        request = pb.CreateSessionRequest(name="feed bench", tags=["bench"])
+        for _ in range(20):  # warm up
+            await stub.CreateSession(request, metadata=md)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+
+        async def writer() -> None:
+            while loop.time() < deadline:
+                started = time.perf_counter()
+                response = await stub.CreateSession(request, metadata=md)
+                latencies.append(time.perf_counter() - started)
+                acked[response.session.revision] = time.time()
+
+        await asyncio.gather(*(writer() for _ in range(WRITERS)))
+    return latencies, acked
+
+
+# --- the watchers' process -----------------------------------------------------------------------
+
+
+async def _watch(target: str, api_key: str, org_id: str, count: int, out: str) -> None:
+    """Opens ``count`` watchers from now, prints ``READY <revision>`` once each is live, then
+    reads ``STOP <revision>`` on stdin and returns once every watcher has received it, having
+    written each (watcher, revision, time received) to ``out``."""
+    md = (("authorization", f"Bearer {api_key}"), ("x-org-id", org_id))
+    channels = [aio.insecure_channel(target) for _ in range(WATCHER_CHANNELS)]
+    stubs = [session_service_pb2_grpc.SessionServiceStub(c) for c in channels]
+    watcher_ids = array.array("i")
+    revisions = array.array("q")
+    times = array.array("d")
+    live = [asyncio.Event() for _ in range(count)]
+    start_revision = [0] * count
+    latest = [0] * count
+    stop_at: list[int] = []
+    reached = asyncio.Event()
+    done = [False] * count
+
+    async def one(i: int) -> None:
+        call = stubs[i % len(stubs)].WatchSessions(
+            pb.WatchSessionsRequest(after_revision=-1), metadata=md
+        )
+        async for response in call:
+            now = time.time()
+            for change in response.changes:
+                watcher_ids.append(i)
+                revisions.append(change.revision)
+                times.append(now)
+            if not live[i].is_set():
+                start_revision[i] = response.revision
+                live[i].set()
+            latest[i] = response.revision
+            if stop_at and latest[i] >= stop_at[0] and not done[i]:
+                done[i] = True
+                if all(done):
+                    reached.set()
+                call.cancel()
+                return
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    for event in live:
+        await event.wait()
+    print(f"READY {max(start_revision)} {min(start_revision)}", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    stop_at.append(int(line.split()[1]))
+    for i in range(count):
+        if latest[i] >= stop_at[0] and not done[i]:
+            done[i] = True
+            tasks[i].cancel()
+    if not all(done):
+        await reached.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close(None)
+    with open(out, "wb") as f:
+        json_header = json.dumps({"count": len(revisions), "start": start_revision}).encode()
+        f.write(len(json_header).to_bytes(4, "little") + json_header)
+        watcher_ids.tofile(f)
+        revisions.tofile(f)
+        times.tofile(f)
+
+
+def _read_receipts(path: str) -> tuple[list[int], list[int], list[int], list[float]]:
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(4), "little")
+        header = json.loads(f.read(size))
+        count = header["count"]
+        ids, revisions, times = array.array("i"), array.array("q"), array.array("d")
+        ids.fromfile(f, count)
+        revisions.fromfile(f, count)
+        times.fromfile(f, count)
+    return header["start"], list(ids), list(revisions), list(times)
+
+
+# --- the rows ------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _with_watchers(
+    server: ServerProcess, identity: Identity, watchers: int, seconds: float, folder: Path
+) -> tuple[list[float], list[float], float]:
+    """One phase of writes with ``watchers`` watchers open: the writes' latencies, the
+    delivery lags and the server's CPU time per write, having checked that every watcher
+    received every change once, in order."""
+    receipts = str(folder / "receipts.bin")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "tests.bench.feed", "watchers", server.target,
+            identity.api_key, identity.org_id, str(watchers), receipts,
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        ready = process.stdout.readline().split()
+        if not ready or ready[0] != "READY":
+            raise RuntimeError(f"the watchers did not start: {ready}")
+        cpu = _cpu_seconds(server)
+        latencies, acked = asyncio.run(_write(server.target, identity, seconds))
+        cpu = _cpu_seconds(server) - cpu
+        final = max(acked)
+        process.stdin.write(f"STOP {final}\n")
+        process.stdin.flush()
+        process.wait(300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    starts, ids, revisions, times = _read_receipts(receipts)
+    per_watcher: list[list[int]] = [[] for _ in range(watchers)]
+    for i, revision in zip(ids, revisions, strict=True):
+        per_watcher[i].append(revision)
+    for i, got in enumerate(per_watcher):
+        expected = list(range(starts[i] + 1, starts[i] + 1 + len(got)))
+        assert got == expected, f"watcher {i} received {len(got)} changes out of order"
+        assert got and got[-1] >= final, f"watcher {i} stopped at {got[-1] if got else None}"
+    lags = [times[k] - acked[r] for k, r in enumerate(revisions) if r in acked]
+    log(
+        f"  {watchers} watchers: write p50 {statistics.median(latencies) * 1000:.1f} ms,"
+        f" {len(acked):,} writes, {len(revisions):,} deliveries"
+    )
+    return latencies, lags, cpu / len(latencies)
+
+
+def _cpu_seconds(server: ServerProcess) -> float:
+    """The CPU time the server process has used (user and system)."""
+    with open(f"/proc/{server.process.pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list[Row]:
+    """Write p50 with ``watchers`` watchers of the org against none, and the delivery lag.
+    Phases alternate (none, with, none, with, ..., none) so that the machine's drift weighs on
+    both sides."""
+    identity = create_identity(url, f"bench-feed-{secrets.token_hex(3)}")
+    folder = Path(tempfile.mkdtemp(prefix="flightlog-feed-bench-"))
+    without: list[list[float]] = []
+    with_watchers: list[float] = []
+    lags: list[float] = []
+    cpu_with: list[float] = []
+    cpu_without: list[float] = []
+    try:
+        with ServerProcess("real", url) as server:
+            for phase in range(2 * rounds + 1):
+                if phase % 2:
+                    latencies, phase_lags, cpu = _with_watchers(
+                        server, identity, watchers, seconds, folder
+                    )
+                    with_watchers += latencies
+                    lags += phase_lags
+                    cpu_with.append(cpu)
+                else:
+                    cpu = _cpu_seconds(server)
+                    latencies, _ = asyncio.run(_write(server.target, identity, seconds))
+                    cpu_without.append((_cpu_seconds(server) - cpu) / len(latencies))
+                    without.append(latencies)
+                    log(f"  no watchers: write p50 {statistics.median(latencies) * 1000:.1f} ms")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    deliveries = len(lags)
+    baseline = statistics.median([x for phase in without for x in phase])
+    ours = statistics.median(with_watchers)
+    ratio = ours / baseline
+    p99 = _percentile(lags, 0.99) * 1000
+    p50_lag = _percentile(lags, 0.50) * 1000
+    note = (
+        f"{WRITERS} writers, {rounds} phases of {seconds:.0f} s with the watchers between"
+        f" {rounds + 1} without; {deliveries:,} deliveries, each change to each watcher once"
+        " and in order; no-watcher p50 of each phase: "
+        + "/".join(f"{statistics.median(p) * 1000:.1f}" for p in without)
+        + " ms"
+    )
+    return [
+        Row(
+            f"CreateSession p50, {WRITERS} writers, {watchers} watchers of the org",
+            ours * 1000,
+            "ms",
+            baseline * 1000,
+            "ms (no watchers, same server, same run)",
+            ratio,
+            "<= 1.2",
+            ratio <= 1.2,
+            note,
+        ),
+        Row(
+            f"server CPU per write, {watchers} watchers of the org",
+            statistics.median(cpu_with) * 1000,
+            "ms",
+            statistics.median(cpu_without) * 1000,
+            "ms (no watchers)",
+            statistics.median(cpu_with) / statistics.median(cpu_without),
+            note="user + system time of the server process over a phase, per write (median"
+            " of the phases): less sensitive than latency to other work on the machine",
+        ),
+        Row(
+            f"change delivery lag p99, {watchers} watchers, {WRITERS} writers",
+            p99,
+            "ms",
+            target="<= 100 ms",
+            met=p99 <= 100,
+            note=f"from the writer's response to the watcher's receipt; p50 {p50_lag:.1f} ms",
+        ),
+    ]
+
+
+def bench_restart(repeats: int) -> Row:
+    """Seconds from the database answering again to a write reaching an open watcher."""
+    from flightlog_server.storage.migrate import upgrade
+    from tests.reliability.private_postgres import PrivatePostgres
+
+    root = Path(tempfile.mkdtemp(prefix="flightlog-feed-restart-"))
+    delays: list[float] = []
+    try:
+        cluster = PrivatePostgres(root)
+        cluster.start()
+        try:
+            upgrade(cluster.url)
+            identity = create_identity(cluster.url, "bench-restart")
+            with (
+                ServerProcess("real", cluster.url) as server,
+                grpc.insecure_channel(server.target) as channel,
+            ):
+                stub = session_service_pb2_grpc.SessionServiceStub(channel)
+                md = metadata(identity)
+                session = stub.CreateSession(pb.CreateSessionRequest(), metadata=md).session
+                received: queue.Queue[tuple[int, float]] = queue.Queue()
+                call: Any = stub.WatchSessions(
+                    pb.WatchSessionsRequest(after_revision=-1), metadata=md
+                )
+
+                def read() -> None:
+                    try:
+                        for response in call:
+                            for change in response.changes:
+                                received.put((change.revision, time.monotonic()))
+                    except grpc.RpcError as error:
+                        if error.code() != grpc.StatusCode.CANCELLED:
+                            received.put((-1, 0.0))
+
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                update = pb.UpdateSessionRequest(session_id=session.session_id)
+                update.name.set = "warm"
+                first = stub.UpdateSession(update, metadata=md).session.revision
+                assert received.get(timeout=30)[0] == first
+                for i in range(repeats):
+                    cluster.stop("fast")
+                    cluster.start()
+                    answering = time.monotonic()
+                    update.name.set = f"after restart {i}"
+                    for _ in range(100):
+                        try:
+                            written = stub.UpdateSession(update, metadata=md).session.revision
+                            break
+                        except grpc.RpcError as error:
+                            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                                raise
+                    else:
+                        raise RuntimeError("no write succeeded after the restart")
+                    revision, at = received.get(timeout=30)
+                    assert revision == written, "the watch stream ended or skipped a change"
+                    delays.append(at - answering)
+                    log(f"  restart {i + 1}: delivered {delays[-1] * 1000:.0f} ms after")
+                call.cancel()
+                reader.join(10)
+        finally:
+            cluster.destroy()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    worst = max(delays)
+    return Row(
+        "live delivery after a database restart, same watch stream",
+        worst * 1000,
+        "ms",
+        target="<= 1000 ms",
+        met=worst <= 1.0,
+        note=f"worst of {repeats} restarts (pg_ctl stop -m fast, start); all: "
+        + ", ".join(f"{d * 1000:.0f}" for d in delays)
+        + " ms; from pg_ctl start returning to the watcher receiving a write made then",
+    )
+
+
+def rows(url: str, quick: bool) -> list[Row]:
+    """Every row of this module (``make bench`` calls it)."""
+    watchers = 50 if quick else 200
+    log(f"change feed: {watchers} watchers, {WRITERS} writers")
+    result = bench_watchers(url, watchers, 3.0 if quick else 6.0, 1 if quick else 2)
+    log("change feed: a database restart")
+    result.append(bench_restart(2 if quick else 5))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "watchers":
+        target, api_key, org_id, count, out = args[1:6]
+        asyncio.run(_watch(target, api_key, org_id, int(count), out))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.feed", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="50 watchers, shorter phases")
+    options = parser.parse_args(args)
+    from tests.bench import data
+    from tests.bench.__main__ import table
+
+    with data.bench_database(log) as url:
+        result = rows(url, options.quick)
+    print()
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
