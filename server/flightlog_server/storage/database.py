@@ -245,7 +245,10 @@ class Database:
         pooled connection opened before it (as SQLAlchemy does on a disconnect it sees itself)
         and, when COMMIT was not sent yet, have the work re-run on a fresh connection."""
         if driver.broken or driver.closed:
-            self.engine.sync_engine.pool._invalidate(fairy, error)
+            # Marks the pool's older connections stale (replaced at checkout); this connection
+            # itself is closed by ``invalidate``, which runs the adapter's close where it can
+            # await (the pool's own close of it, called from here, logged MissingGreenlet).
+            self.engine.sync_engine.pool._invalidate(fairy, error, _checkin=False)
             await connection.invalidate(error)
             if not committing and isinstance(error, psycopg.OperationalError):
                 raise _StaleConnection(str(error)) from error
