@@ -2,7 +2,7 @@
 
 Every test works in a brand-new org, so its revisions start at 1 and are predictable. Where a
 test needs a change to commit at an exact point of a watch (the seams), it holds the server's
-watch loop with the ``after_read`` test hook of ``flightlog_server.services.change_feed``;
+watch loop by wrapping ``ChangeFeed.read`` (``observe_reads`` in ``tests/rpc/watching.py``);
 everything else synchronises on what the watcher receives (queues and events), never on sleeps.
 The helpers are in ``watching.py``, the fixtures in ``conftest.py``.
 """
@@ -44,6 +44,7 @@ from tests.rpc.watching import (
     FILES_CHANGED,
     UPDATED,
     WAIT_S,
+    FeedRead,
     Hold,
     Org,
     Watcher,
@@ -54,6 +55,7 @@ from tests.rpc.watching import (
     detach,
     get,
     notifier_backends,
+    observe_reads,
     prune,
     put_fields,
     put_tags,
@@ -320,7 +322,7 @@ def test_changes_committed_during_a_replay_are_neither_lost_nor_repeated(
     session = create(org.stubs)
     assert write_updates(org.stubs, session.session_id, 9) == 10
     hold = Hold(org.org_id, when=lambda read: read.after == 0)
-    monkeypatch.setattr(watch, "after_read", hold)
+    observe_reads(monkeypatch, hold)
 
     watcher = watchers(org.stubs, after_revision=0)
     hold.wait_reached()  # the first batch (revisions 1..4) is read, not yet sent
@@ -337,7 +339,7 @@ def test_changes_committed_as_the_replay_catches_up_are_not_lost(
 ) -> None:
     session = create(org.stubs)
     hold = Hold(org.org_id, when=lambda read: read.caught_up)
-    monkeypatch.setattr(watch, "after_read", hold)
+    observe_reads(monkeypatch, hold)
 
     watcher = watchers(org.stubs, after_revision=0)
     hold.wait_reached()  # the replay read found nothing more; the watch is about to wait
@@ -528,7 +530,7 @@ def test_a_watcher_overtaken_by_pruning_is_cut_off_out_of_range(
     session = create(org.stubs)
     write_updates(org.stubs, session.session_id, 9)
     hold = Hold(org.org_id, when=lambda read: read.after == 0)
-    monkeypatch.setattr(watch, "after_read", hold)
+    observe_reads(monkeypatch, hold)
 
     watcher = watchers(org.stubs, after_revision=0)
     hold.wait_reached()  # revisions 1..3 read; 4..7 are pruned before the watcher reads them
@@ -585,13 +587,13 @@ def test_a_slow_watcher_is_held_back_by_flow_control_not_buffered(
     org: Org, grpc_target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     session = create(org.stubs)
-    reads: list[watch.FeedRead] = []
+    reads: list[FeedRead] = []
 
-    async def record(read: watch.FeedRead) -> None:
+    async def record(read: FeedRead) -> None:
         if read.org_id == org.org_id:
             reads.append(read)
 
-    monkeypatch.setattr(watch, "after_read", record)
+    observe_reads(monkeypatch, record)
     # A client whose receive window stays at the HTTP/2 default (64 KiB).
     channel = grpc.insecure_channel(grpc_target, options=[("grpc.http2.bdp_probe", 0)])
     metadata = (("authorization", f"Bearer {org.identity.api_key}"), ("x-org-id", org.org_id))

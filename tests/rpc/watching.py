@@ -7,16 +7,18 @@ import asyncio
 import datetime as dt
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import struct_pb2
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.services import change_feed as watch
-from flightlog_server.storage.changes import prune_changes
+from flightlog_server.storage.changes import ChangeBatch, prune_changes
 from tests.support import Identity, RpcFailure, ServerThread, Stubs, failure, sql
 
 WAIT_S = 30.0  # the most any single step may take before the test fails (not a sleep)
@@ -91,19 +93,68 @@ class Watcher:
         self.thread.join(WAIT_S)
 
 
-@dataclass
-class Hold:
-    """An ``after_read`` hook that holds the org's watch loop at the first read ``when`` accepts,
-    until the test calls ``release()``; it records every read of the org."""
+@dataclass(frozen=True)
+class FeedRead:
+    """What one read of the feed found. ``shared`` is True for the org reader's reads
+    (unfiltered: ``matched`` counts every change), False for a watcher's own."""
 
     org_id: str
-    when: Callable[[watch.FeedRead], bool]
+    after: int
+    revision: int
+    matched: int
+    record_bytes: int
+    caught_up: bool
+    shared: bool
+
+
+ReadHook = Callable[[FeedRead], Awaitable[None]]
+
+
+def observe_reads(monkeypatch: pytest.MonkeyPatch, hook: ReadHook) -> None:
+    """Has ``hook`` awaited right after every read of the feed, still inside the read's
+    transaction, before anything else happens to the watch: tests commit changes at a chosen
+    point of a replay this way. (A wrapper of ``ChangeFeed.read`` for the test's duration; the
+    server has no hook of its own.)"""
+    original = watch.ChangeFeed.read
+
+    async def read(
+        self: watch.ChangeFeed,
+        db: AsyncSession,
+        *,
+        org_id: str,
+        after: int,
+        flt: watch.ChangeFilter | None,
+    ) -> tuple[ChangeBatch, tuple[str, ...]]:
+        batch, ready = await original(self, db, org_id=org_id, after=after, flt=flt)
+        await hook(
+            FeedRead(
+                org_id=org_id,
+                after=after,
+                revision=batch.last_revision(after),
+                matched=sum(1 for c in batch.changes if c.matched),
+                record_bytes=sum(len(c.record or b"") for c in batch.changes),
+                caught_up=not batch.more,
+                shared=flt is None,
+            )
+        )
+        return batch, ready
+
+    monkeypatch.setattr(watch.ChangeFeed, "read", read)
+
+
+@dataclass
+class Hold:
+    """A read hook (``observe_reads``) that holds the org's watch loop at the first read
+    ``when`` accepts, until the test calls ``release()``; it records every read of the org."""
+
+    org_id: str
+    when: Callable[[FeedRead], bool]
     reached: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
-    reads: list[watch.FeedRead] = field(default_factory=list)
+    reads: list[FeedRead] = field(default_factory=list)
     held: bool = False
 
-    async def __call__(self, read: watch.FeedRead) -> None:
+    async def __call__(self, read: FeedRead) -> None:
         if read.org_id != self.org_id:
             return
         self.reads.append(read)

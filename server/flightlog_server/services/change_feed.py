@@ -50,7 +50,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,7 +72,6 @@ __all__ = [
     "ChangeFeed",
     "ChangeFilter",
     "Database",
-    "FeedRead",
     "FeedUpdate",
     "OrgReader",
     "StoredChange",
@@ -106,26 +105,6 @@ RETRY_SECONDS = 0.25
 # Encodes one change for the wire, given the org's Ready custom fields; the RPC layer provides it,
 # and the reader calls it once per change, whatever the number of watchers.
 Encoder = Callable[[StoredChange, tuple[str, ...]], bytes]
-
-
-@dataclass(frozen=True)
-class FeedRead:
-    """What one read of the feed found, for the test seam below. ``shared`` is True for the
-    org reader's reads (unfiltered: ``matched`` counts every change), False for a watcher's own."""
-
-    org_id: str
-    after: int
-    revision: int
-    matched: int
-    record_bytes: int
-    caught_up: bool
-    shared: bool = False
-
-
-# Test seam: when set, awaited right after every read of the feed (still in its transaction),
-# before anything else happens to the watch. Tests use it to commit changes at a chosen point of
-# a replay; it is None in production.
-after_read: Callable[[FeedRead], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -421,18 +400,6 @@ class ChangeFeed:
         ready: tuple[str, ...] = ()
         if any(change.record is not None for change in batch.changes):
             ready = tuple(await CustomFieldRepository(db, org_id).ready_names())
-        if after_read is not None:
-            await after_read(
-                FeedRead(
-                    org_id=org_id,
-                    after=after,
-                    revision=batch.last_revision(after),
-                    matched=sum(1 for c in batch.changes if c.matched),
-                    record_bytes=sum(len(c.record or b"") for c in batch.changes),
-                    caught_up=not batch.more,
-                    shared=flt is None,
-                )
-            )
         return batch, ready
 
     async def watch(
