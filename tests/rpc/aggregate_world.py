@@ -84,7 +84,9 @@ def build_fleet(
             )
         if spec.metrics:
             entries = [pb.MetricEntry(name=n, value=v) for n, v in spec.metrics.items()]
-            request = pb.PublishSessionMetricsRequest(session_id=session.session_id, metrics=entries)
+            request = pb.PublishSessionMetricsRequest(
+                session_id=session.session_id, metrics=entries
+            )
             if spec.devices:
                 request.device_id = device_ids[spec.devices[0]]
             else:
@@ -151,11 +153,11 @@ def key_values(fleet: Fleet, spec: SessionSpec, key: KeySpec, zone: str) -> list
     if key.kind == "device":
         values = [fleet.device_ids[i] for i in spec.devices if i not in spec.detached]
     elif key.kind == "tag":
-        values = list(dict.fromkeys(spec.tags))
+        values = [*dict.fromkeys(spec.tags)]
     elif key.kind == "custom_field":
         values = [spec.site] if spec.site is not None else []
     elif key.kind == "dataset":
-        values = sorted({fleet.dataset_ids[d] for d, _, _ in spec.files})
+        values = [*sorted({fleet.dataset_ids[d] for d, _, _ in spec.files})]
     else:
         values = (
             [bucket_start_ns(min(start for _, start, _ in spec.files), key.bucket, zone)]
@@ -180,7 +182,7 @@ def groups_of(
 
 def order(keys: tuple[Key, ...]) -> tuple[tuple[bool, Key], ...]:
     """Rows' order: each key ascending (code points, time), None last."""
-    return tuple((k is None, k if k is not None else "") for k in keys)  # type: ignore[misc]
+    return tuple((k is None, k if k is not None else "") for k in keys)
 
 
 def aggregate(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -252,7 +254,7 @@ def metric_rows(
                     tuple(key_of(k) for k in row.keys),
                     {
                         item.metric: {
-                            name: getattr(item, name) if item.HasField(name) else None
+                            name: getattr(item, name) if item.HasField(name) else None  # type: ignore[arg-type]
                             for name in AGGREGATES
                         }
                         for item in row.metrics

@@ -149,6 +149,8 @@ async def aggregate_metrics(
     query = (
         select(*key_columns, *columns)
         .group_by(*key_columns)
+        # Without group keys an aggregate has one row even over nothing: no data, no group.
+        .having(func.count() > 0)
         .order_by(*(c.asc().nulls_last() for c in key_columns))
         .limit(MAX_GROUPS + 1)
     )
@@ -198,6 +200,8 @@ async def aggregate_sessions(
             func.coalesce(func.sum(inner.c.duration_ns), 0).label("total_duration_ns"),
         )
         .group_by(*key_columns)
+        # Without group keys an aggregate has one row even over nothing: no data, no group.
+        .having(func.count() > 0)
         .order_by(*(c.asc().nulls_last() for c in key_columns))
         .limit(MAX_GROUPS + 1)
     )
@@ -230,7 +234,8 @@ def _keyed(
             )
             column = devices.c.device_id
         elif key.kind is GroupKind.TAG:
-            tags = func.unnest(s.c.tags).table_valued("tag").lateral(f"tags_{i}")
+            # A function in FROM may refer to the tables before it (no LATERAL needed).
+            tags = func.unnest(s.c.tags).table_valued("tag").render_derived(name=f"tags_{i}")
             joined = joined.outerjoin(tags, true())
             column = tags.c.tag.collate("C")
         elif key.kind is GroupKind.CUSTOM_FIELD:
