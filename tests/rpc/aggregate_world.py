@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import secrets
 import math
 import statistics
 import zoneinfo
@@ -55,7 +56,9 @@ class Fleet:
 def build_fleet(
     stubs: Stubs, specs: Sequence[SessionSpec], devices: int = 3, datasets: int = 2
 ) -> Fleet:
-    device_ids = [make_device(stubs).device_id for _ in range(devices)]
+    """Creates the fleet; device IDs sort in index order (``dv-0-…``, ``dv-1-…``)."""
+    suffix = secrets.token_hex(4)
+    device_ids = [make_device(stubs, f"dv-{i}-{suffix}").device_id for i in range(devices)]
     dataset_ids = [make_dataset(stubs).dataset_id for _ in range(datasets)]
     site = make_custom_field(stubs, type=fields_pb.CUSTOM_FIELD_TYPE_ENUM, enum_values=SITES)
     for spec in specs:
