@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import secrets
 import math
+import secrets
 import statistics
 import zoneinfo
 from collections.abc import Sequence
