@@ -23,6 +23,10 @@ Figures (see issue 5):
   made meanwhile against the same calls without them), then a second table: one request at each
   documented limit, with the RSS growth and loop hold it cost.
 
+* Issue 13 (``tests.bench.aggregate``): AggregateSessionMetrics of one metric by month x device
+  over every session of the big org, against the hand-written SQL of the same aggregate read
+  with psycopg.
+
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
 """
@@ -49,7 +53,7 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import bounded, data, writes
+from tests.bench import aggregate, bounded, data, writes
 from tests.bench.common import CHANNEL_OPTIONS, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
@@ -472,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += bounded.bench_register_and_add(real, writer, catalog.loose, probe)
             log("one request at each limit")
             limits = bounded.limits_table(real, writer, catalog.loose)
+            # Last of the big org's rows: it attaches devices and publishes metric values to the
+            # big org's sessions (without rewriting their stored records).
+            log("AggregateSessionMetrics by month x device")
+            rows.append(aggregate.bench_aggregate(real, url, big, repeats + 1))
         log("CreateSession on serve --workers 1 and 2")
         rows.append(writes.bench_workers(url, writer, seconds))
         with data.connect(url) as conn:
