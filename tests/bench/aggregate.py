@@ -34,7 +34,7 @@ DEVICES = 50
 
 # The same aggregate, by hand: UTC months of the start, the attached devices, one metric.
 BASELINE_SQL = """
-SELECT date_trunc('month', to_timestamp(s.min_timestamp_ns / 1e9), 'UTC') AS month,
+SELECT date_trunc('month', to_timestamp(s.min_timestamp_ns::float8 / 1e9), 'UTC') AS month,
        d.device_id,
        count(v.value), sum(v.value), avg(v.value), min(v.value), max(v.value),
        stddev_samp(v.value),

@@ -475,3 +475,18 @@ def test_another_org_sees_nothing_of_this_one(
         assert (found[name]["count"], found[name]["sum"]) == (1, 1.0)
     finally:
         other.close()
+
+
+def test_a_start_before_1970_is_floored_into_its_own_bucket(org: Stubs) -> None:
+    # -1 ns is 1969-12-31T23:59:59.999999999Z: truncating towards zero would put it in 1970.
+    build_fleet(
+        org,
+        [
+            SessionSpec(files=[(0, -1, 1)], metrics={"alt": 1.0}),
+            SessionSpec(files=[(0, 0, 1)], metrics={"alt": 2.0}),
+        ],
+    )
+    day = pb.GroupBy(kind=pb.GROUP_KIND_START_TIME, time_bucket=pb.TIME_BUCKET_DAY)
+    assert _rows(org, "alt", day) == [(-86_400 * 10**9, 1, 1.0), (0, 1, 2.0)]
+    hour = pb.GroupBy(kind=pb.GROUP_KIND_START_TIME, time_bucket=pb.TIME_BUCKET_HOUR)
+    assert _rows(org, "alt", hour, zone="Asia/Kolkata") == [(-1_800 * 10**9, 2, 3.0)]

@@ -30,7 +30,6 @@ from sqlalchemy import (
     Double,
     FromClause,
     Interval,
-    Numeric,
     String,
     and_,
     bindparam,
@@ -117,8 +116,10 @@ async def aggregate_metrics(
         ),
     )
     condition = await session_filter_condition(conn, org_id, grouping.filter, s)
+    single = len(metrics) == 1
+    carried = [v.c.value] if single else [v.c.metric_id, v.c.value]
     inner = (
-        select(*keys, v.c.metric_id, v.c.value)
+        select(*keys, *carried)
         .select_from(joined)
         .where(s.c.org_id == org_id, condition)
         .subquery("grouped")
@@ -126,7 +127,6 @@ async def aggregate_metrics(
     key_columns = [inner.c[f"k{i}"] for i in range(len(keys))]
     columns: list[Any] = []
     for i, (_, metric_id) in enumerate(metrics):
-        of_metric = inner.c.metric_id == bindparam(f"metric_{i}", metric_id, type_=String)
         value = inner.c.value
         for aggregate in aggregates:
             column: Any
@@ -145,9 +145,14 @@ async def aggregate_metrics(
             else:
                 fraction = bindparam(None, PERCENTILES[aggregate], type_=Double)
                 column = func.percentile_cont(fraction).within_group(value)
-            columns.append(column.filter(of_metric).label(f"m{i}_{aggregate.value}"))
+            # With one metric every joined value is of it: no FILTER to evaluate per row.
+            if not single:
+                column = column.filter(
+                    inner.c.metric_id == bindparam(None, metric_id, type_=String)
+                )
+            columns.append(column.label(f"m{i}_{aggregate.value}"))
     query = (
-        select(*key_columns, *columns)
+        select(*_output_keys(grouping, key_columns), *columns)
         .group_by(*key_columns)
         # Without group keys an aggregate has one row even over nothing: no data, no group.
         .having(func.count() > 0)
@@ -194,7 +199,7 @@ async def aggregate_sessions(
     key_columns = [inner.c[f"k{i}"] for i in range(len(keys))]
     query = (
         select(
-            *key_columns,
+            *_output_keys(grouping, key_columns),
             func.count().label("session_count"),
             func.count(inner.c.min_timestamp_ns).label("bounded_session_count"),
             func.coalesce(func.sum(inner.c.duration_ns), 0).label("total_duration_ns"),
@@ -263,25 +268,27 @@ def _keyed(
             column = datasets.c.dataset_id.collate("C")
         else:
             assert key.bucket is not None
-            column = _bucket_start_ns(s.c.min_timestamp_ns, key.bucket, grouping.time_zone)
+            column = _bucket_start(s.c.min_timestamp_ns, key.bucket, grouping.time_zone)
         keys.append(column.label(name))
     return joined, keys
 
 
-def _bucket_start_ns(
+def _bucket_start(
     start_ns: ColumnElement[Any], bucket: TimeBucket, time_zone: str
 ) -> ColumnElement[Any]:
-    """The first instant (ns since the epoch) of the bucket holding ``start_ns``, in the wall
-    clock of ``time_zone``; NULL for NULL.
+    """The first instant (a timestamptz) of the bucket holding ``start_ns``, in the wall clock
+    of ``time_zone``; NULL for NULL. Rows are grouped by it; each group's key is then turned
+    into nanoseconds once (``_output_keys``), not each row's.
 
-    The start is floored to the microsecond exactly (numeric division, then an interval of that
+    The start is floored to the microsecond exactly (integer division, then an interval of that
     many microseconds: a double holds them exactly for ±285 years around 1970), which decides
     the bucket exactly, since buckets begin on whole seconds. Days and longer are truncated by
     ``date_trunc(unit, ts, zone)``, which takes local midnight back to an instant. An hour is
     the instant minus the wall-clock time elapsed since the local hour began, so that the hour
     repeated when the clocks go back is two buckets (truncating the local time, then reading
     it back, would fold them into one)."""
-    micros = func.floor(cast(start_ns, Numeric) / 1000)
+    # Floor division in bigint arithmetic (``/`` truncates towards zero).
+    micros = (start_ns - ((start_ns % 1000) + 1000) % 1000) // 1000
     at = func.to_timestamp(0) + cast(micros, Double) * _MICROSECOND
     zone = bindparam(None, time_zone, type_=String)
     if bucket is TimeBucket.HOUR:
@@ -289,7 +296,17 @@ def _bucket_start_ns(
         start = at - (local - func.date_trunc("hour", local))
     else:
         start = func.date_trunc(bindparam(None, bucket.value, type_=String), at, zone)
-    return cast(extract("epoch", start) * 1_000_000_000, BigInteger)
+    return start
+
+
+def _output_keys(grouping: Grouping, key_columns: Sequence[Any]) -> list[ColumnElement[Any]]:
+    """The grouped key columns as the rows carry them: a time bucket in ns since the epoch."""
+    return [
+        cast(extract("epoch", column) * 1_000_000_000, BigInteger).label(f"k{i}")
+        if key.kind is GroupKind.START_TIME
+        else column
+        for i, (key, column) in enumerate(zip(grouping.keys, key_columns, strict=True))
+    ]
 
 
 def _key_values(row: Any, count: int) -> KeyValues:
