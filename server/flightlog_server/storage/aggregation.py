@@ -10,12 +10,15 @@ Each aggregation is one statement built with SQLAlchemy Core, every value a boun
   ``k0``, ``k1``... in the inner SELECT so that the outer GROUP BY names columns, not
   expressions with parameters (PostgreSQL does not match those between SELECT and GROUP BY);
 * an outer SELECT grouping by the key columns, ordered by them (ascending, NULL last, text in
-  code-point order) and limited to ``MAX_GROUPS + 1`` rows, so that a request over the cap is
-  detected without reading more than one row past it.
+  code-point order), as a MATERIALIZED CTE read with a LIMIT of ``MAX_GROUPS + 1`` rows, so that
+  a request over the cap is detected without reading more than one row past it (see
+  ``_execute`` for why the LIMIT is outside the CTE). A time bucket is grouped as a timestamptz
+  and turned into nanoseconds once per group.
 
 For metrics the inner SELECT joins ``session_metric_values`` for the requested metrics, and each
-metric's aggregates are computed with ``FILTER (WHERE metric_id = ...)`` over the same group,
-so that one row per group carries every metric. Groups without data have no row at all.
+metric's aggregates are computed with ``FILTER (WHERE metric_id = ...)`` over the same group
+(no FILTER for one metric), so that one row per group carries every metric. Groups without data
+have no row at all.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy import (
     Double,
     FromClause,
     Interval,
+    Select,
     String,
     and_,
     bindparam,
@@ -157,7 +161,6 @@ async def aggregate_metrics(
         # Without group keys an aggregate has one row even over nothing: no data, no group.
         .having(func.count() > 0)
         .order_by(*(c.asc().nulls_last() for c in key_columns))
-        .limit(MAX_GROUPS + 1)
     )
     rows = await _execute(conn, query)
     result = []
@@ -208,7 +211,6 @@ async def aggregate_sessions(
         # Without group keys an aggregate has one row even over nothing: no data, no group.
         .having(func.count() > 0)
         .order_by(*(c.asc().nulls_last() for c in key_columns))
-        .limit(MAX_GROUPS + 1)
     )
     return [
         SessionAggregateRow(
@@ -313,7 +315,17 @@ def _key_values(row: Any, count: int) -> KeyValues:
     return tuple(row._mapping[f"k{i}"] for i in range(count))
 
 
-async def _execute(conn: AsyncConnection, query: Any) -> Sequence[Any]:
+async def _execute(conn: AsyncConnection, grouped: Select[Any]) -> Sequence[Any]:
+    """At most ``MAX_GROUPS + 1`` rows of ``grouped``, in its order.
+
+    The grouped query is a MATERIALIZED CTE and the LIMIT is outside it: PostgreSQL plans a CTE
+    for all of its rows, whereas a LIMIT on the grouped query itself makes the planner expect to
+    read a fraction of its estimated groups, and prefer plans that start fast (a nested loop
+    feeding an incremental sort) and take twice as long over all of them. The CTE is still read
+    on demand, so the statement stops after the row past the cap; its rows come out of the CTE
+    in the order it produced them."""
+    groups = grouped.cte("groups").prefix_with("MATERIALIZED")
+    query = select(groups).limit(MAX_GROUPS + 1)
     try:
         return (await conn.execute(query)).all()
     except sa_exc.DBAPIError as e:
