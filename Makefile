@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := server,embedded,dev
+EXTRAS := server,embedded,dev,pandas
 
 ARGS ?=
 PYTEST_ARGS ?=

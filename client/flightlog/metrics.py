@@ -1,9 +1,11 @@
-"""Session metrics: named numeric values published to a session.
+"""Session metrics: named numeric values published to a session, and aggregated across sessions.
 
 Publish them with :func:`publish` (one session, or many in as few calls as the server's limits
 allow) or :meth:`flightlog.Session.publish_metrics`, which wraps it; read them back with
 :meth:`flightlog.Session.list_metrics`. A pipeline that also changes tags or custom fields
-sends both in one call with :meth:`flightlog.Session.update` (``metrics=``).
+sends both in one call with :meth:`flightlog.Session.update` (``metrics=``). Aggregate them over
+the fleet with :func:`aggregate` ("the mean altitude per month per device"), and count sessions
+and their hours with :func:`aggregate_sessions` ("fleet hours flown per month per device").
 
 Example:
     >>> from flightlog import Session, metrics
@@ -18,13 +20,23 @@ Example:
     ... )
     >>> sorted(m.value for m in result.succeeded)
     [64.0, 87.2]
+    >>> for row in metrics.aggregate("max_altitude_m", by=["month", "device"],
+    ...                              time_zone="Europe/Paris"):
+    ...     print(row.month, row.device, row.count, row.mean, row.p90)
+    >>> metrics.aggregate("max_altitude_m", by=["device"]).to_pandas()  # flightlog[pandas]
+    >>> for row in metrics.aggregate_sessions(by=["month"]):
+    ...     print(row.month, row.session_count, row.hours)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import zoneinfo
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
 
 from flightlog._batching import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, batches, field_size
 from flightlog._client import FlightlogClient, resolve_client
@@ -32,12 +44,22 @@ from flightlog._values import NotSet, NotSetType, datetime_from_proto
 from flightlog.errors import FlightlogError
 from flightlog.v1 import session_service_pb2 as pb
 
+if TYPE_CHECKING:
+    import pandas
+
 __all__ = [
+    "AGGREGATES",
     "MAX_PUBLISH_ENTRIES",
+    "AggregateResult",
     "BulkPublishMetricsResult",
     "Metric",
+    "MetricAggregateRow",
+    "MetricAggregates",
     "MetricEntry",
     "MetricFailure",
+    "SessionAggregateRow",
+    "aggregate",
+    "aggregate_sessions",
     "publish",
 ]
 
@@ -262,3 +284,348 @@ def publish(
             result.failed.extend(part.failed)
         offset += len(chunk)
     return result
+
+
+# --- aggregation across sessions ------------------------------------------------------------------
+
+AGGREGATES = ("count", "sum", "mean", "min", "max", "stddev", "p50", "p90", "p99")
+"""The aggregates :func:`aggregate` computes, by name (all of them when none is asked for)."""
+
+_BUCKETS = {
+    "hour": pb.TIME_BUCKET_HOUR,
+    "day": pb.TIME_BUCKET_DAY,
+    "week": pb.TIME_BUCKET_WEEK,
+    "month": pb.TIME_BUCKET_MONTH,
+    "year": pb.TIME_BUCKET_YEAR,
+}
+_KINDS = {
+    "device": pb.GROUP_KIND_DEVICE,
+    "tag": pb.GROUP_KIND_TAG,
+    "dataset": pb.GROUP_KIND_DATASET,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricAggregates:
+    """The aggregates of one metric in one group.
+
+    Attributes:
+        metric: The metric name.
+        count: The number of values (``None`` when not asked for).
+        sum, mean, min, max, stddev, p50, p90, p99: The aggregates asked for; ``None`` when not
+            asked for, when the metric has no value in the group, and ``stddev`` for one value
+            (it is the sample standard deviation). Percentiles interpolate (``percentile_cont``).
+    """
+
+    metric: str
+    count: int | None = None
+    sum: float | None = None
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    stddev: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+    @classmethod
+    def from_proto(cls, message: pb.MetricAggregates) -> MetricAggregates:
+        """Build from a ``flightlog.v1.MetricAggregates`` message."""
+        values: dict[str, Any] = {
+            name: getattr(message, name) if message.HasField(name) else None  # type: ignore[arg-type]
+            for name in AGGREGATES
+        }
+        return cls(metric=message.metric, **values)
+
+
+class _Keyed:
+    """Attribute access to a row's group keys by name (``row.device``, ``row.month``)."""
+
+    keys: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        keys = self.__dict__.get("keys", {})
+        if name in keys:
+            return keys[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or group key {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricAggregateRow(_Keyed):
+    """One group of :func:`aggregate`: its keys and the aggregates of each metric.
+
+    Group keys read as attributes named as in ``by`` (``row.device``, ``row.tag``,
+    ``row.dataset``, ``row.month``, a custom field by its name); ``None`` is the group of
+    sessions without a value for that key. With one metric, its aggregates read as attributes
+    too (``row.mean``); with several, ``row.metrics["alt"].mean`` or ``row["alt"].mean``.
+
+    Attributes:
+        keys: The group's key values by name, in the order of ``by``. A time bucket is the
+            aware datetime of its first instant, in the request's time zone.
+        metrics: The aggregates of each metric, by name, in the order asked.
+    """
+
+    keys: dict[str, Any]
+    metrics: dict[str, MetricAggregates]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.__dict__.get("keys", {}):
+            return self.__dict__["keys"][name]
+        metrics = self.__dict__.get("metrics", {})
+        if name in AGGREGATES and len(metrics) == 1:
+            return getattr(next(iter(metrics.values())), name)
+        raise AttributeError(f"MetricAggregateRow has no group key or aggregate {name!r}")
+
+    def __getitem__(self, metric: str) -> MetricAggregates:
+        return self.metrics[metric]
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionAggregateRow(_Keyed):
+    """One group of :func:`aggregate_sessions`.
+
+    Group keys read as attributes, as in :class:`MetricAggregateRow`.
+
+    Attributes:
+        keys: The group's key values by name, in the order of ``by``.
+        session_count: The number of sessions in the group.
+        bounded_session_count: How many of them have bounds (the others have no duration).
+        total_duration: The sum of their durations.
+    """
+
+    keys: dict[str, Any]
+    session_count: int
+    bounded_session_count: int
+    total_duration: dt.timedelta
+
+    @property
+    def hours(self) -> float:
+        """The total duration in hours."""
+        return self.total_duration.total_seconds() / 3600
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateResult(Sequence[Any]):
+    """The rows of an aggregation, ordered by their keys (each ascending, ``None`` last).
+
+    A sequence: iterate it, index it, take its ``len``. :meth:`to_pandas` turns it into a
+    DataFrame when the ``flightlog[pandas]`` extra is installed.
+    """
+
+    rows: list[Any]
+    key_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.rows[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+    def to_pandas(self) -> pandas.DataFrame:
+        """A DataFrame with a column per group key, then a column per value: ``count``,
+        ``mean``... with one metric, ``alt.count``, ``alt.mean``... with several, or
+        ``session_count``, ``bounded_session_count`` and ``hours`` for sessions. Aggregates
+        not asked for are left out.
+
+        Raises:
+            ImportError: pandas is not installed (``pip install 'flightlog[pandas]'``).
+        """
+        try:
+            import pandas
+        except ImportError as e:
+            raise ImportError("to_pandas() needs pandas: pip install 'flightlog[pandas]'") from e
+        records = []
+        for row in self.rows:
+            record = dict(row.keys)
+            if isinstance(row, SessionAggregateRow):
+                record.update(
+                    session_count=row.session_count,
+                    bounded_session_count=row.bounded_session_count,
+                    hours=row.hours,
+                )
+            else:
+                single = len(row.metrics) == 1
+                for name, values in row.metrics.items():
+                    for aggregate_name in AGGREGATES:
+                        record[aggregate_name if single else f"{name}.{aggregate_name}"] = getattr(
+                            values, aggregate_name
+                        )
+            records.append(record)
+        frame = pandas.DataFrame.from_records(records, columns=_columns(self) or None)
+        return frame.dropna(axis="columns", how="all") if records else frame
+
+
+def _columns(result: AggregateResult) -> list[str]:
+    if not result.rows:
+        return list(result.key_names)
+    first = result.rows[0]
+    if isinstance(first, SessionAggregateRow):
+        return [*result.key_names, "session_count", "bounded_session_count", "hours"]
+    single = len(first.metrics) == 1
+    return [
+        *result.key_names,
+        *(a if single else f"{m}.{a}" for m in first.metrics for a in AGGREGATES),
+    ]
+
+
+def aggregate(
+    metrics: str | Sequence[str],
+    *,
+    by: Sequence[str] = (),
+    filter: str = "",
+    aggregates: Sequence[str] = (),
+    time_zone: str = "",
+    org_id: str | None = None,
+    client: FlightlogClient | None = None,
+) -> AggregateResult:
+    """Aggregate metric values across sessions, one row per group (AggregateSessionMetrics).
+
+    Sessions count in their current state: a deleted session nowhere, a session under each of
+    the devices attached to it now, each of its tags and each dataset of its files; a session
+    without a value for a key is in that key's ``None`` group. Groups without values are left
+    out. At most 10,000 groups: past them the call fails with
+    :class:`~flightlog.errors.InvalidRequestError` (narrow the filter, coarsen the bucket).
+
+    Args:
+        metrics: A metric name, or up to 10 of them.
+        by: Up to 4 group keys: ``"device"``, ``"tag"``, ``"dataset"``, a time bucket of the
+            session's start (``"hour"``, ``"day"``, ``"week"``, ``"month"``, ``"year"``), or
+            ``"field:NAME"`` for a Ready enum or string custom field (its key is ``NAME``).
+        filter: Which sessions, in the filter language of ListSessions; empty for all.
+        aggregates: Names from :data:`AGGREGATES`; empty for all of them.
+        time_zone: The IANA time zone of the time buckets (default ``UTC``).
+        org_id: The acting org; ``None`` keeps the client's default.
+        client: The client; ``None`` uses the default one.
+
+    Returns:
+        The rows, ordered by their keys; see :class:`MetricAggregateRow`.
+
+    Raises:
+        InvalidRequestError: A bad argument, a metric never published, or too many groups.
+
+    Example:
+        >>> from flightlog import metrics
+        >>> rows = metrics.aggregate("max_altitude_m", by=["month", "device"],
+        ...                          aggregates=["count", "mean", "p90"], time_zone="UTC")
+        >>> [(r.month.strftime("%Y-%m"), r.device, r.count, r.mean) for r in rows]
+        [('2026-04', 'dv_abc', 3, 118.5), ('2026-05', 'dv_abc', 1, 97.0)]
+    """
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    zone = time_zone or "UTC"
+    keys, names_of_keys = _group_by(by)
+    unknown = [a for a in aggregates if a not in AGGREGATES]
+    if unknown:
+        raise ValueError(f"unknown aggregates {unknown}; choose from {', '.join(AGGREGATES)}")
+    request = pb.AggregateSessionMetricsRequest(
+        metrics=names,
+        filter=filter,
+        group_by=keys,
+        aggregates=[
+            pb.AggregateFunction.Value(f"AGGREGATE_FUNCTION_{a.upper()}") for a in aggregates
+        ],
+        time_zone=time_zone,
+    )
+    c = resolve_client(client)
+    rows = [
+        MetricAggregateRow(
+            keys=_key_dict(names_of_keys, row.keys, zone),
+            metrics={m.metric: MetricAggregates.from_proto(m) for m in row.metrics},
+        )
+        for batch in _read(c, c.sessions.AggregateSessionMetrics, request, org_id)
+        for row in batch.rows
+    ]
+    return AggregateResult(rows=rows, key_names=names_of_keys)
+
+
+def aggregate_sessions(
+    *,
+    by: Sequence[str] = (),
+    filter: str = "",
+    time_zone: str = "",
+    org_id: str | None = None,
+    client: FlightlogClient | None = None,
+) -> AggregateResult:
+    """Count sessions and add up their durations, one row per group (AggregateSessions).
+
+    The group keys, their semantics, the order and the cap are those of :func:`aggregate`.
+
+    Returns:
+        The rows, ordered by their keys; see :class:`SessionAggregateRow`.
+
+    Example:
+        >>> from flightlog import metrics
+        >>> for row in metrics.aggregate_sessions(by=["month", "device"]):
+        ...     print(row.month.date(), row.device, row.session_count, round(row.hours, 1))
+        2026-04-01 dv_abc 12 7.5
+    """
+    zone = time_zone or "UTC"
+    keys, names_of_keys = _group_by(by)
+    request = pb.AggregateSessionsRequest(filter=filter, group_by=keys, time_zone=time_zone)
+    c = resolve_client(client)
+    rows = [
+        SessionAggregateRow(
+            keys=_key_dict(names_of_keys, row.keys, zone),
+            session_count=row.session_count,
+            bounded_session_count=row.bounded_session_count,
+            total_duration=dt.timedelta(seconds=row.total_duration_seconds),
+        )
+        for batch in _read(c, c.sessions.AggregateSessions, request, org_id)
+        for row in batch.rows
+    ]
+    return AggregateResult(rows=rows, key_names=names_of_keys)
+
+
+def _group_by(by: Sequence[str]) -> tuple[list[pb.GroupBy], list[str]]:
+    keys = []
+    names = []
+    for item in by:
+        if item in _KINDS:
+            keys.append(pb.GroupBy(kind=_KINDS[item]))
+            names.append(item)
+        elif item in _BUCKETS:
+            keys.append(pb.GroupBy(kind=pb.GROUP_KIND_START_TIME, time_bucket=_BUCKETS[item]))
+            names.append(item)
+        elif item.startswith("field:") and len(item) > len("field:"):
+            name = item[len("field:") :]
+            keys.append(pb.GroupBy(kind=pb.GROUP_KIND_CUSTOM_FIELD, custom_field=name))
+            names.append(name)
+        else:
+            raise ValueError(
+                f"unknown group key {item!r}: use device, tag, dataset, hour, day, week, month,"
+                " year or field:NAME"
+            )
+    return keys, names
+
+
+def _key_dict(
+    names: Sequence[str], values: Sequence[pb.GroupKeyValue], zone: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in zip(names, values, strict=True):
+        which = value.WhichOneof("value")
+        if which is None:
+            out[name] = None
+        elif which == "bucket_start_ns":
+            out[name] = _bucket_datetime(value.bucket_start_ns, zone)
+        else:
+            out[name] = getattr(value, which)
+    return out
+
+
+def _bucket_datetime(ns: int, zone: str) -> dt.datetime:
+    instant = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ns // 1000)
+    try:
+        return instant.astimezone(zoneinfo.ZoneInfo(zone))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return instant
+
+
+def _read(c: FlightlogClient, method: Any, request: Any, org_id: str | None) -> list[Any]:
+    """Every response of an aggregation stream (a bounded result, read whole; no resume)."""
+    try:
+        return list(method(request, timeout=c.stream_timeout, metadata=c.metadata(org_id)))
+    except grpc.RpcError as error:
+        raise c.translate(error, c.stream_timeout) from error

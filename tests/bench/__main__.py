@@ -30,6 +30,9 @@ Figures, by group (``--only GROUP,...`` runs some of them):
 * ``feed`` (``tests.bench.feed``): CreateSession p50 with 8 writers and 200 watchers of the org
   (``--quick``: 50) against no watchers, the delivery lag p99 of those changes, and how soon a
   write reaches an open watch stream after a database restart.
+* ``aggregate`` (``tests.bench.aggregate``): AggregateSessionMetrics of one metric by month x
+  device over every session of the big org, against the hand-written SQL of the same aggregate
+  read with psycopg.
 
 ``--profile`` also profiles the real server (pyinstrument) during the ListSessions run and writes
 the report next to the JSON; that run's figures are slower for it.
@@ -57,7 +60,7 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import bounded, data, feed, writes
+from tests.bench import aggregate, bounded, data, feed, writes
 from tests.bench.common import CHANNEL_OPTIONS, aligned, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
@@ -450,7 +453,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join([*aligned(header, lines), "", "notes:", *notes])
 
 
-GROUPS = ("list", "writes", "files", "limits", "workers", "feed")
+GROUPS = ("list", "writes", "files", "limits", "aggregate", "workers", "feed")
 """The groups of rows ``--only`` chooses from, in the order they run."""
 
 
@@ -524,6 +527,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bounded.bench_register_and_add(real, writer, catalog.loose, probe)
                 log("one request at each limit")
                 limits = bounded.limits_table(real, writer, catalog.loose)
+            if "aggregate" in only:
+                # Last of the big org's rows: it attaches devices and publishes metric values to
+                # the big org's sessions (without rewriting their stored records).
+                log("AggregateSessionMetrics by month x device")
+                rows.append(aggregate.bench_aggregate(real, url, big, repeats + 1))
         if "workers" in only:
             log("CreateSession on serve --workers 1 and 2")
             rows.append(writes.bench_workers(url, writer, seconds))

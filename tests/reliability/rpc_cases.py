@@ -142,6 +142,16 @@ def build_world(stubs: Stubs, identity: Identity, org_name: str) -> World:
 Builder = Callable[[World, World], list[Any]]
 
 
+def _every_group_key(t: World) -> list[pb.GroupBy]:
+    """Four group keys (the most a request may have) that between them reach every kind."""
+    return [
+        pb.GroupBy(kind=pb.GROUP_KIND_DEVICE),
+        pb.GroupBy(kind=pb.GROUP_KIND_CUSTOM_FIELD, custom_field=t.custom_field_name),
+        pb.GroupBy(kind=pb.GROUP_KIND_DATASET),
+        pb.GroupBy(kind=pb.GROUP_KIND_START_TIME, time_bucket=pb.TIME_BUCKET_MONTH),
+    ]
+
+
 SESSION_REQUESTS: dict[str, Builder] = {
     "CreateSession": lambda t, m: [
         pb.CreateSessionRequest(name="n", device_ids=[t.device_id]),
@@ -279,6 +289,13 @@ SESSION_REQUESTS: dict[str, Builder] = {
         ),
     ],
     "ListSessionMetrics": lambda t, m: [pb.ListSessionMetricsRequest(session_id=t.session_id)],
+    "AggregateSessionMetrics": lambda t, m: [
+        pb.AggregateSessionMetricsRequest(metrics=["speed"], group_by=_every_group_key(t)),
+        pb.AggregateSessionMetricsRequest(metrics=["speed"], time_zone="Europe/Paris"),
+    ],
+    "AggregateSessions": lambda t, m: [
+        pb.AggregateSessionsRequest(group_by=_every_group_key(t), time_zone="Europe/Paris"),
+    ],
     "WatchSessions": lambda t, m: [
         pb.WatchSessionsRequest(after_revision=0, session_ids=[t.session_id]),
         pb.WatchSessionsRequest(after_revision=0, device_id=t.device_id),

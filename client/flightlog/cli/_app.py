@@ -24,11 +24,19 @@ from rich.progress import (
 )
 
 from flightlog import catalog, custom_fields
+from flightlog import metrics as metrics_api
 from flightlog._batching import MAX_BATCH_ITEMS
 from flightlog._client import FlightlogClient
 from flightlog._config import ClientConfig
 from flightlog.catalog import TimelineExtent, TopicPartition, TopicPartitionSpec
-from flightlog.cli._output import Column, Output, format_bytes, format_duration, format_ns
+from flightlog.cli._output import (
+    Column,
+    Output,
+    bar,
+    format_bytes,
+    format_duration,
+    format_ns,
+)
 from flightlog.cli._parsing import (
     UsageError,
     parse_condition,
@@ -60,7 +68,7 @@ from flightlog.ingest import (
     ingest_recordings,
     plan_files,
 )
-from flightlog.metrics import Metric, MetricEntry
+from flightlog.metrics import Metric, MetricAggregateRow, MetricEntry, SessionAggregateRow
 from flightlog.session import (
     SESSION_CHANGE_KINDS,
     CreateSessionRequest,
@@ -460,6 +468,129 @@ def _sessions_metrics(ctx: _Context) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _sessions_aggregate(ctx: _Context) -> int:
+    a = ctx.args
+    by = a.by or []
+    result = metrics_api.aggregate_sessions(
+        by=by, filter=a.filter or "", time_zone=a.tz or "", client=ctx.client
+    )
+    if ctx.out.json_mode:
+        for row in result:
+            ctx.out.json(
+                {
+                    "keys": row.keys,
+                    "session_count": row.session_count,
+                    "bounded_session_count": row.bounded_session_count,
+                    "total_duration_seconds": row.total_duration.total_seconds(),
+                }
+            )
+        return EXIT_OK
+    hours = [row.hours for row in result]
+    low, high = min([0.0, *hours]), max([0.0, *hours])
+    columns = [
+        *_key_columns(by),
+        *[
+            Column[SessionAggregateRow]("SESSIONS", lambda r: r.session_count, "right"),
+            Column[SessionAggregateRow]("BOUNDED", lambda r: r.bounded_session_count, "right"),
+            Column[SessionAggregateRow]("HOURS", lambda r: f"{r.hours:,.2f}", "right"),
+            Column[SessionAggregateRow]("", lambda r: bar(r.hours, low, high)),
+        ],
+    ]
+    ctx.out.rows(result, columns)
+    return EXIT_OK
+
+
+def _metrics_aggregate(ctx: _Context) -> int:
+    a = ctx.args
+    by = a.by or []
+    names = list(a.metric)
+    wanted = a.agg or ["count", "mean", "min", "max", "p50", "p90"]
+    shown = a.bar or (
+        "mean" if "mean" in wanted else next((w for w in wanted if w != "count"), "count")
+    )
+    if shown not in wanted:
+        wanted = [*wanted, shown]
+    result = metrics_api.aggregate(
+        names,
+        by=by,
+        filter=a.filter or "",
+        aggregates=wanted,
+        time_zone=a.tz or "",
+        client=ctx.client,
+    )
+    if ctx.out.json_mode:
+        ctx.out.rows(result, [])
+        return EXIT_OK
+
+    scale = [v for row in result if (v := _aggregate(row, names[0], shown)) is not None]
+    low, high = min([0.0, *scale]), max([0.0, *scale])
+    columns: list[Column[Any]] = list(_key_columns(by))
+    for metric in names:
+        for name in wanted:
+            header = name.upper() if len(names) == 1 else f"{metric} {name}".upper()
+            columns.append(
+                Column[MetricAggregateRow](header, _aggregate_cell(metric, name), "right")
+            )
+    columns.append(
+        Column[MetricAggregateRow](
+            "", lambda r: bar(_as_float(_aggregate(r, names[0], shown)), low, high)
+        )
+    )
+    ctx.out.rows(result, columns)
+    return EXIT_OK
+
+
+_BUCKET_FORMATS = {
+    "hour": "%Y-%m-%d %H:%M%z",
+    "day": "%Y-%m-%d",
+    "week": "%G-W%V",
+    "month": "%Y-%m",
+    "year": "%Y",
+}
+
+
+def _key_columns(by: Sequence[str]) -> list[Column[Any]]:
+    """The key columns of an aggregation table, one per ``--by``, in its order."""
+    columns: list[Column[Any]] = []
+    for key in by:
+        name = key.removeprefix("field:")
+        columns.append(Column[Any](name.upper(), _key_cell(name, _BUCKET_FORMATS.get(key))))
+    return columns
+
+
+def _aggregate(row: MetricAggregateRow, metric: str, name: str) -> float | int | None:
+    found: float | int | None = getattr(row.metrics[metric], name)
+    return found
+
+
+def _aggregate_cell(metric: str, name: str) -> Callable[[MetricAggregateRow], str | None]:
+    return lambda row: _number(_aggregate(row, metric, name))
+
+
+def _key_cell(name: str, fmt: str | None) -> Callable[[Any], object]:
+    """A group key's cell: ``(none)`` for the unset group, a bucket in its format."""
+
+    def cell(row: Any) -> object:
+        value = row.keys[name]
+        if value is None:
+            return "(none)"
+        return value.strftime(fmt) if fmt is not None else value
+
+    return cell
+
+
+def _number(value: float | int | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.6g}"
+
+
+def _as_float(value: float | int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _sessions_publish(ctx: _Context) -> int:
@@ -1428,6 +1559,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"sessions per call, 1 to {MAX_BATCH_ITEMS} (default: {MAX_BATCH_ITEMS})",
     )
 
+    def aggregation(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--by",
+            action="append",
+            metavar="KEY",
+            help=(
+                "group by: device, tag, dataset, hour, day, week, month, year (of the start), or"
+                " field:NAME for an enum or string custom field (repeatable, at most 4)"
+            ),
+        )
+        p.add_argument("--filter", help="the sessions to aggregate (filter language; default: all)")
+        p.add_argument(
+            "--tz", metavar="ZONE", help="IANA time zone of the time buckets (default: UTC)"
+        )
+
+    p = command(
+        sessions,
+        "aggregate",
+        _sessions_aggregate,
+        "count sessions and their hours by group (e.g. --by month --by device)",
+    )
+    aggregation(p)
+
     p = command(sessions, "watch", _sessions_watch, "follow session changes")
     p.add_argument(
         "--after", type=int, default=-1, metavar="REVISION", help="replay after it (-1: now)"
@@ -1442,6 +1596,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit", type=int, default=0, metavar="N", help="stop after N changes (0: never)"
+    )
+
+    # metrics
+    metrics = group("metrics", "aggregate metrics across sessions")
+    p = command(
+        metrics,
+        "aggregate",
+        _metrics_aggregate,
+        "aggregate metric values by group, with a bar per row (e.g. --by month --by device)",
+    )
+    p.add_argument("metric", nargs="+", metavar="NAME", help="metric name (up to 10)")
+    aggregation(p)
+    p.add_argument(
+        "--agg",
+        action="append",
+        choices=metrics_api.AGGREGATES,
+        help="aggregate to show (repeatable; default: count mean min max p50 p90)",
+    )
+    p.add_argument(
+        "--bar",
+        choices=metrics_api.AGGREGATES,
+        help="the aggregate of the first metric the bars draw (default: mean)",
     )
 
     # devices

@@ -29,6 +29,7 @@ __all__ = [
     "Column",
     "Output",
     "arrivals",
+    "bar",
     "error_object",
     "format_bytes",
     "format_duration",
@@ -365,6 +366,25 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, RecordingError):
         return error.reason  # its path is given as context
     return str(error)
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(value: float | None, low: float, high: float, width: int = 30) -> Text:
+    """A horizontal bar from zero to ``value`` on a scale from ``low`` to ``high`` (which
+    include zero), ``width`` cells at most, drawn with eighth-block characters; empty for
+    None. Negative values extend left of zero."""
+    if value is None or high <= low:
+        return Text("")
+    scale = width / (high - low)
+    start = (min(0.0, value) - low) * scale
+    end = (max(0.0, value) - low) * scale
+    lead = round(start)
+    eighths = max(0, round((end - lead) * 8))
+    full, part = divmod(eighths, 8)
+    text = " " * lead + "█" * full + (_EIGHTHS[part] if part else "")
+    return Text(text.rstrip(), style="cyan")
 
 
 def _strip_trailing_spaces(text: str) -> str:

@@ -134,6 +134,154 @@ COMPARISON_OPERATOR_IS_NOT_NULL: ComparisonOperator.ValueType  # 9
 """The field is set on the session. Every type."""
 Global___ComparisonOperator: _TypeAlias = ComparisonOperator  # noqa: Y015
 
+class _GroupKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GroupKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GroupKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GROUP_KIND_UNSPECIFIED: _GroupKind.ValueType  # 0
+    """Not set; refused."""
+    GROUP_KIND_DEVICE: _GroupKind.ValueType  # 1
+    """The devices attached to the session (a session with several counts in each; one without
+    any is in the unset group).
+    """
+    GROUP_KIND_TAG: _GroupKind.ValueType  # 2
+    """The session's tags (a session with several counts in each; one without any is in the
+    unset group).
+    """
+    GROUP_KIND_CUSTOM_FIELD: _GroupKind.ValueType  # 3
+    """The value of a Ready custom field of type ENUM or STRING, named by `GroupBy.custom_field`
+    (sessions where it is unset are in the unset group).
+    """
+    GROUP_KIND_DATASET: _GroupKind.ValueType  # 4
+    """The datasets of the session's files (a session with files of several datasets counts in
+    each; one without files is in the unset group).
+    """
+    GROUP_KIND_START_TIME: _GroupKind.ValueType  # 5
+    """A time bucket of the session's start (`min_timestamp_ns`), of width `GroupBy.time_bucket`,
+    in the request's `time_zone` (a session without bounds is in the unset group).
+    """
+
+class GroupKind(_GroupKind, metaclass=_GroupKindEnumTypeWrapper):
+    """What sessions are grouped by in AggregateSessionMetrics and AggregateSessions."""
+
+GROUP_KIND_UNSPECIFIED: GroupKind.ValueType  # 0
+"""Not set; refused."""
+GROUP_KIND_DEVICE: GroupKind.ValueType  # 1
+"""The devices attached to the session (a session with several counts in each; one without
+any is in the unset group).
+"""
+GROUP_KIND_TAG: GroupKind.ValueType  # 2
+"""The session's tags (a session with several counts in each; one without any is in the
+unset group).
+"""
+GROUP_KIND_CUSTOM_FIELD: GroupKind.ValueType  # 3
+"""The value of a Ready custom field of type ENUM or STRING, named by `GroupBy.custom_field`
+(sessions where it is unset are in the unset group).
+"""
+GROUP_KIND_DATASET: GroupKind.ValueType  # 4
+"""The datasets of the session's files (a session with files of several datasets counts in
+each; one without files is in the unset group).
+"""
+GROUP_KIND_START_TIME: GroupKind.ValueType  # 5
+"""A time bucket of the session's start (`min_timestamp_ns`), of width `GroupBy.time_bucket`,
+in the request's `time_zone` (a session without bounds is in the unset group).
+"""
+Global___GroupKind: _TypeAlias = GroupKind  # noqa: Y015
+
+class _TimeBucket:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TimeBucketEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TimeBucket.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIME_BUCKET_UNSPECIFIED: _TimeBucket.ValueType  # 0
+    """Not set; refused with GROUP_KIND_START_TIME."""
+    TIME_BUCKET_HOUR: _TimeBucket.ValueType  # 1
+    """An hour."""
+    TIME_BUCKET_DAY: _TimeBucket.ValueType  # 2
+    """A calendar day."""
+    TIME_BUCKET_WEEK: _TimeBucket.ValueType  # 3
+    """An ISO week, from Monday 00:00."""
+    TIME_BUCKET_MONTH: _TimeBucket.ValueType  # 4
+    """A calendar month."""
+    TIME_BUCKET_YEAR: _TimeBucket.ValueType  # 5
+    """A calendar year."""
+
+class TimeBucket(_TimeBucket, metaclass=_TimeBucketEnumTypeWrapper):
+    """The width of a GROUP_KIND_START_TIME bucket. Buckets follow the wall clock of the request's
+    time zone: a day bucket is from local midnight to local midnight (23 or 25 hours long on the
+    days the clocks change), an hour bucket is an hour of elapsed time (the repeated hour when
+    clocks go back is two buckets).
+    """
+
+TIME_BUCKET_UNSPECIFIED: TimeBucket.ValueType  # 0
+"""Not set; refused with GROUP_KIND_START_TIME."""
+TIME_BUCKET_HOUR: TimeBucket.ValueType  # 1
+"""An hour."""
+TIME_BUCKET_DAY: TimeBucket.ValueType  # 2
+"""A calendar day."""
+TIME_BUCKET_WEEK: TimeBucket.ValueType  # 3
+"""An ISO week, from Monday 00:00."""
+TIME_BUCKET_MONTH: TimeBucket.ValueType  # 4
+"""A calendar month."""
+TIME_BUCKET_YEAR: TimeBucket.ValueType  # 5
+"""A calendar year."""
+Global___TimeBucket: _TypeAlias = TimeBucket  # noqa: Y015
+
+class _AggregateFunction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AggregateFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AggregateFunction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGGREGATE_FUNCTION_UNSPECIFIED: _AggregateFunction.ValueType  # 0
+    """Not set; refused."""
+    AGGREGATE_FUNCTION_COUNT: _AggregateFunction.ValueType  # 1
+    """The number of values."""
+    AGGREGATE_FUNCTION_SUM: _AggregateFunction.ValueType  # 2
+    """Their sum."""
+    AGGREGATE_FUNCTION_MEAN: _AggregateFunction.ValueType  # 3
+    """Their arithmetic mean."""
+    AGGREGATE_FUNCTION_MIN: _AggregateFunction.ValueType  # 4
+    """The smallest value."""
+    AGGREGATE_FUNCTION_MAX: _AggregateFunction.ValueType  # 5
+    """The largest value."""
+    AGGREGATE_FUNCTION_STDDEV: _AggregateFunction.ValueType  # 6
+    """The sample standard deviation (n - 1 in the denominator); unset for a single value."""
+    AGGREGATE_FUNCTION_P50: _AggregateFunction.ValueType  # 7
+    """The median, interpolated between the two closest values (PostgreSQL's percentile_cont)."""
+    AGGREGATE_FUNCTION_P90: _AggregateFunction.ValueType  # 8
+    """The 90th percentile, interpolated (percentile_cont(0.9))."""
+    AGGREGATE_FUNCTION_P99: _AggregateFunction.ValueType  # 9
+    """The 99th percentile, interpolated (percentile_cont(0.99))."""
+
+class AggregateFunction(_AggregateFunction, metaclass=_AggregateFunctionEnumTypeWrapper):
+    """An aggregate of metric values, computed over the values of one metric in one group."""
+
+AGGREGATE_FUNCTION_UNSPECIFIED: AggregateFunction.ValueType  # 0
+"""Not set; refused."""
+AGGREGATE_FUNCTION_COUNT: AggregateFunction.ValueType  # 1
+"""The number of values."""
+AGGREGATE_FUNCTION_SUM: AggregateFunction.ValueType  # 2
+"""Their sum."""
+AGGREGATE_FUNCTION_MEAN: AggregateFunction.ValueType  # 3
+"""Their arithmetic mean."""
+AGGREGATE_FUNCTION_MIN: AggregateFunction.ValueType  # 4
+"""The smallest value."""
+AGGREGATE_FUNCTION_MAX: AggregateFunction.ValueType  # 5
+"""The largest value."""
+AGGREGATE_FUNCTION_STDDEV: AggregateFunction.ValueType  # 6
+"""The sample standard deviation (n - 1 in the denominator); unset for a single value."""
+AGGREGATE_FUNCTION_P50: AggregateFunction.ValueType  # 7
+"""The median, interpolated between the two closest values (PostgreSQL's percentile_cont)."""
+AGGREGATE_FUNCTION_P90: AggregateFunction.ValueType  # 8
+"""The 90th percentile, interpolated (percentile_cont(0.9))."""
+AGGREGATE_FUNCTION_P99: AggregateFunction.ValueType  # 9
+"""The 99th percentile, interpolated (percentile_cont(0.99))."""
+Global___AggregateFunction: _TypeAlias = AggregateFunction  # noqa: Y015
+
 class _SessionChangeKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -2017,6 +2165,379 @@ class ListSessionMetricsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSessionMetricsResponse: _TypeAlias = ListSessionMetricsResponse  # noqa: Y015
+
+@_typing.final
+class GroupBy(_message.Message):
+    """One group key of an aggregation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_FIELD_NUMBER: _builtins.int
+    TIME_BUCKET_FIELD_NUMBER: _builtins.int
+    kind: Global___GroupKind.ValueType
+    """Required. What to group by."""
+    custom_field: _builtins.str
+    """With GROUP_KIND_CUSTOM_FIELD, required: the name of a Ready custom field of type ENUM or
+    STRING. Otherwise it must be empty.
+    """
+    time_bucket: Global___TimeBucket.ValueType
+    """With GROUP_KIND_START_TIME, required: the bucket width. Otherwise it must be unspecified."""
+    def __init__(
+        self,
+        *,
+        kind: Global___GroupKind.ValueType = ...,
+        custom_field: _builtins.str = ...,
+        time_bucket: Global___TimeBucket.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_field", b"custom_field", "kind", b"kind", "time_bucket", b"time_bucket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupBy: _TypeAlias = GroupBy  # noqa: Y015
+
+@_typing.final
+class GroupKeyValue(_message.Message):
+    """The value of one group key for a group. No field set means the unset group of that key
+    (sessions without a device, a tag, the custom field, a file, or bounds).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_VALUE_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    BUCKET_START_NS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """GROUP_KIND_DEVICE: the device ID."""
+    tag: _builtins.str
+    """GROUP_KIND_TAG: the tag."""
+    custom_field_value: _builtins.str
+    """GROUP_KIND_CUSTOM_FIELD: the field's value (an enum value or a string)."""
+    dataset_id: _builtins.str
+    """GROUP_KIND_DATASET: the dataset ID."""
+    bucket_start_ns: _builtins.int
+    """GROUP_KIND_START_TIME: the first instant of the bucket, in nanoseconds since the Unix
+    epoch (local midnight of the first day for a day, week, month or year bucket).
+    """
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        custom_field_value: _builtins.str = ...,
+        dataset_id: _builtins.str = ...,
+        bucket_start_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start_ns", b"bucket_start_ns", "custom_field_value", b"custom_field_value", "dataset_id", b"dataset_id", "device_id", b"device_id", "tag", b"tag", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start_ns", b"bucket_start_ns", "custom_field_value", b"custom_field_value", "dataset_id", b"dataset_id", "device_id", b"device_id", "tag", b"tag", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["device_id", "tag", "custom_field_value", "dataset_id", "bucket_start_ns"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___GroupKeyValue: _TypeAlias = GroupKeyValue  # noqa: Y015
+
+@_typing.final
+class AggregateSessionMetricsRequest(_message.Message):
+    """Request for SessionService.AggregateSessionMetrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    AGGREGATES_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """The sessions to aggregate over, in the filter language of ListSessions (AIP-160); empty
+    for all the org's sessions.
+    """
+    time_zone: _builtins.str
+    """The IANA time zone of the time buckets (`Europe/Paris`); empty means `UTC`."""
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required. The metric names to aggregate, 1 to 10, distinct; each must have had a value
+        published in the org.
+        """
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupBy]:
+        """The group keys, 0 to 4 (none: one group of everything); at most one GROUP_KIND_START_TIME.
+        Rows carry the keys' values in this order.
+        """
+
+    @_builtins.property
+    def aggregates(self) -> _containers.RepeatedScalarFieldContainer[Global___AggregateFunction.ValueType]:
+        """The aggregates to compute, distinct; empty for all of them. Percentiles cost a sort per
+        group: ask only for what is needed.
+        """
+
+    def __init__(
+        self,
+        *,
+        metrics: _abc.Iterable[_builtins.str] | None = ...,
+        filter: _builtins.str = ...,
+        group_by: _abc.Iterable[Global___GroupBy] | None = ...,
+        aggregates: _abc.Iterable[Global___AggregateFunction.ValueType] | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregates", b"aggregates", "filter", b"filter", "group_by", b"group_by", "metrics", b"metrics", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateSessionMetricsRequest: _TypeAlias = AggregateSessionMetricsRequest  # noqa: Y015
+
+@_typing.final
+class MetricAggregates(_message.Message):
+    """The aggregates of one metric in one group. Only the aggregates the request asked for are
+    set; `sum` to `p99` are also unset when the metric has no value in the group (it may, when
+    another requested metric has), and `stddev` for a single value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    STDDEV_FIELD_NUMBER: _builtins.int
+    P50_FIELD_NUMBER: _builtins.int
+    P90_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric name."""
+    count: _builtins.int
+    """AGGREGATE_FUNCTION_COUNT: the number of values (0 when the metric has none in the group)."""
+    sum: _builtins.float
+    """AGGREGATE_FUNCTION_SUM."""
+    mean: _builtins.float
+    """AGGREGATE_FUNCTION_MEAN."""
+    min: _builtins.float
+    """AGGREGATE_FUNCTION_MIN."""
+    max: _builtins.float
+    """AGGREGATE_FUNCTION_MAX."""
+    stddev: _builtins.float
+    """AGGREGATE_FUNCTION_STDDEV."""
+    p50: _builtins.float
+    """AGGREGATE_FUNCTION_P50."""
+    p90: _builtins.float
+    """AGGREGATE_FUNCTION_P90."""
+    p99: _builtins.float
+    """AGGREGATE_FUNCTION_P99."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        count: _builtins.int | None = ...,
+        sum: _builtins.float | None = ...,
+        mean: _builtins.float | None = ...,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+        stddev: _builtins.float | None = ...,
+        p50: _builtins.float | None = ...,
+        p90: _builtins.float | None = ...,
+        p99: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "_max", b"_max", "_mean", b"_mean", "_min", b"_min", "_p50", b"_p50", "_p90", b"_p90", "_p99", b"_p99", "_stddev", b"_stddev", "_sum", b"_sum", "count", b"count", "max", b"max", "mean", b"mean", "min", b"min", "p50", b"p50", "p90", b"p90", "p99", b"p99", "stddev", b"stddev", "sum", b"sum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "_max", b"_max", "_mean", b"_mean", "_min", b"_min", "_p50", b"_p50", "_p90", b"_p90", "_p99", b"_p99", "_stddev", b"_stddev", "_sum", b"_sum", "count", b"count", "max", b"max", "mean", b"mean", "metric", b"metric", "min", b"min", "p50", b"p50", "p90", b"p90", "p99", b"p99", "stddev", b"stddev", "sum", b"sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
+    _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__mean: _TypeAlias = _typing.Literal["mean"]  # noqa: Y015
+    _WhichOneofArgType__mean: _TypeAlias = _typing.Literal["_mean", b"_mean"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    _WhichOneofReturnType__p50: _TypeAlias = _typing.Literal["p50"]  # noqa: Y015
+    _WhichOneofArgType__p50: _TypeAlias = _typing.Literal["_p50", b"_p50"]  # noqa: Y015
+    _WhichOneofReturnType__p90: _TypeAlias = _typing.Literal["p90"]  # noqa: Y015
+    _WhichOneofArgType__p90: _TypeAlias = _typing.Literal["_p90", b"_p90"]  # noqa: Y015
+    _WhichOneofReturnType__p99: _TypeAlias = _typing.Literal["p99"]  # noqa: Y015
+    _WhichOneofArgType__p99: _TypeAlias = _typing.Literal["_p99", b"_p99"]  # noqa: Y015
+    _WhichOneofReturnType__stddev: _TypeAlias = _typing.Literal["stddev"]  # noqa: Y015
+    _WhichOneofArgType__stddev: _TypeAlias = _typing.Literal["_stddev", b"_stddev"]  # noqa: Y015
+    _WhichOneofReturnType__sum: _TypeAlias = _typing.Literal["sum"]  # noqa: Y015
+    _WhichOneofArgType__sum: _TypeAlias = _typing.Literal["_sum", b"_sum"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count) -> _WhichOneofReturnType__count | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean) -> _WhichOneofReturnType__mean | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p50) -> _WhichOneofReturnType__p50 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p90) -> _WhichOneofReturnType__p90 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p99) -> _WhichOneofReturnType__p99 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stddev) -> _WhichOneofReturnType__stddev | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sum) -> _WhichOneofReturnType__sum | None: ...
+
+Global___MetricAggregates: _TypeAlias = MetricAggregates  # noqa: Y015
+
+@_typing.final
+class MetricAggregateRow(_message.Message):
+    """One group of an AggregateSessionMetrics result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupKeyValue]:
+        """The group's key values, one per request `group_by`, in that order."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricAggregates]:
+        """The aggregates, one per requested metric, in the order of the request's `metrics`."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___GroupKeyValue] | None = ...,
+        metrics: _abc.Iterable[Global___MetricAggregates] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "metrics", b"metrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricAggregateRow: _TypeAlias = MetricAggregateRow  # noqa: Y015
+
+@_typing.final
+class AggregateSessionMetricsResponse(_message.Message):
+    """A batch of AggregateSessionMetrics rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricAggregateRow]:
+        """The rows, ordered by their keys: by the first key, then the second, and so on; each key
+        ascending (IDs, tags and values in code-point order, buckets in time order), its unset group
+        last.
+        """
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___MetricAggregateRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateSessionMetricsResponse: _TypeAlias = AggregateSessionMetricsResponse  # noqa: Y015
+
+@_typing.final
+class AggregateSessionsRequest(_message.Message):
+    """Request for SessionService.AggregateSessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """The sessions to count, as in AggregateSessionMetricsRequest.filter."""
+    time_zone: _builtins.str
+    """The time zone of the time buckets, as in AggregateSessionMetricsRequest.time_zone."""
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupBy]:
+        """The group keys, as in AggregateSessionMetricsRequest.group_by."""
+
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        group_by: _abc.Iterable[Global___GroupBy] | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "group_by", b"group_by", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateSessionsRequest: _TypeAlias = AggregateSessionsRequest  # noqa: Y015
+
+@_typing.final
+class SessionAggregateRow(_message.Message):
+    """One group of an AggregateSessions result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    SESSION_COUNT_FIELD_NUMBER: _builtins.int
+    BOUNDED_SESSION_COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    session_count: _builtins.int
+    """The number of sessions in the group."""
+    bounded_session_count: _builtins.int
+    """How many of them have bounds (the others have no duration)."""
+    total_duration_seconds: _builtins.float
+    """The sum of their durations (`max_timestamp_ns - min_timestamp_ns`), in seconds."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupKeyValue]:
+        """The group's key values, one per request `group_by`, in that order."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___GroupKeyValue] | None = ...,
+        session_count: _builtins.int = ...,
+        bounded_session_count: _builtins.int = ...,
+        total_duration_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounded_session_count", b"bounded_session_count", "keys", b"keys", "session_count", b"session_count", "total_duration_seconds", b"total_duration_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionAggregateRow: _TypeAlias = SessionAggregateRow  # noqa: Y015
+
+@_typing.final
+class AggregateSessionsResponse(_message.Message):
+    """A batch of AggregateSessions rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionAggregateRow]:
+        """The rows, ordered by their keys as in AggregateSessionMetricsResponse."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___SessionAggregateRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateSessionsResponse: _TypeAlias = AggregateSessionsResponse  # noqa: Y015
 
 @_typing.final
 class SessionChange(_message.Message):

@@ -140,6 +140,16 @@ class SessionServiceStub:
                 request_serializer=flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsRequest.SerializeToString,
                 response_deserializer=flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsResponse.FromString,
                 _registered_method=True)
+        self.AggregateSessionMetrics = channel.unary_stream(
+                '/flightlog.v1.SessionService/AggregateSessionMetrics',
+                request_serializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionMetricsRequest.SerializeToString,
+                response_deserializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionMetricsResponse.FromString,
+                _registered_method=True)
+        self.AggregateSessions = channel.unary_stream(
+                '/flightlog.v1.SessionService/AggregateSessions',
+                request_serializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionsRequest.SerializeToString,
+                response_deserializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionsResponse.FromString,
+                _registered_method=True)
         self.WatchSessions = channel.unary_stream(
                 '/flightlog.v1.SessionService/WatchSessions',
                 request_serializer=flightlog_dot_v1_dot_session__service__pb2.WatchSessionsRequest.SerializeToString,
@@ -388,6 +398,44 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AggregateSessionMetrics(self, request, context):
+        """Aggregates metric values across the sessions `filter` chooses, grouped by `group_by`:
+        "the mean and p90 of max_altitude_m per month per device". One row per group that holds at
+        least one value of a requested metric (groups without data are left out), streamed in
+        batches, ordered by the group keys (see AggregateSessionMetricsResponse).
+
+        Sessions are aggregated in their current state: a deleted session counts nowhere, a session
+        is grouped under the devices attached to it now (not the device a value was published
+        with, which may since have been detached), its tags now, and so on. A session with several
+        values of a key (devices, tags, datasets) counts once in each of those groups. A session
+        without any value of a key (no device, no tag, the custom field unset, no file, no bounds
+        for a time bucket) is in that key's "unset" group, whose key value is empty.
+
+        Cost: at most 10,000 groups. A request that would produce more is refused without
+        streaming any of them; narrow the filter, coarsen the time bucket or group by fewer keys.
+
+        Errors: INVALID_ARGUMENT, with a BadRequest violation per offending field, for no metric or
+        more than 10, a metric name no value was ever published under in the org (`metrics[i]`), a
+        bad filter (`filter`), more than 4 group keys or a malformed one (`group_by[i]`), a custom
+        field that is not a Ready field of type ENUM or STRING (`group_by[i].custom_field`), a time
+        zone that is not an IANA name (`time_zone`), more than 10,000 groups (`group_by`), or sums
+        that overflow a double (`metrics`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AggregateSessions(self, request, context):
+        """Counts the sessions `filter` chooses and adds up their durations, grouped by `group_by`
+        with the same keys, semantics, order and cap as AggregateSessionMetrics: "fleet hours flown
+        per month per device". One row per group holding at least one session.
+
+        Errors: INVALID_ARGUMENT as AggregateSessionMetrics (except for the metric checks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchSessions(self, request, context):
         """Streams the org's session changes: first the retained ones committed after `after_revision`,
         in revision order, then new ones live as they commit, without a gap or duplicate at the seam.
@@ -516,6 +564,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ListSessionMetrics,
                     request_deserializer=flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsRequest.FromString,
                     response_serializer=flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsResponse.SerializeToString,
+            ),
+            'AggregateSessionMetrics': grpc.unary_stream_rpc_method_handler(
+                    servicer.AggregateSessionMetrics,
+                    request_deserializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionMetricsRequest.FromString,
+                    response_serializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionMetricsResponse.SerializeToString,
+            ),
+            'AggregateSessions': grpc.unary_stream_rpc_method_handler(
+                    servicer.AggregateSessions,
+                    request_deserializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionsRequest.FromString,
+                    response_serializer=flightlog_dot_v1_dot_session__service__pb2.AggregateSessionsResponse.SerializeToString,
             ),
             'WatchSessions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSessions,
@@ -1047,6 +1105,60 @@ class SessionService:
             '/flightlog.v1.SessionService/ListSessionMetrics',
             flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsRequest.SerializeToString,
             flightlog_dot_v1_dot_session__service__pb2.ListSessionMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AggregateSessionMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flightlog.v1.SessionService/AggregateSessionMetrics',
+            flightlog_dot_v1_dot_session__service__pb2.AggregateSessionMetricsRequest.SerializeToString,
+            flightlog_dot_v1_dot_session__service__pb2.AggregateSessionMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AggregateSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flightlog.v1.SessionService/AggregateSessions',
+            flightlog_dot_v1_dot_session__service__pb2.AggregateSessionsRequest.SerializeToString,
+            flightlog_dot_v1_dot_session__service__pb2.AggregateSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

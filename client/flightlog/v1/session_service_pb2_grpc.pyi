@@ -195,6 +195,36 @@ class SessionServiceStub:
 
     Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
     """
+    AggregateSessionMetrics: _grpc.UnaryStreamMultiCallable[_session_service_pb2.AggregateSessionMetricsRequest, _session_service_pb2.AggregateSessionMetricsResponse]
+    """Aggregates metric values across the sessions `filter` chooses, grouped by `group_by`:
+    "the mean and p90 of max_altitude_m per month per device". One row per group that holds at
+    least one value of a requested metric (groups without data are left out), streamed in
+    batches, ordered by the group keys (see AggregateSessionMetricsResponse).
+
+    Sessions are aggregated in their current state: a deleted session counts nowhere, a session
+    is grouped under the devices attached to it now (not the device a value was published
+    with, which may since have been detached), its tags now, and so on. A session with several
+    values of a key (devices, tags, datasets) counts once in each of those groups. A session
+    without any value of a key (no device, no tag, the custom field unset, no file, no bounds
+    for a time bucket) is in that key's "unset" group, whose key value is empty.
+
+    Cost: at most 10,000 groups. A request that would produce more is refused without
+    streaming any of them; narrow the filter, coarsen the time bucket or group by fewer keys.
+
+    Errors: INVALID_ARGUMENT, with a BadRequest violation per offending field, for no metric or
+    more than 10, a metric name no value was ever published under in the org (`metrics[i]`), a
+    bad filter (`filter`), more than 4 group keys or a malformed one (`group_by[i]`), a custom
+    field that is not a Ready field of type ENUM or STRING (`group_by[i].custom_field`), a time
+    zone that is not an IANA name (`time_zone`), more than 10,000 groups (`group_by`), or sums
+    that overflow a double (`metrics`).
+    """
+    AggregateSessions: _grpc.UnaryStreamMultiCallable[_session_service_pb2.AggregateSessionsRequest, _session_service_pb2.AggregateSessionsResponse]
+    """Counts the sessions `filter` chooses and adds up their durations, grouped by `group_by`
+    with the same keys, semantics, order and cap as AggregateSessionMetrics: "fleet hours flown
+    per month per device". One row per group holding at least one session.
+
+    Errors: INVALID_ARGUMENT as AggregateSessionMetrics (except for the metric checks).
+    """
     WatchSessions: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionsRequest, _session_service_pb2.WatchSessionsResponse]
     """Streams the org's session changes: first the retained ones committed after `after_revision`,
     in revision order, then new ones live as they commit, without a gap or duplicate at the seam.
@@ -389,6 +419,36 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Streams the metric values published to a session, ordered by metric name.
 
     Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    """
+    AggregateSessionMetrics: _aio.UnaryStreamMultiCallable[_session_service_pb2.AggregateSessionMetricsRequest, _session_service_pb2.AggregateSessionMetricsResponse]  # type: ignore[assignment]
+    """Aggregates metric values across the sessions `filter` chooses, grouped by `group_by`:
+    "the mean and p90 of max_altitude_m per month per device". One row per group that holds at
+    least one value of a requested metric (groups without data are left out), streamed in
+    batches, ordered by the group keys (see AggregateSessionMetricsResponse).
+
+    Sessions are aggregated in their current state: a deleted session counts nowhere, a session
+    is grouped under the devices attached to it now (not the device a value was published
+    with, which may since have been detached), its tags now, and so on. A session with several
+    values of a key (devices, tags, datasets) counts once in each of those groups. A session
+    without any value of a key (no device, no tag, the custom field unset, no file, no bounds
+    for a time bucket) is in that key's "unset" group, whose key value is empty.
+
+    Cost: at most 10,000 groups. A request that would produce more is refused without
+    streaming any of them; narrow the filter, coarsen the time bucket or group by fewer keys.
+
+    Errors: INVALID_ARGUMENT, with a BadRequest violation per offending field, for no metric or
+    more than 10, a metric name no value was ever published under in the org (`metrics[i]`), a
+    bad filter (`filter`), more than 4 group keys or a malformed one (`group_by[i]`), a custom
+    field that is not a Ready field of type ENUM or STRING (`group_by[i].custom_field`), a time
+    zone that is not an IANA name (`time_zone`), more than 10,000 groups (`group_by`), or sums
+    that overflow a double (`metrics`).
+    """
+    AggregateSessions: _aio.UnaryStreamMultiCallable[_session_service_pb2.AggregateSessionsRequest, _session_service_pb2.AggregateSessionsResponse]  # type: ignore[assignment]
+    """Counts the sessions `filter` chooses and adds up their durations, grouped by `group_by`
+    with the same keys, semantics, order and cap as AggregateSessionMetrics: "fleet hours flown
+    per month per device". One row per group holding at least one session.
+
+    Errors: INVALID_ARGUMENT as AggregateSessionMetrics (except for the metric checks).
     """
     WatchSessions: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionsRequest, _session_service_pb2.WatchSessionsResponse]  # type: ignore[assignment]
     """Streams the org's session changes: first the retained ones committed after `after_revision`,
@@ -695,6 +755,48 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the metric values published to a session, ordered by metric name.
 
         Errors: NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        """
+
+    @_abc_1.abstractmethod
+    def AggregateSessionMetrics(
+        self,
+        request: _session_service_pb2.AggregateSessionMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_service_pb2.AggregateSessionMetricsResponse], _abc.AsyncIterator[_session_service_pb2.AggregateSessionMetricsResponse]]:
+        """Aggregates metric values across the sessions `filter` chooses, grouped by `group_by`:
+        "the mean and p90 of max_altitude_m per month per device". One row per group that holds at
+        least one value of a requested metric (groups without data are left out), streamed in
+        batches, ordered by the group keys (see AggregateSessionMetricsResponse).
+
+        Sessions are aggregated in their current state: a deleted session counts nowhere, a session
+        is grouped under the devices attached to it now (not the device a value was published
+        with, which may since have been detached), its tags now, and so on. A session with several
+        values of a key (devices, tags, datasets) counts once in each of those groups. A session
+        without any value of a key (no device, no tag, the custom field unset, no file, no bounds
+        for a time bucket) is in that key's "unset" group, whose key value is empty.
+
+        Cost: at most 10,000 groups. A request that would produce more is refused without
+        streaming any of them; narrow the filter, coarsen the time bucket or group by fewer keys.
+
+        Errors: INVALID_ARGUMENT, with a BadRequest violation per offending field, for no metric or
+        more than 10, a metric name no value was ever published under in the org (`metrics[i]`), a
+        bad filter (`filter`), more than 4 group keys or a malformed one (`group_by[i]`), a custom
+        field that is not a Ready field of type ENUM or STRING (`group_by[i].custom_field`), a time
+        zone that is not an IANA name (`time_zone`), more than 10,000 groups (`group_by`), or sums
+        that overflow a double (`metrics`).
+        """
+
+    @_abc_1.abstractmethod
+    def AggregateSessions(
+        self,
+        request: _session_service_pb2.AggregateSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_service_pb2.AggregateSessionsResponse], _abc.AsyncIterator[_session_service_pb2.AggregateSessionsResponse]]:
+        """Counts the sessions `filter` chooses and adds up their durations, grouped by `group_by`
+        with the same keys, semantics, order and cap as AggregateSessionMetrics: "fleet hours flown
+        per month per device". One row per group holding at least one session.
+
+        Errors: INVALID_ARGUMENT as AggregateSessionMetrics (except for the metric checks).
         """
 
     @_abc_1.abstractmethod

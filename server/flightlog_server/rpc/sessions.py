@@ -30,9 +30,10 @@ from flightlog_server.domain.sessions import (
     SessionUpdate,
 )
 from flightlog_server.domain.types import Caller, ContributionSpec, MetricEntry, WireValue
-from flightlog_server.rpc import convert, pagination, session_listing, watch
+from flightlog_server.rpc import aggregation, convert, pagination, session_listing, watch
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.rpc.preserialized import Serialized, length_delimited
+from flightlog_server.services.aggregation import Aggregations
 from flightlog_server.services.session_parts import SessionParts
 from flightlog_server.services.sessions import PublishOutcome, Sessions, SessionView
 from flightlog_server.storage.database import Database
@@ -59,6 +60,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self.parts = parts
         # ListSessions and WatchSessions still read through the database themselves.
         self.database = database
+        self.aggregations = Aggregations(database)
 
     # --- create / get / update / delete --------------------------------------------------------
 
@@ -388,6 +390,24 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
 
         async for response in _stream_part(
             "ListSessionMetrics", caller, request, page, lambda r: [r.name], build
+        ):
+            yield response
+
+    # --- aggregation across sessions (rpc.aggregation) -----------------------------------------
+
+    async def AggregateSessionMetrics(
+        self, request: pb.AggregateSessionMetricsRequest, context: Context
+    ) -> AsyncIterator[pb.AggregateSessionMetricsResponse]:
+        async for response in aggregation.aggregate_metrics(
+            self.aggregations, current_caller(), request
+        ):
+            yield response
+
+    async def AggregateSessions(
+        self, request: pb.AggregateSessionsRequest, context: Context
+    ) -> AsyncIterator[pb.AggregateSessionsResponse]:
+        async for response in aggregation.aggregate_sessions(
+            self.aggregations, current_caller(), request
         ):
             yield response
 
