@@ -10,22 +10,23 @@ and their hours with :func:`aggregate_sessions` ("fleet hours flown per month pe
 Example:
     >>> from flightlog import Session, metrics
     >>> from flightlog.metrics import MetricEntry
-    >>> a, b = Session.create_many([{"name": "run-a"}, {"name": "run-b"}])
+    >>> a, b = Session.create_many(
+    ...     [{"name": "run-a", "tags": ["gpu-soak"]}, {"name": "run-b", "tags": ["gpu-soak"]}]
+    ... )
     >>> result = metrics.publish(
     ...     {
-    ...         a.session_id: [MetricEntry("cpu.usage_max", 87.2)],
-    ...         b.session_id: [MetricEntry("cpu.usage_max", 64.0)],
+    ...         a.session_id: [MetricEntry("gpu.usage_max", 87.2)],
+    ...         b.session_id: [MetricEntry("gpu.usage_max", 64.0)],
     ...     },
     ...     device_id=None,
     ... )
     >>> sorted(m.value for m in result.succeeded)
     [64.0, 87.2]
-    >>> for row in metrics.aggregate("max_altitude_m", by=["month", "device"],
-    ...                              time_zone="Europe/Paris"):
-    ...     print(row.month, row.device, row.count, row.mean, row.p90)
-    >>> metrics.aggregate("max_altitude_m", by=["device"]).to_pandas()  # flightlog[pandas]
-    >>> for row in metrics.aggregate_sessions(by=["month"]):
-    ...     print(row.month, row.session_count, row.hours)
+    >>> (row,) = metrics.aggregate("gpu.usage_max", aggregates=["count", "max"])
+    >>> (row.count, row.max)
+    (2, 87.2)
+    >>> [r.session_count for r in metrics.aggregate_sessions(by=["tag"]) if r.tag == "gpu-soak"]
+    [2]
 """
 
 from __future__ import annotations
