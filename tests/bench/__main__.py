@@ -18,6 +18,8 @@ Figures (see issue 5):
   first batch and to the end, against the raw SQL of the same result.
 * A filtered listing at the big org's size (tag "outdoor" on ~30% of sessions, custom field
   battery_pct >= 20 on ~76%, sorted by custom field max_speed descending): time to first batch.
+* The filter language (``tests.bench.query``): an AIP-160 filter ordered by a custom field
+  (first batch; streamed to the end against hand-written SQL) and a metric filter.
 * Issue 11 (``tests.bench.bounded``): RegisterFile and AddSessionFiles at their documented
   maxima (the server's RSS growth, its longest event-loop hold, and the p99 of GetSession calls
   made meanwhile against the same calls without them), then a second table: one request at each
@@ -49,7 +51,7 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import bounded, data, writes
+from tests.bench import bounded, data, query, writes
 from tests.bench.common import CHANNEL_OPTIONS, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
@@ -455,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_slow_reader(real, big, rate, 20 if args.quick else 60))
             log("filtered listing")
             rows.append(bench_filtered(real, big, 5))
+            log("filter language (issue 13)")
+            query.load_metrics(url, big)
+            rows += query.bench_query(real, url, big, repeats)
             log("GetSession, CreateSession, UpdateSession")
             rows += writes.bench_unary(real, bare, big, writer, seconds)
             log("CreateSession in one org and in eight")
