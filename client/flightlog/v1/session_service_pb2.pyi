@@ -1337,8 +1337,9 @@ class ListSessionsRequest(_message.Message):
     page_size: _builtins.int
     """Sessions per streamed batch, 1 to 1,000; 0 means 500."""
     page_token: _builtins.str
-    """A `next_page_token` from an earlier response of a request with the same filter and sort, to
-    resume after it. Empty starts from the beginning.
+    """A `next_page_token` from an earlier response of a request with the same filter, sort,
+    `filter_text` and `order_by`, to resume after it (another one is INVALID_PAGE_TOKEN). Empty
+    starts from the beginning.
     """
     filter_text: _builtins.str
     """A filter in the AIP-160 language (https://google.aip.dev/160); empty matches every session.
