@@ -40,6 +40,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     not_,
+    null,
     or_,
     select,
     true,
@@ -488,10 +489,12 @@ class OrderedListingQuery:
                     )
                     .scalar_subquery()
                 )
-                values.append(value)
                 if i == 0:
-                    # The sessions without a value: probed by primary key, in ID order.
+                    # The sessions without a value: probed by primary key, in ID order. The
+                    # probe runs once, in WHERE; the value it would select is NULL anyway.
                     where.append(value.is_(None))
+                    value = null().cast(sort_value_type(target))
+                values.append(value)
             else:
                 expression, _ = session_column(s, target)
                 values.append(expression)
