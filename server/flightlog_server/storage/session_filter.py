@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from psycopg import AsyncRawCursor
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -67,9 +68,11 @@ from flightlog_server.domain.listing import KeysetPosition, SessionFilterSpec
 from flightlog_server.domain.types import CustomFieldType, Instant
 from flightlog_server.storage import models as m
 from flightlog_server.storage.session_listing import (
+    _DIALECT,
     Batch,
     Framing,
     Page,
+    _Compiled,
     _filter_params,
     _filters,
     _framed,
@@ -428,9 +431,7 @@ class OrderedListingQuery:
             position = (
                 after if after is not None and self._absent(after) == segment_absent else None
             )
-            rows = await db.execute(
-                self.statement(segment_absent, position, limit - count), self._params
-            )
+            rows = await self._run(db, self.statement(segment_absent, position, limit - count))
             for row in rows:
                 record: bytes = row[0]
                 if records and size + len(record) > self.max_batch_bytes:
@@ -449,6 +450,24 @@ class OrderedListingQuery:
             assert last is not None
             batches.append(Batch(b"".join(records), len(records), last))
         return Page(batches)
+
+    async def _run(self, db: AsyncConnection, statement: Any) -> list[tuple[Any, ...]]:
+        """Runs ``statement`` on the psycopg connection, in binary, *unprepared*: each page
+        binds another position, and a prepared statement's generic plan (which PostgreSQL
+        adopts after five runs) cannot use it to start the index walk there, so it reads the
+        listing from its start on every page (seconds at 100,000 sessions, against ~50 ms)."""
+        compiled = statement.compile(dialect=_DIALECT)
+        values = {**compiled.params, **self._params}
+        text = _Compiled.of(str(compiled))
+        raw = await db.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        async with AsyncRawCursor(driver) as cursor:
+            await cursor.execute(
+                text.native, [values[name] for name in text.names], prepare=False, binary=True
+            )
+            rows: list[tuple[Any, ...]] = await cursor.fetchall()
+        return rows
 
     def _absent(self, position: KeysetPosition) -> bool:
         return bool(self.keys) and position.values[0] is None
