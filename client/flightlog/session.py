@@ -502,6 +502,63 @@ def _string_update(value: str | NotSetType | None) -> common_pb2.StringUpdate | 
     return common_pb2.StringUpdate(set=value)
 
 
+class SessionQuery(Iterator["Session"]):
+    """The Sessions of a :meth:`Session.query`, streamed as they are iterated.
+
+    ``to_pandas()`` reads the (remaining) sessions into a ``pandas.DataFrame``, one row per
+    session, with one ``custom_fields.NAME`` column per Ready custom field; it needs the
+    optional extra: ``pip install 'flightlog[pandas]'``.
+    """
+
+    def __init__(self, sessions: Iterator[Session]) -> None:
+        self._sessions = sessions
+
+    def __iter__(self) -> SessionQuery:
+        return self
+
+    def __next__(self) -> Session:
+        return next(self._sessions)
+
+    def to_pandas(self) -> Any:
+        """The sessions as a ``pandas.DataFrame`` (columns: session_id, name, description,
+        tags, start_time, end_time, duration_s, created, modified, custom_fields.*)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas() needs pandas: pip install 'flightlog[pandas]'") from None
+        rows = []
+        for session in self:
+            r = session.record
+            low, high = r.min_timestamp_ns, r.max_timestamp_ns
+            row: dict[str, Any] = {
+                "session_id": r.session_id,
+                "name": r.name,
+                "description": r.description,
+                "tags": list(r.tags),
+                "start_time": pd.Timestamp(low, unit="ns", tz="UTC") if low is not None else None,
+                "end_time": pd.Timestamp(high, unit="ns", tz="UTC") if high is not None else None,
+                "duration_s": (high - low) / 1e9 if low is not None and high is not None else None,
+                "created": r.created,
+                "modified": r.modified,
+            }
+            for name, value in r.custom_fields.items():
+                row[f"custom_fields.{name}"] = value
+            rows.append(row)
+        columns = [
+            "session_id",
+            "name",
+            "description",
+            "tags",
+            "start_time",
+            "end_time",
+            "duration_s",
+            "created",
+            "modified",
+        ]
+        frame = pd.DataFrame(rows)
+        return frame if rows else pd.DataFrame(columns=columns)
+
+
 class Session:
     """An operational time window of one or more devices: a drone flight, a vehicle drive, a
     robot arm test run.
@@ -828,10 +885,28 @@ class Session:
         page_size: int = 0,
         org_id: str | None = None,
         client: FlightlogClient | None = None,
-    ) -> Generator[Session, None, None]:
+        filter: str | None = None,  # the API's name (AIP-160), shadowing the builtin here only
+        order_by: str | None = None,
+    ) -> SessionQuery:
         """Iterate the org's Sessions that match every given condition, in a chosen order.
 
+        ``filter`` takes the AIP-160 filter language and ``order_by`` several sort keys (see
+        the README's "Asking questions"); the other conditions, when also given, must hold too.
+        The result is an iterator of Sessions, which ``to_pandas()`` turns into a DataFrame
+        (with the ``flightlog[pandas]`` extra)::
+
+            >>> from flightlog import Session
+            >>> fast = Session.query(
+            ...     filter='tags:"outdoor" AND metrics.max_speed > 10',
+            ...     order_by="metrics.max_speed desc, start_time",
+            ... )
+            >>> for session in fast:  # doctest: +SKIP
+            ...     print(session.session_id, session.name)
+
         Args:
+            filter: An AIP-160 filter, e.g. ``'tags:"outdoor" AND custom_fields.site = "lab"'``.
+            order_by: Sort keys in the AIP-132 form, e.g. ``"custom_fields.max_speed desc,
+                start_time"``; not together with ``sort_by``/``descending``.
             tags_all: Sessions that carry every one of these tags.
             tags_any: Sessions that carry at least one of these tags.
             device_id: Sessions to which this device is attached.
@@ -848,8 +923,9 @@ class Session:
             org_id: Caller's org scope.
             client: Optional client; defaults to the ambient one.
 
-        Yields:
-            Sessions, one at a time, following the stream (and resuming it if it breaks).
+        Returns:
+            A :class:`SessionQuery`: Sessions, one at a time, following the stream (and
+            resuming it if it breaks).
         """
         c = resolve_client(client)
         request = cls._list_request(
@@ -865,10 +941,16 @@ class Session:
             descending=descending,
             page_size=page_size,
         )
-        for message in c.iterate(
-            c.sessions.ListSessions, request, lambda r: r.sessions, org_id=org_id
-        ):
-            yield cls(message, client=c)
+        request.filter_text = filter or ""
+        request.order_by = order_by or ""
+
+        def sessions() -> Generator[Session, None, None]:
+            for message in c.iterate(
+                c.sessions.ListSessions, request, lambda r: r.sessions, org_id=org_id
+            ):
+                yield cls(message, client=c)
+
+        return SessionQuery(sessions())
 
     @staticmethod
     def _list_request(

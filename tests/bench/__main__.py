@@ -16,6 +16,8 @@ Figures, by group (``--only GROUP,...`` runs some of them):
   a user would read by hand, metadata as a dict (what a user would do instead). Then the real
   server's RSS growth while a reader consumes that stream at a tenth of that speed, and a
   filtered listing's time to its first batch.
+* ``query`` (``tests.bench.query``): the filter language, an AIP-160 filter ordered by a
+  custom field (first batch; streamed to the end against hand-written SQL) and a metric filter.
 * ``writes``: GetSession, CreateSession and UpdateSession with 8 calls in flight against a bare
   grpc.aio server running one statement each; CreateSession in one org against eight orgs;
   BatchCreateSessions against psycopg ``executemany`` of the same rows.
@@ -60,7 +62,7 @@ import grpc
 
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
-from tests.bench import aggregate, bounded, data, feed, writes
+from tests.bench import aggregate, bounded, data, feed, query, writes
 from tests.bench.common import CHANNEL_OPTIONS, aligned, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
@@ -453,7 +455,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join([*aligned(header, lines), "", "notes:", *notes])
 
 
-GROUPS = ("list", "writes", "files", "limits", "aggregate", "workers", "feed")
+GROUPS = ("list", "query", "writes", "files", "limits", "aggregate", "workers", "feed")
 """The groups of rows ``--only`` chooses from, in the order they run."""
 
 
@@ -506,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(bench_slow_reader(real, big, rate, 20 if args.quick else 60))
                 log("filtered listing")
                 rows.append(bench_filtered(real, big, 5))
+            if "query" in only:
+                log("filter language (issue 13)")
+                query.load_metrics(url, big)
+                rows += query.bench_query(real, url, big, repeats)
             if "writes" in only:
                 log("GetSession, CreateSession, UpdateSession")
                 rows += writes.bench_unary(real, bare, big, writer, seconds)

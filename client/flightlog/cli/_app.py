@@ -333,6 +333,8 @@ def _sessions_ls(ctx: _Context) -> int:
         descending=a.descending,
         page_size=a.page_size,
         client=ctx.client,
+        filter=a.filter,
+        order_by=a.order_by,
     )
     ctx.out.rows(sessions, _SESSION_COLUMNS)
     return EXIT_OK
@@ -1443,6 +1445,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="CONDITION",
         help="custom-field condition: 'f=v', 'f>=v', 'f in a,b', 'f is null' (repeatable)",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="EXPR",
+        help="an AIP-160 filter, e.g. 'tags:\"outdoor\" AND metrics.max_speed > 10'"
+        " (ANDed with the options above)",
+    )
+    p.add_argument(
+        "--order-by",
+        metavar="KEYS",
+        help="sort keys, e.g. 'custom_fields.site, start_time desc' (not with --sort/--asc/--desc)",
     )
     p.add_argument(
         "--sort", help="created, name, start_time, duration or field:NAME (default: created)"

@@ -1480,11 +1480,59 @@ class ListSessionsRequest(_message.Message):
     SORT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_TEXT_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Sessions per streamed batch, 1 to 1,000; 0 means 500."""
     page_token: _builtins.str
-    """A `next_page_token` from an earlier response of a request with the same filter and sort, to
-    resume after it. Empty starts from the beginning.
+    """A `next_page_token` from an earlier response of a request with the same filter, sort,
+    `filter_text` and `order_by`, to resume after it (another one is INVALID_PAGE_TOKEN). Empty
+    starts from the beginning.
+    """
+    filter_text: _builtins.str
+    """A filter in the AIP-160 language (https://google.aip.dev/160); empty matches every session.
+    Set together with `filter`, both must hold (they are ANDed). Examples:
+
+        tags:"outdoor" AND (custom_fields.battery_pct >= 20 OR custom_fields.site = "lab")
+        metrics.max_altitude_m > 120 AND start_time >= 2026-01-01T00:00:00Z
+        devices:"drone-7" AND NOT has(custom_fields.reviewed)
+        name = "flight-*" AND duration > 600s
+
+    Grammar: comparisons `FIELD OP VALUE` with OP one of `= != < <= > >=`; `FIELD:VALUE` (has:
+    the collection holds the value); `FIELD:*` or `has(FIELD)` (the field is set, or the
+    collection is not empty); `FIELD IN (V1, V2, ...)`; combined with `AND`, `OR`, `NOT` (or a
+    leading `-`) and parentheses. As in AIP-160, OR binds tighter than AND (`a OR b AND c` is
+    `(a OR b) AND c`), and terms side by side are ANDed. Values: quoted strings ("..." or '...',
+    backslash escapes), numbers, bare words (`true`, enum values), RFC 3339 timestamps
+    (`2026-01-31T12:00:00Z`, quoted or not, up to nanoseconds) and durations in seconds with an
+    `s` suffix (`90s`, `1.5s`).
+
+    Fields: `name` and `description` (text; `=`/`!=` with `*` wildcards in a quoted string,
+    `\\*` for a literal star; `name` is also ordered); `created`, `modified`, `start_time`,
+    `end_time` (timestamps); `duration` (a duration); `tags`, `devices` (device IDs), `datasets`
+    (dataset IDs of the session's files), `files` (file IDs) with `:`, `IN` and `:*`;
+    `session_id`; `custom_fields.NAME` for a Ready custom field, compared by its type (boolean:
+    `=`/`!=` with true or false; enum: `=`, `!=`, `IN` with one of its values; string: also
+    wildcards and order; number and timestamp: order comparisons); `metrics.NAME` for a metric
+    published in the org (a number; quote a name with other characters: `metrics."cpu/load"`).
+    `metadata` keys are not filterable. Strings compare by code point, case-sensitively.
+
+    A comparison on a value a session does not have (no bounds, an unset custom field, an
+    unpublished metric) is false, `!=` included; `NOT` of it is true.
+
+    Limits: at most 4,096 characters, 64 terms, 16 levels of nesting and 1,000 IN values in
+    all. Errors: INVALID_ARGUMENT with a BadRequest violation on `filter_text` giving the
+    line:column, what was expected there, and the known field names for an unknown one.
+    """
+    order_by: _builtins.str
+    """The order, in the AIP-132 form: comma-separated keys, each optionally followed by `asc`
+    (the default) or `desc`, e.g. `custom_fields.max_speed desc, start_time`. Keys: `name`,
+    `created`, `modified`, `start_time`, `end_time`, `duration`, `custom_fields.NAME` (Ready),
+    `metrics.NAME`, and `session_id`. Sessions without a key's value come after those with one,
+    in either direction. Ties are broken by `session_id`, in the direction of the last key
+    (unless `session_id` is itself a key). At most 8 keys and 1,024 characters. Empty: `sort`
+    applies (newest first when it is absent too); setting both `sort` and `order_by` is
+    INVALID_ARGUMENT.
     """
     @_builtins.property
     def filter(self) -> Global___SessionFilter:
@@ -1501,10 +1549,12 @@ class ListSessionsRequest(_message.Message):
         sort: Global___SessionSort | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter_text: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "sort", b"sort"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "sort", b"sort"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "filter_text", b"filter_text", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "sort", b"sort"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -267,6 +267,9 @@ class SessionServiceServicer:
         Each response carries a batch and a resume token; a client that loses the stream calls again
         with the last token it saw as `page_token` and receives exactly the remaining sessions.
 
+        The filter is the structured `filter`, the AIP-160 `filter_text`, or both (ANDed); the order
+        is `sort` or the multi-key `order_by` (see ListSessionsRequest).
+
         Errors: INVALID_ARGUMENT for a bad filter, order or page token (INVALID_PAGE_TOKEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -112,6 +112,9 @@ class SessionServiceStub:
     Each response carries a batch and a resume token; a client that loses the stream calls again
     with the last token it saw as `page_token` and receives exactly the remaining sessions.
 
+    The filter is the structured `filter`, the AIP-160 `filter_text`, or both (ANDed); the order
+    is `sort` or the multi-key `order_by` (see ListSessionsRequest).
+
     Errors: INVALID_ARGUMENT for a bad filter, order or page token (INVALID_PAGE_TOKEN).
     """
     AddSessionFiles: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.AddSessionFilesRequest, _session_service_pb2.AddSessionFilesResponse]
@@ -336,6 +339,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
 
     Each response carries a batch and a resume token; a client that loses the stream calls again
     with the last token it saw as `page_token` and receives exactly the remaining sessions.
+
+    The filter is the structured `filter`, the AIP-160 `filter_text`, or both (ANDed); the order
+    is `sort` or the multi-key `order_by` (see ListSessionsRequest).
 
     Errors: INVALID_ARGUMENT for a bad filter, order or page token (INVALID_PAGE_TOKEN).
     """
@@ -606,6 +612,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Each response carries a batch and a resume token; a client that loses the stream calls again
         with the last token it saw as `page_token` and receives exactly the remaining sessions.
+
+        The filter is the structured `filter`, the AIP-160 `filter_text`, or both (ANDed); the order
+        is `sort` or the multi-key `order_by` (see ListSessionsRequest).
 
         Errors: INVALID_ARGUMENT for a bad filter, order or page token (INVALID_PAGE_TOKEN).
         """

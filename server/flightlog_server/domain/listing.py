@@ -111,3 +111,12 @@ class ListPosition:
     absent: bool
     value: SortValue | None
     session_id: str
+
+
+@dataclass(frozen=True)
+class KeysetPosition:
+    """The position after a listed session in a multi-key order (``storage.session_filter``):
+    its value of each key (None: absent) and its ID."""
+
+    values: tuple[SortValue | None, ...]
+    session_id: str

@@ -28,16 +28,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import InvalidArgument, InvalidPageToken
+from flightlog_server.domain.filtering import FieldKind, OrderKey
 from flightlog_server.domain.listing import (
     Comparison,
     FieldCondition,
+    KeysetPosition,
     ListPosition,
     SessionFilterSpec,
     SessionOrder,
@@ -54,6 +56,7 @@ from flightlog_server.domain.types import (
     FieldValue,
 )
 from flightlog_server.rpc import convert, pagination
+from flightlog_server.services.session_query import OrderedListingQuery, prepare_listing
 from flightlog_server.storage.custom_fields import CustomFieldRepository
 from flightlog_server.storage.database import Database
 from flightlog_server.storage.session_listing import Framing, Page, SessionListingQuery
@@ -94,6 +97,8 @@ async def list_session_batches(
     """Serialized ``ListSessionsResponse`` batches of the listing (see module doc)."""
     v = Violations()
     page_size = rules.check_page(v, request.page_size)
+    if request.order_by and request.HasField("sort"):
+        v.add("order_by", "set either sort or order_by, not both")
     _check_filter(v, request.filter)
     key, descending = _check_sort(v, request.sort)
     v.raise_if_any()
@@ -107,27 +112,55 @@ async def list_session_batches(
 
     ready, definitions = await database.run(resolve)
     spec, order = _resolve(request, key, descending, definitions)
-    scope = pagination.fingerprint(
-        "ListSessions",
-        caller.org_id,
-        request.filter.SerializeToString(deterministic=True),
-        order.key.value,
-        "desc" if order.descending else "asc",
-        order.field.custom_field_id if order.field else "",
-        order.field.type.value if order.field else "",
-    )
-    position = _decode_position(request.page_token, scope, order)
     # Field 1 (sessions) of ListSessionsResponse, each session as prefix + stored record.
     framing = Framing(tag=0x0A, prefix=convert.null_custom_fields(tuple(ready)))
-    query = SessionListingQuery(caller.org_id, spec, order, framing)
+    query: SessionListingQuery | OrderedListingQuery
+    position: ListPosition | KeysetPosition | None
+    encode: Callable[[Any], str]
+    if request.filter_text or request.order_by:
+        # The filter language and multi-key orders (services.session_query).
+        query, _ = await prepare_listing(
+            database,
+            caller.org_id,
+            request.filter_text,
+            request.order_by,
+            spec,
+            order,
+            framing,
+            filter_field="filter_text",
+        )
+        scope = pagination.fingerprint(
+            "ListSessions/query",
+            caller.org_id,
+            request.filter.SerializeToString(deterministic=True),
+            request.filter_text,
+            *[f"{k.field.identity}:{'desc' if k.descending else 'asc'}" for k in query.keys],
+            "desc" if query.id_descending else "asc",
+        )
+        position = _decode_keyset(request.page_token, scope, query)
+        encode = functools.partial(_encode_keyset, scope)
+    else:
+        scope = pagination.fingerprint(
+            "ListSessions",
+            caller.org_id,
+            request.filter.SerializeToString(deterministic=True),
+            order.key.value,
+            "desc" if order.descending else "asc",
+            order.field.custom_field_id if order.field else "",
+            order.field.type.value if order.field else "",
+        )
+        position = _decode_position(request.page_token, scope, order)
+        encode = functools.partial(_encode_position, scope)
+        query = SessionListingQuery(caller.org_id, spec, order, framing)
 
-    async def read_ahead(pages: asyncio.Queue[Page | BaseException]) -> None:
+    async def read_ahead(pages: asyncio.Queue[Page[Any] | BaseException]) -> None:
         """Reads page after page into ``pages`` (bounded: it waits while the queue is full)."""
-        after = position
+        after: Any = position
+        read_page: Callable[..., Awaitable[Page[Any]]] = query.page
         try:
             while True:
                 page = await database.read(
-                    functools.partial(query.page, after=after, limit=page_size)
+                    functools.partial(read_page, after=after, limit=page_size)
                 )
                 await pages.put(page)
                 if page.count < page_size:
@@ -136,7 +169,7 @@ async def list_session_batches(
         except Exception as error:  # noqa: BLE001 - handed to the stream, which raises it
             await pages.put(error)
 
-    pages: asyncio.Queue[Page | BaseException] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
+    pages: asyncio.Queue[Page[Any] | BaseException] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
     reader = asyncio.create_task(read_ahead(pages))
     try:
         while True:
@@ -144,7 +177,7 @@ async def list_session_batches(
             if isinstance(page, BaseException):
                 raise page
             for batch in page.batches:
-                yield _batch(batch.records, _encode_position(scope, batch.last))
+                yield _batch(batch.records, encode(batch.last))
             if page.count < page_size:
                 return
     finally:
@@ -375,4 +408,38 @@ def _sort_value(value: Any, order: SessionOrder) -> SortValue:
             return value
     except ValueError:
         pass
+    raise InvalidPageToken("is not a token this server issued")
+
+
+def _encode_keyset(scope: str, position: KeysetPosition) -> str:
+    values = [v.isoformat() if isinstance(v, dt.datetime) else v for v in position.values]
+    return pagination.encode(scope, [*values, position.session_id])
+
+
+def _decode_keyset(token: str, scope: str, query: OrderedListingQuery) -> KeysetPosition | None:
+    raw = pagination.decode(token, scope)
+    if raw is None:
+        return None
+    if len(raw) != len(query.keys) + 1 or not isinstance(raw[-1], str):
+        raise InvalidPageToken("is not a token this server issued")
+    values = tuple(_key_value(v, k) for v, k in zip(raw[:-1], query.keys, strict=True))
+    return KeysetPosition(values, raw[-1])
+
+
+def _key_value(value: Any, key: OrderKey) -> SortValue | None:
+    """A position's value of one key, its Python type checked against the key's."""
+    target = key.field
+    if value is None and not target.always_set:
+        return None
+    if target.custom_field is not None:
+        return _sort_value(value, SessionOrder(SortKey.CUSTOM_FIELD, False, target.custom_field))
+    if target.kind is FieldKind.METRIC:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif target.kind in (FieldKind.CREATED, FieldKind.MODIFIED):
+        return _sort_value(value, SessionOrder(SortKey.CREATED))
+    elif target.kind in (FieldKind.NAME, FieldKind.SESSION_ID):
+        return _sort_value(value, SessionOrder(SortKey.NAME))
+    elif target.kind in (FieldKind.START_TIME, FieldKind.END_TIME, FieldKind.DURATION):
+        return _sort_value(value, SessionOrder(SortKey.START_TIME))
     raise InvalidPageToken("is not a token this server issued")

@@ -568,6 +568,9 @@ class SessionMetricValue(Base):
             ["devices.org_id", "devices.device_id"],
             ondelete="SET NULL (device_id)",
         ),
+        # A metric's values in order: filters and orders on metrics.NAME walk it
+        # (storage.session_filter), as custom fields walk theirs.
+        Index(None, "org_id", "metric_id", "value", "session_id"),
     )
 
     org_id: Mapped[str] = mapped_column(String(64))

@@ -36,7 +36,7 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from psycopg import AsyncRawCursor
 from sqlalchemy import (
@@ -115,27 +115,31 @@ class Framing:
     prefix: bytes = b""
 
 
+# A keyset position: ListPosition here, KeysetPosition in storage.session_filter.
+P = TypeVar("P")
+
+
 @dataclass(frozen=True)
-class Batch:
+class Batch(Generic[P]):
     """Consecutive framed records, concatenated, and the position after the last of them."""
 
     records: bytes
     count: int
-    last: ListPosition
+    last: P
 
 
 @dataclass(frozen=True)
-class Page:
+class Page(Generic[P]):
     """One page: usually one batch; several when its records exceed ``max_batch_bytes``."""
 
-    batches: list[Batch]
+    batches: list[Batch[P]]
 
     @property
     def count(self) -> int:
         return sum(b.count for b in self.batches)
 
     @property
-    def last(self) -> ListPosition | None:
+    def last(self) -> P | None:
         return self.batches[-1].last if self.batches else None
 
 
@@ -188,7 +192,9 @@ class SessionListingQuery:
 
     # --- running ---------------------------------------------------------------------------------
 
-    async def page(self, db: AsyncConnection, after: ListPosition | None, limit: int) -> Page:
+    async def page(
+        self, db: AsyncConnection, after: ListPosition | None, limit: int
+    ) -> Page[ListPosition]:
         """Up to ``limit`` sessions after ``after`` (from the start when None), crossing from the
         sessions with a sort value into those without one when the first segment runs out.
 
@@ -222,8 +228,8 @@ class SessionListingQuery:
 
     async def _page_by_rows(
         self, db: AsyncConnection, after: ListPosition | None, limit: int
-    ) -> Page:
-        batches: list[Batch] = []
+    ) -> Page[ListPosition]:
+        batches: list[Batch[ListPosition]] = []
         records: list[bytes] = []
         size = 0
         count = 0
