@@ -36,11 +36,13 @@ from flightlog_server.rpc.custom_fields import CustomFieldServicer
 from flightlog_server.rpc.pagination import TokenKeys
 from flightlog_server.rpc.readiness import ReadinessGate
 from flightlog_server.rpc.sessions import SessionServicer
+from flightlog_server.services.aggregation import Aggregations
 from flightlog_server.services.catalog import Catalog
 from flightlog_server.services.change_feed import close_change_feed
 from flightlog_server.services.custom_fields import CustomFields
 from flightlog_server.services.identity import Authenticator
 from flightlog_server.services.records import count_stale
+from flightlog_server.services.session_listing import SessionListings
 from flightlog_server.services.session_parts import SessionParts
 from flightlog_server.services.sessions import Sessions
 from flightlog_server.services.unit_of_work import RecordFormat
@@ -149,7 +151,13 @@ class FlightlogServer:
         # Sessions are returned as stored: their handlers return pre-serialized responses.
         preserialized.add_servicer(
             session_service_pb2_grpc.add_SessionServiceServicer_to_server,
-            SessionServicer(sessions, SessionParts(self.database), self.database),
+            SessionServicer(
+                sessions,
+                SessionParts(self.database),
+                SessionListings(self.database, record_format),
+                Aggregations(self.database),
+                self.database,
+            ),
             self.server,
         )
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(

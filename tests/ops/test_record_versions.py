@@ -151,3 +151,29 @@ def test_the_rewrite_skips_sessions_writers_hold_and_takes_them_afterwards(
     worker.join(60)
     assert outcome == [0]
     assert {version for version, _ in _stored(url).values()} == {NEW.version}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [pb.ListSessionsRequest(page_size=2), pb.ListSessionsRequest(page_size=2, order_by="name")],
+    ids=["structured", "filter language"],
+)
+def test_a_listing_never_serves_a_record_of_an_older_encoding(
+    url: str, old_sessions: tuple[Identity, list[pb.Session]], request_: pb.ListSessionsRequest
+) -> None:
+    identity, created = old_sessions
+    server = _serve(url, NEW)
+    stubs = Stubs(f"127.0.0.1:{server.port}", identity.api_key, identity.org_id)
+    try:
+        listed = [s for r in stubs.sessions.ListSessions(request_) for s in r.sessions]
+        assert sorted(s.session_id for s in listed) == sorted(s.session_id for s in created)
+        # Every record has the field the newer encoding fills, and the revisions are unchanged.
+        assert {s.created_by for s in listed} == {identity.principal_id}
+        assert {s.session_id: s.revision for s in listed} == {
+            s.session_id: s.revision for s in created
+        }
+        # The listing rewrote the records it met, for good.
+        assert {version for version, _ in _stored(url).values()} == {NEW.version}
+    finally:
+        stubs.close()
+        server.stop()

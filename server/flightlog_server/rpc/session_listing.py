@@ -1,13 +1,8 @@
 """ListSessions: filters, sort orders and resumable keyset streaming (issue 5).
 
 The request is validated (every offending field named), the custom fields it names are resolved
-to Ready definitions, and the listing is streamed page by page, each page of ``page_size``
-sessions read by one statement of ``storage.session_listing`` through ``Database.read`` (no
-transaction block, and no connection held between pages, so a slow client holds none). A task
-reads up to ``READ_AHEAD_PAGES`` pages ahead of the one being sent, so the database works while
-gRPC sends and the client parses; a stream holds at most that many pages plus the one in flight,
-and gRPC flow control holds back the rest. A cancelled stream cancels the task, and with it any
-query in progress (psycopg cancels it in PostgreSQL), which returns the connection at once.
+to Ready definitions, and the listing is read page by page by ``services.session_listing``
+(read ahead, one statement a page, no connection held between pages).
 
 Each batch goes out as the *serialized* ``ListSessionsResponse``, built by PostgreSQL from the
 stored wire records: field 1 (``sessions``) once per session, as ``0x0A varint(len) prefix
@@ -25,10 +20,9 @@ the sort field's ID, so a token does not outlive a field that was deleted and re
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from flightlog.v1 import common_pb2
@@ -56,16 +50,13 @@ from flightlog_server.domain.types import (
     FieldValue,
 )
 from flightlog_server.rpc import convert, pagination
-from flightlog_server.services.session_query import OrderedListingQuery, prepare_listing
-from flightlog_server.storage.custom_fields import CustomFieldRepository
-from flightlog_server.storage.database import Database
-from flightlog_server.storage.session_listing import Framing, Page, SessionListingQuery
+from flightlog_server.services.session_listing import (
+    OrderedListingQuery,
+    SessionListingQuery,
+    SessionListings,
+)
 
-__all__ = ["READ_AHEAD_PAGES", "list_session_batches"]
-
-# Pages read ahead of the one being sent: the database reads while gRPC sends and the client
-# parses, and a stream holds at most this many pages plus the one in flight.
-READ_AHEAD_PAGES = 2
+__all__ = ["list_session_batches"]
 
 _SORT_KEYS = {
     pb.SESSION_SORT_FIELD_UNSPECIFIED: SortKey.CREATED,
@@ -92,7 +83,7 @@ _COMPARISONS = {
 
 
 async def list_session_batches(
-    database: Database, caller: Caller, request: pb.ListSessionsRequest
+    listings: SessionListings, caller: Caller, request: pb.ListSessionsRequest
 ) -> AsyncIterator[bytes]:
     """Serialized ``ListSessionsResponse`` batches of the listing (see module doc)."""
     v = Violations()
@@ -103,31 +94,20 @@ async def list_session_batches(
     key, descending = _check_sort(v, request.sort)
     v.raise_if_any()
 
-    async def resolve(db: Any) -> tuple[list[str], dict[str, CustomFieldDef]]:
-        repo = CustomFieldRepository(db, caller.org_id)
-        names = [c.field for c in request.filter.custom_fields]
-        if request.sort.custom_field:
-            names.append(request.sort.custom_field)
-        return await repo.ready_names(), await repo.by_names(names)
-
-    ready, definitions = await database.run(resolve)
+    names = [c.field for c in request.filter.custom_fields]
+    if request.sort.custom_field:
+        names.append(request.sort.custom_field)
+    ready, definitions = await listings.definitions(caller, names)
     spec, order = _resolve(request, key, descending, definitions)
     # Field 1 (sessions) of ListSessionsResponse, each session as prefix + stored record.
-    framing = Framing(tag=0x0A, prefix=convert.null_custom_fields(tuple(ready)))
+    framing = listings.framing(convert.null_custom_fields(tuple(ready)))
     query: SessionListingQuery | OrderedListingQuery
     position: ListPosition | KeysetPosition | None
     encode: Callable[[Any], str]
     if request.filter_text or request.order_by:
         # The filter language and multi-key orders (services.session_query).
-        query, _ = await prepare_listing(
-            database,
-            caller.org_id,
-            request.filter_text,
-            request.order_by,
-            spec,
-            order,
-            framing,
-            filter_field="filter_text",
+        query = await listings.ordered_query(
+            caller, request.filter_text, request.order_by, spec, order, framing
         )
         scope = pagination.fingerprint(
             "ListSessions/query",
@@ -153,38 +133,9 @@ async def list_session_batches(
         encode = functools.partial(_encode_position, scope)
         query = SessionListingQuery(caller.org_id, spec, order, framing)
 
-    async def read_ahead(pages: asyncio.Queue[Page[Any] | BaseException]) -> None:
-        """Reads page after page into ``pages`` (bounded: it waits while the queue is full)."""
-        after: Any = position
-        read_page: Callable[..., Awaitable[Page[Any]]] = query.page
-        try:
-            while True:
-                page = await database.read(
-                    functools.partial(read_page, after=after, limit=page_size)
-                )
-                await pages.put(page)
-                if page.count < page_size:
-                    return
-                after = page.last
-        except Exception as error:  # noqa: BLE001 - handed to the stream, which raises it
-            await pages.put(error)
-
-    pages: asyncio.Queue[Page[Any] | BaseException] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
-    reader = asyncio.create_task(read_ahead(pages))
-    try:
-        while True:
-            page = await pages.get()
-            if isinstance(page, BaseException):
-                raise page
-            for batch in page.batches:
-                yield _batch(batch.records, encode(batch.last))
-            if page.count < page_size:
-                return
-    finally:
-        # Wait for the reader to wind down, so that its connection is back in the pool before
-        # the stream ends (a cancelled task left alone returns it whenever it next runs).
-        reader.cancel()
-        await asyncio.wait([reader])
+    async for page in listings.pages(caller, query, position, page_size):
+        for batch in page.batches:
+            yield _batch(batch.records, encode(batch.last))
 
 
 # --- the wire format -------------------------------------------------------------------------

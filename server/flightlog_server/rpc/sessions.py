@@ -34,9 +34,10 @@ from flightlog_server.rpc import aggregation, convert, pagination, session_listi
 from flightlog_server.rpc.calls import current_caller
 from flightlog_server.rpc.preserialized import Serialized, length_delimited
 from flightlog_server.services.aggregation import Aggregations
+from flightlog_server.services.change_feed import Database as FeedDatabase
+from flightlog_server.services.session_listing import SessionListings
 from flightlog_server.services.session_parts import SessionParts
 from flightlog_server.services.sessions import PublishOutcome, Sessions, SessionView
-from flightlog_server.storage.database import Database
 
 pb = session_service_pb2
 Context = aio.ServicerContext[Any, Any]
@@ -55,12 +56,21 @@ MAX_BATCH_METRIC_ENTRIES = 10_000
 
 
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
-    def __init__(self, sessions: Sessions, parts: SessionParts, database: Database) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        parts: SessionParts,
+        listings: SessionListings,
+        aggregations: Aggregations,
+        feed_database: FeedDatabase,
+    ) -> None:
         self.sessions = sessions
         self.parts = parts
-        # ListSessions and WatchSessions still read through the database themselves.
-        self.database = database
-        self.aggregations = Aggregations(database)
+        self.listings = listings
+        self.aggregations = aggregations
+        # WatchSessions' readers are shared by every watch of the process, per database
+        # (services.change_feed.change_feed).
+        self.feed_database = feed_database
 
     # --- create / get / update / delete --------------------------------------------------------
 
@@ -420,7 +430,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         # wire records (rpc.session_listing); app.py registers this method with a serializer
         # that passes bytes through (rpc.preserialized), so the wire is the same as for messages.
         async for batch in session_listing.list_session_batches(
-            self.database, current_caller(), request
+            self.listings, current_caller(), request
         ):
             yield batch
 
@@ -428,7 +438,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self, request: pb.WatchSessionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchSessionsResponse]:
         async for response in watch.watch_sessions(
-            self.database, current_caller(), request, context
+            self.feed_database, current_caller(), request, context
         ):
             yield response
 

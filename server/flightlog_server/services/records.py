@@ -2,9 +2,11 @@
 
 Every record carries the version of the encoding that wrote it (``RecordFormat.version``).
 When the encoding changes (a field added to ``Session`` and filled by the encoder), the version
-is raised and the records written before are *stale*: reads re-encode them on the fly
-(``Sessions.views`` and ListSessions), so no caller is served a record that lacks the new field,
-and :func:`reencode_sessions` rewrites them for good, online, in small batches, while the server
+is raised and the records written before are *stale*. No caller is served one: GetSession and
+BatchGetSessions re-encode them on the fly (``Sessions.views``), and a listing's statement fails
+on one (``storage.session_listing.current_record``), whereupon the listing rewrites its org's
+stale records (:func:`rewrite_stale_in_org`) and reads the page again.
+:func:`reencode_sessions` rewrites them all for good, online, in small batches, while the server
 serves (``flightlog-server admin reencode-sessions``).
 """
 
@@ -57,3 +59,19 @@ async def reencode_sessions(
             if await count_stale(database, record_format, cap=1) == 0:
                 return total
             await asyncio.sleep(0.05)  # only sessions that writers hold are left: let them go
+
+
+async def rewrite_stale_in_org(
+    database: Database, record_format: RecordFormat, org_id: str, limit: int = 500
+) -> int:
+    """Rewrites up to ``limit`` of the org's stale records (sessions that writers hold are
+    skipped: they store a current record anyway); returns how many it rewrote."""
+
+    async def batch(tx: Tx) -> int:
+        stale = await store.lock_stale_in_org(tx, org_id, record_format.version, limit)
+        records = [(org, s.session_id, record_format.encode(s.state(org))) for org, s in stale]
+        if records:
+            await store.store_records(tx, record_format.version, records)
+        return len(records)
+
+    return await database.write(batch)

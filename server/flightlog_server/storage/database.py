@@ -58,6 +58,15 @@ _RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _UNAVAILABLE_CLASSES = {"08", "53", "57", "58"}
 
 
+class StaleRecord(Exception):
+    """A statement met a stored session record that an older encoding wrote (SQLSTATE FL001,
+    raised by ``flightlog_stale_record``); the caller rewrites such records and reads again."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id}'s stored record was written by an older encoding")
+        self.session_id = session_id
+
+
 class RetryTransaction(Exception):
     """Raised by a repository when what it read changed under it; the transaction is re-run."""
 
@@ -386,6 +395,8 @@ def classify(exc: BaseException) -> Exception | None:
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     if isinstance(orig, psycopg.Error) and orig.sqlstate in _RETRYABLE:
         return _Retryable(str(orig.sqlstate))
+    if isinstance(orig, psycopg.Error) and orig.sqlstate == "FL001":
+        return StaleRecord(orig.diag.message_primary or "")
     if isinstance(orig, psycopg.errors.QueryCanceled):
         return DeadlineExceeded("the database work exceeded the call's deadline")
     if isinstance(orig, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):

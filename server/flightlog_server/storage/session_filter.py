@@ -76,6 +76,7 @@ from flightlog_server.storage.session_listing import (
     _filter_params,
     _filters,
     _framed,
+    current_record,
     escape_like,
 )
 
@@ -533,7 +534,7 @@ class OrderedListingQuery:
                 order.append(sort_value.is_(None).asc())
             order.append(sort_value.desc() if key.descending else sort_value.asc())
         order.append(ids.desc() if self.id_descending else ids.asc())
-        record = _framed(s.c.wire_record, self.framing.tag).label("record")
+        record = _framed(current_record(s, self.framing), self.framing.tag).label("record")
         return (
             select(record, *values, ids)
             .select_from(source)

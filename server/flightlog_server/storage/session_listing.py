@@ -113,6 +113,22 @@ class Framing:
 
     tag: int
     prefix: bytes = b""
+    # The current encoding's version (``RecordFormat.version``): a record an older one wrote is
+    # never returned; the statement fails with ``StaleRecord`` instead (see ``current_record``).
+    record_version: int = 1
+
+
+def current_record(s: FromClause, framing: Framing) -> ColumnElement[bytes]:
+    """The session's stored record when the current encoding wrote it; otherwise a call to
+    ``flightlog_stale_record`` (migration 0007), which fails the statement with SQLSTATE FL001
+    naming the session, so that the caller rewrites the stale records and reads again."""
+    return case(
+        (
+            s.c.record_version >= literal_column(str(int(framing.record_version)), Integer()),
+            s.c.wire_record,
+        ),
+        else_=func.flightlog_stale_record(s.c.session_id),
+    )
 
 
 # A keyset position: ListPosition here, KeysetPosition in storage.session_filter.
@@ -177,6 +193,7 @@ class SessionListingQuery:
             order.descending,
             order.field.type if order.field else None,
             framing.tag,
+            framing.record_version,
             bool(spec.tags_all),
             bool(spec.tags_any),
             spec.device_id is not None,
@@ -384,7 +401,7 @@ class SessionListingQuery:
                 position = tuple_(value, ids)
                 bound = tuple_(bindparam("after_value", type_=sql_type), after_id)
                 where.append(position < bound if descending else position > bound)
-        record = _framed(s.c.wire_record, self.framing.tag).label("record")
+        record = _framed(current_record(s, self.framing), self.framing.tag).label("record")
         columns = [record, ids.label("session_id")]
         if not absent:
             columns.insert(1, value.label("sort_value"))

@@ -864,6 +864,25 @@ _STORE_RECORDS = """
 """
 
 
+_STALE_BATCH_IN_ORG = f"""
+    SELECT s.org_id, {_LOCKED_COLUMNS}
+    FROM sessions s
+    WHERE s.record_version < $1 AND s.org_id = $3
+    ORDER BY s.session_id
+    LIMIT $2
+    FOR UPDATE OF s SKIP LOCKED
+"""
+
+
+async def lock_stale_in_org(
+    tx: Tx, org_id: str, version: int, limit: int
+) -> list[tuple[str, LockedSession]]:
+    """``lock_stale`` for one org's sessions (what a listing that met a stale record rewrites
+    before reading its page again)."""
+    rows = await tx.rows(_STALE_BATCH_IN_ORG, [version, limit, org_id])
+    return [(row[0], _locked(row[1:])) for row in rows]
+
+
 async def lock_stale(tx: Tx, version: int, limit: int) -> list[tuple[str, LockedSession]]:
     """Up to ``limit`` sessions (of any org) whose record an encoding older than ``version``
     wrote, locked; sessions locked by writers are skipped (their write stores a current record
