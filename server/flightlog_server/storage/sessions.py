@@ -357,46 +357,47 @@ class StoredSession:
     metrics_device: str | None
 
 
-# A write of existing sessions is two statements, sent together. The first writes what the
-# sessions hold; the second takes the org's next revisions and stamps them: the revision column,
-# the record (its revision field appended) and one change each. The revisions come from the org's
-# ``change_feeds`` row, locked from that statement to COMMIT so that revisions become visible in
-# their order (what WatchSessions relies on); keeping the first statement's work (the columns,
-# the values, the share locks on the definitions) outside that window is what lets the org's
-# other writers through sooner: with both in one statement, 8 concurrent updates in one org
-# spent two thirds of their time in the database queued on that row.
 _STORE_SESSIONS = f"""
-WITH item AS (
-    SELECT u.ord::int AS ord, u.session_id, j.doc
-    FROM unnest($2::text[]) WITH ORDINALITY AS u(session_id, ord)
-         JOIN jsonb_array_elements($3::jsonb) WITH ORDINALITY AS j(doc, ord) ON j.ord = u.ord
+WITH head AS (
+    INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, cardinality($2::text[]))
+    ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + EXCLUDED.revision
+    RETURNING feed.revision - cardinality($2::text[]) AS base
+), item AS (
+    SELECT u.ord::int AS ord, u.session_id, u.kind, u.record, j.doc, head.base + u.ord AS revision
+    FROM head,
+         unnest($2::text[], $3::text[], $4::bytea[])
+             WITH ORDINALITY AS u(session_id, kind, record, ord)
+         JOIN jsonb_array_elements($5::jsonb) WITH ORDINALITY AS j(doc, ord) ON j.ord = u.ord
 ), stored AS (
     UPDATE sessions s SET
         name = i.doc->>'name',
         description = i.doc->>'description',
         tags = ARRAY(SELECT jsonb_array_elements_text(i.doc->'tags')),
         metadata = i.doc->'metadata',
-        modified = CASE WHEN (i.doc->>'touch')::bool THEN $4 ELSE s.modified END,
-        modified_by = CASE WHEN (i.doc->>'touch')::bool THEN $5 ELSE s.modified_by END,
-        record_version = $6
+        modified = CASE WHEN (i.doc->>'touch')::bool THEN $6 ELSE s.modified END,
+        modified_by = CASE WHEN (i.doc->>'touch')::bool THEN $7 ELSE s.modified_by END,
+        revision = i.revision,
+        record_version = $8,
+        wire_record = i.record || flightlog_revision_field(i.revision)
     FROM item i
     WHERE s.org_id = $1 AND s.session_id = i.session_id
+    RETURNING s.session_id, s.wire_record
 ), fields AS (
     -- The definitions of the values written, still Ready: share-locked until COMMIT, so that a
     -- status change waits (and then finds these values, see lock_dependents).
     SELECT custom_field_id FROM custom_fields
-    WHERE org_id = $1 AND custom_field_id = ANY($7::text[]) AND status = 'ready'
+    WHERE org_id = $1 AND custom_field_id = ANY($9::text[]) AND status = 'ready'
     FOR SHARE
 ), cleared AS (
     DELETE FROM session_custom_field_values v
-    USING item i, unnest($8::int[], $9::text[]) AS c(ord, field_id)
+    USING item i, unnest($10::int[], $11::text[]) AS c(ord, field_id)
     WHERE i.ord = c.ord AND v.org_id = $1 AND v.session_id = i.session_id
       AND v.custom_field_id = c.field_id
 ), valued AS (
     INSERT INTO session_custom_field_values
         (org_id, session_id, custom_field_id, {", ".join(_VALUE_COLUMNS)})
     SELECT $1, i.session_id, u.field_id, u.b, u.t, u.n, u.ts
-    FROM unnest($10::int[], $11::text[], $12::bool[], $13::text[], $14::float8[], $15::numeric[])
+    FROM unnest($12::int[], $13::text[], $14::bool[], $15::text[], $16::float8[], $17::numeric[])
              AS u(ord, field_id, b, t, n, ts)
     JOIN item i ON i.ord = u.ord
     ON CONFLICT (org_id, session_id, custom_field_id) DO UPDATE SET
@@ -404,44 +405,23 @@ WITH item AS (
 ), measured AS (
     INSERT INTO session_metric_values
         (org_id, session_id, metric_id, value, device_id, published, published_by)
-    SELECT $1, i.session_id, u.metric_id, u.value, u.device_id, $4, $5
-    FROM unnest($16::int[], $17::text[], $18::float8[], $19::text[])
+    SELECT $1, i.session_id, u.metric_id, u.value, u.device_id, $6, $7
+    FROM unnest($18::int[], $19::text[], $20::float8[], $21::text[])
              AS u(ord, metric_id, value, device_id)
     JOIN item i ON i.ord = u.ord
     ON CONFLICT (org_id, session_id, metric_id) DO UPDATE SET
         value = EXCLUDED.value, device_id = EXCLUDED.device_id,
         published = EXCLUDED.published, published_by = EXCLUDED.published_by
-)
-SELECT (SELECT count(*) FROM fields) = cardinality($7::text[])
-           OR flightlog_retry('a custom field changed status while values were written')
-"""
-_STAMP_REVISIONS = """
-WITH head AS (
-    INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, cardinality($2::text[]))
-    ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + EXCLUDED.revision
-    RETURNING feed.revision - cardinality($2::text[]) AS base
-), item AS (
-    SELECT u.ord::int AS ord, u.session_id, u.kind, u.record, d.devices,
-           head.base + u.ord AS revision
-    FROM head,
-         unnest($2::text[], $3::text[], $4::bytea[])
-             WITH ORDINALITY AS u(session_id, kind, record, ord)
-         JOIN jsonb_array_elements($5::jsonb) WITH ORDINALITY AS d(devices, ord) ON d.ord = u.ord
-), stored AS (
-    UPDATE sessions s SET
-        revision = i.revision,
-        wire_record = i.record || flightlog_revision_field(i.revision)
-    FROM item i
-    WHERE s.org_id = $1 AND s.session_id = i.session_id
-    RETURNING s.session_id, s.wire_record, s.tags
 ), changed AS (
     INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
-    SELECT $1, i.revision, i.session_id, i.kind, st.wire_record, st.tags,
-           ARRAY(SELECT jsonb_array_elements_text(i.devices))
+    SELECT $1, i.revision, i.session_id, i.kind, st.wire_record,
+           ARRAY(SELECT jsonb_array_elements_text(i.doc->'tags')),
+           ARRAY(SELECT jsonb_array_elements_text(i.doc->'devices'))
     FROM item i JOIN stored st ON st.session_id = i.session_id
 )
 SELECT (SELECT array_agg(revision ORDER BY ord) FROM item),
-       true,
+       (SELECT count(*) FROM fields) = cardinality($9::text[])
+           OR flightlog_retry('a custom field changed status while values were written'),
        ARRAY(SELECT name FROM custom_fields
              WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready' ORDER BY name)
 """
@@ -476,21 +456,11 @@ async def store_sessions(
     record_version: int,
     sessions: Sequence[StoredSession],
 ) -> StoreReport:
-    """Sends the statements that store the sessions (locked by this transaction), then stamp
-    their revisions and record one change each (see ``_STORE_SESSIONS``); the report is read
-    when awaited (after COMMIT, which may travel with them). The transaction is re-run when a
-    custom field written stopped being Ready since it was read."""
-    await tx.run(
-        _STORE_SESSIONS, _store_params(org_id, principal_id, now, record_version, sessions)
-    )
-    stamp = [
-        org_id,
-        [s.session_id for s in sessions],
-        [s.kind for s in sessions],
-        [s.record for s in sessions],
-        Jsonb([list(s.device_ids) for s in sessions], dumps=_dumps),
-    ]
-    return StoreReport(await tx.send(_STAMP_REVISIONS, stamp))
+    """Sends the statement that stores the sessions (locked by this transaction) and records one
+    change each; its report is read when awaited (after COMMIT, which may travel with it). The
+    transaction is re-run when a custom field written stopped being Ready since it was read."""
+    params = _store_params(org_id, principal_id, now, record_version, sessions)
+    return StoreReport(await tx.send(_STORE_SESSIONS, params))
 
 
 def _store_params(
@@ -518,6 +488,7 @@ def _store_params(
                 "description": s.description,
                 "tags": list(s.tags),
                 "metadata": s.metadata,
+                "devices": list(s.device_ids),
                 "touch": s.touch,
             }
         )
@@ -540,6 +511,8 @@ def _store_params(
     return [
         org_id,
         [s.session_id for s in sessions],
+        [s.kind for s in sessions],
+        [s.record for s in sessions],
         Jsonb(docs, dumps=_dumps),
         now,
         principal_id,
