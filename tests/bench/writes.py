@@ -59,12 +59,19 @@ def _update(identity: Identity, ids: Sequence[str]) -> Call:
     custom fields and a metric in one call."""
     md = metadata(identity)
     turn = 0
+    # Each caller task keeps to its own session: with a session per call in turn instead, a
+    # call could start on a session whose previous update was still in flight and wait for it.
+    owners: dict[asyncio.Task[Any] | None, str] = {}
 
     async def call(stub: Any) -> Any:
         nonlocal turn
         turn += 1
+        task = asyncio.current_task()
+        session_id = owners.get(task)
+        if session_id is None:
+            session_id = owners[task] = ids[len(owners) % len(ids)]
         request = pb.UpdateSessionRequest(
-            session_id=ids[turn % len(ids)],
+            session_id=session_id,
             metadata_changeset=pb.MetadataChangeset(put_tags=[f"t{turn % 16}"]),
             custom_fields_changeset=pb.CustomFieldChangeset(
                 set_fields={
