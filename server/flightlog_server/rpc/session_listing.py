@@ -20,6 +20,7 @@ the sort field's ID, so a token does not outlive a field that was deleted and re
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import AsyncIterator, Callable
@@ -133,9 +134,11 @@ async def list_session_batches(
         encode = functools.partial(_encode_position, scope)
         query = SessionListingQuery(caller.org_id, spec, order, framing)
 
-    async for page in listings.pages(caller, query, position, page_size):
-        for batch in page.batches:
-            yield _batch(batch.records, encode(batch.last))
+    # Closed as soon as this stream ends, however it ends: its read-ahead task goes with it.
+    async with contextlib.aclosing(listings.pages(caller, query, position, page_size)) as pages:
+        async for page in pages:
+            for batch in page.batches:
+                yield _batch(batch.records, encode(batch.last))
 
 
 # --- the wire format -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from flightlog_server.domain.errors import DatabaseUnavailable
@@ -103,7 +103,7 @@ class SessionListings:
 
     async def pages(
         self, caller: Caller, query: PagedQuery[Any], after: Any, page_size: int
-    ) -> AsyncIterator[Page[Any]]:
+    ) -> AsyncGenerator[Page[Any], None]:
         """The listing's pages from ``after``, read ahead (see module doc); the last one holds
         fewer than ``page_size`` sessions."""
 
