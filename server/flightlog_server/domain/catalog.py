@@ -129,14 +129,6 @@ class CheckedFile:
 
 
 @dataclass(frozen=True)
-class Extent:
-    """A closed time extent of a topic partition, as stored (offset not applied)."""
-
-    min_ns: int
-    max_ns: int
-
-
-@dataclass(frozen=True)
 class DeviceRecord:
     device_id: str
     org_id: str

@@ -505,10 +505,3 @@ async def close_change_feed(database: Database) -> None:
 def existing_change_feed(database: Database) -> ChangeFeed | None:
     """The change feed of ``database``, if a watcher ever made one (tests and the bench)."""
     return _feeds.get(database)
-
-
-def org_shared_reads(database: Database, org_id: str) -> int | None:
-    """How many shared reads the org's reader has made, while it has watchers."""
-    feed = _feeds.get(database)
-    reader = feed.reader(org_id) if feed is not None else None
-    return reader.shared_reads if reader is not None else None

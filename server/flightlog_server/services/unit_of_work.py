@@ -412,7 +412,8 @@ async def write_sessions(
         await tx.commit()  # sent right behind the last statement: one round trip for both
         written = await outcome()
         if written.sessions:
-            await sql.notify_changes(tx, caller.org_id)
+            last = max(w.revision for w in written.sessions.values())
+            await sql.notify_changes(tx, caller.org_id, last)
         return result, written
 
     return await database.write(attempt)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from psycopg import AsyncCopy
-from sqlalchemy import Table, and_, delete, func, select, text, tuple_, update
+from sqlalchemy import Table, and_, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -553,19 +553,6 @@ class CatalogRepository:
             )
             while rows := await cursor.fetchmany(_EXTENT_ROWS_PER_FETCH):
                 yield rows
-
-    async def set_offset(self, file_id: str, offset: int) -> FileRecord:
-        row = (
-            await self.db.execute(
-                update(F)
-                .where(F.c.org_id == self.org_id, F.c.file_id == file_id)
-                .values(unix_epoch_offset_ns=offset)
-                .returning(F)
-            )
-        ).one_or_none()
-        if row is None:
-            raise NotFound("file", [file_id])
-        return _file(row)
 
     async def delete_file(self, file_id: str) -> None:
         """Deletes the file with its partitions and extents (cascade). Topic identities stay:

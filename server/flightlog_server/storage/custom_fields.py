@@ -2,9 +2,8 @@
 
 A session's stored wire record shows the values of Ready fields only, so a write that moves a
 field to or away from Ready, or deletes it, must refresh the record of every session holding a
-value for it, in the same transaction. ``lock_sessions_with_values`` takes the locks for that in
-the order session writes take them (sessions in ID order, then the definition), so the set of
-sessions cannot change until commit.
+value for it, in the same transaction: the unit of work's ``lock_dependents`` (one protocol for
+files, devices and custom fields, in ``storage.sessions``) takes those locks.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from flightlog_server.domain.errors import AlreadyExists, NotFound
 from flightlog_server.domain.rules import CUSTOM_FIELD_NAME, new_id
 from flightlog_server.domain.types import CustomFieldDef, CustomFieldStatus, CustomFieldType
 from flightlog_server.storage import models as m
-from flightlog_server.storage.database import Pending, RetryTransaction, Row, Tx
+from flightlog_server.storage.database import Pending, Row, Tx
 
 CF = m.table(m.CustomField)
 V = m.table(m.SessionCustomFieldValue)
@@ -145,32 +144,6 @@ class CustomFieldRepository:
         if after is not None:
             query = query.where(tuple_(CF.c.name, CF.c.custom_field_id) > tuple_(*after))
         return [definition_from_row(row) for row in await self.db.execute(query)]
-
-    async def lock_sessions_with_values(
-        self, custom_field_id: str
-    ) -> tuple[CustomFieldDef, list[str]]:
-        """Locks, in ID order, every session holding a value for the field, then the definition
-        (``FOR UPDATE``, which also holds off new values: inserting one takes a key-share lock
-        on it). Returns the locked definition and the sessions; NOT_FOUND when the field is not
-        in the org. Re-runs the transaction if a value appeared or went meanwhile."""
-
-        holders = (
-            select(V.c.session_id)
-            .where(V.c.org_id == self.org_id, V.c.custom_field_id == custom_field_id)
-            .order_by(V.c.session_id)
-        )
-        sessions = list(
-            await self.db.scalars(
-                select(S.c.session_id)
-                .where(S.c.org_id == self.org_id, S.c.session_id.in_(holders.order_by(None)))
-                .order_by(S.c.session_id)
-                .with_for_update()
-            )
-        )
-        definition = await self.get(custom_field_id, lock=True)
-        if list(await self.db.scalars(holders)) != sessions:
-            raise RetryTransaction(f"values of {custom_field_id} changed while locking")
-        return definition, sessions
 
     async def update(
         self,

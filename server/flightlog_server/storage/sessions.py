@@ -62,14 +62,14 @@ CHANGES_CHANNEL = "flightlog_session_changes"
 # wake-up, which the readers' periodic check makes up for). Payload: "<org_id>:<revision>".
 _NOTIFY = f"""
 SELECT set_config('synchronous_commit', 'off', true),
-       pg_notify('{CHANGES_CHANNEL}',
-                 $1 || ':' || (SELECT revision FROM change_feeds WHERE org_id = $1))
+       pg_notify('{CHANGES_CHANNEL}', $1 || ':' || $2)
 """
 
 
-async def notify_changes(tx: Tx, org_id: str) -> None:
-    """Wakes the org's feed readers; call it after the write's COMMIT (see ``_NOTIFY``)."""
-    await tx.run(_NOTIFY, [org_id])
+async def notify_changes(tx: Tx, org_id: str, revision: int) -> None:
+    """Wakes the org's feed readers to ``revision``, the write's last; call it after the
+    write's COMMIT (see ``_NOTIFY``)."""
+    await tx.run(_NOTIFY, [org_id, str(revision)])
     await tx.commit()
 
 
