@@ -24,6 +24,8 @@ another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -33,6 +35,7 @@ from typing import Any, TypeVar
 
 import psycopg.errors
 from psycopg import AsyncRawCursor
+from psycopg.types.json import Jsonb
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
@@ -85,10 +88,21 @@ class Tx:
     def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
         self.connection = connection
         self.committing = False
+        # Leaves pipeline mode (set by Database while the transaction is in it).
+        self._leave_pipeline: Callable[[], Awaitable[None]] | None = None
 
     async def send(self, sql: str, params: Sequence[Any] = ()) -> Pending:
         """Sends a statement; its result is read from the returned ``Pending`` when needed (an
         error surfaces then, or at COMMIT)."""
+        if self._leave_pipeline is not None:
+            params = _predumped(params)
+            if _approximate_size(params) > _MAX_PIPELINED_BYTES:
+                # psycopg can stall sending a large message in pipeline mode (its issue #685;
+                # here over Unix sockets: PostgreSQL waits in ClientRead for the rest of a
+                # 900 KiB BatchCreateSessions). The transaction goes on outside pipeline mode:
+                # leaving it sends and reads what is pending, so earlier results stay readable.
+                leave, self._leave_pipeline = self._leave_pipeline, None
+                await leave()
         cursor = AsyncRawCursor(self.connection)
         await cursor.execute(sql, params, binary=True)
         return Pending(cursor)
@@ -112,6 +126,44 @@ class Tx:
         sent before stay readable from their ``Pending``."""
         self.committing = True
         await self.connection.commit()
+
+
+# Statements whose parameters exceed this go outside pipeline mode (see ``Tx.send``).
+_MAX_PIPELINED_BYTES = 64 * 1024
+
+
+def _predumped(params: Sequence[Any]) -> Sequence[Any]:
+    """``params`` with every ``Jsonb`` dumped now (and not again by psycopg), so that its size
+    is known."""
+    if not any(isinstance(p, Jsonb) for p in params):
+        return params
+    out: list[Any] = []
+    for p in params:
+        if isinstance(p, Jsonb) and not isinstance(p, _Dumped):
+            p = _Dumped(p)
+        out.append(p)
+    return out
+
+
+class _Dumped(Jsonb):
+    """A ``Jsonb`` whose JSON text is made once."""
+
+    def __init__(self, value: Jsonb) -> None:
+        self.text = (value.dumps or json.dumps)(value.obj)
+        super().__init__(value.obj, dumps=lambda _: self.text)
+
+
+def _approximate_size(params: Sequence[Any]) -> int:
+    """About how many bytes ``params`` take on the wire (text, bytes, JSON, their arrays)."""
+    size = 0
+    for p in params:
+        if isinstance(p, str | bytes):
+            size += len(p)
+        elif isinstance(p, _Dumped):
+            size += len(p.text)
+        elif isinstance(p, list):
+            size += sum(len(x) + 4 for x in p if isinstance(x, str | bytes)) + 8 * len(p)
+    return size
 
 
 class Pending:
@@ -239,7 +291,9 @@ class Database:
                 tx = Tx(driver)
                 try:
                     if transaction:
-                        async with driver.pipeline():
+                        async with contextlib.AsyncExitStack() as pipeline:
+                            await pipeline.enter_async_context(driver.pipeline())
+                            tx._leave_pipeline = pipeline.aclose
                             await self._bound_by_deadline_raw(tx)
                             yield tx
                             await tx.commit()
