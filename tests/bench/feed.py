@@ -6,6 +6,10 @@
   (``python -m tests.bench.feed watchers ...``) and record when each change reaches each of
   them; a change's delivery lag is that time less the time its writer got its response. Every
   watcher must receive every change of the run exactly once, in order.
+* The server's CPU per watch response, against a bare grpc.aio server that only yields as many
+  responses of the same size a second to as many streams (``python -m tests.bench.feed
+  bare-server ...``, its client in a process of its own): gRPC's own cost per response, the
+  floor under the feed's, since the feed sends one response per watcher per read.
 * Live delivery after a database restart: a watcher stays open on a server whose PostgreSQL (a
   private cluster, ``tests.reliability.private_postgres``) is stopped and started again; the
   figure is the time from the database answering again (``pg_ctl start -w`` returning) to the
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -31,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +104,7 @@ async def _watch(target: str, api_key: str, org_id: str, count: int, out: str) -
     stop_at: list[int] = []
     reached = asyncio.Event()
     done = [False] * count
+    responses = [0, 0]  # how many, and their bytes
 
     async def one(i: int) -> None:
         call = stubs[i % len(stubs)].WatchSessions(
@@ -104,6 +112,8 @@ async def _watch(target: str, api_key: str, org_id: str, count: int, out: str) -
         )
         async for response in call:
             now = time.time()
+            responses[0] += 1
+            responses[1] += response.ByteSize()
             for change in response.changes:
                 watcher_ids.append(i)
                 revisions.append(change.revision)
@@ -137,14 +147,34 @@ async def _watch(target: str, api_key: str, org_id: str, count: int, out: str) -
     for channel in channels:
         await channel.close(None)
     with open(out, "wb") as f:
-        json_header = json.dumps({"count": len(revisions), "start": start_revision}).encode()
+        json_header = json.dumps(
+            {
+                "count": len(revisions),
+                "start": start_revision,
+                "responses": responses[0],
+                "response_bytes": responses[1],
+            }
+        ).encode()
         f.write(len(json_header).to_bytes(4, "little") + json_header)
         watcher_ids.tofile(f)
         revisions.tofile(f)
         times.tofile(f)
 
 
-def _read_receipts(path: str) -> tuple[list[int], list[int], list[int], list[float]]:
+@dataclass
+class _Receipts:
+    """What the watchers' process recorded: each watcher's start, each delivery (watcher,
+    revision, time received), and the responses' count and bytes."""
+
+    starts: list[int]
+    ids: list[int]
+    revisions: list[int]
+    times: list[float]
+    responses: int
+    response_bytes: int
+
+
+def _read_receipts(path: str) -> _Receipts:
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(4), "little")
         header = json.loads(f.read(size))
@@ -153,7 +183,14 @@ def _read_receipts(path: str) -> tuple[list[int], list[int], list[int], list[flo
         ids.fromfile(f, count)
         revisions.fromfile(f, count)
         times.fromfile(f, count)
-    return header["start"], list(ids), list(revisions), list(times)
+    return _Receipts(
+        header["start"],
+        list(ids),
+        list(revisions),
+        list(times),
+        header["responses"],
+        header["response_bytes"],
+    )
 
 
 # --- the rows ------------------------------------------------------------------------------------
@@ -164,11 +201,22 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+@dataclass
+class _Phase:
+    """One phase of writes with the watchers open."""
+
+    latencies: list[float]  # each write's, in seconds
+    lags: list[float]  # each delivery's, in seconds
+    cpu: float  # the server's CPU seconds over the phase
+    elapsed: float  # the phase's seconds
+    responses: int  # the watch responses the watchers received
+    response_bytes: int
+
+
 def _with_watchers(
     server: ServerProcess, identity: Identity, watchers: int, seconds: float, folder: Path
-) -> tuple[list[float], list[float], float]:
-    """One phase of writes with ``watchers`` watchers open: the writes' latencies, the
-    delivery lags and the server's CPU time per write, having checked that every watcher
+) -> _Phase:
+    """One phase of writes with ``watchers`` watchers open, having checked that every watcher
     received every change once, in order."""
     receipts = str(folder / "receipts.bin")
     process = subprocess.Popen(
@@ -183,9 +231,11 @@ def _with_watchers(
         ready = process.stdout.readline().split()
         if not ready or ready[0] != "READY":
             raise RuntimeError(f"the watchers did not start: {ready}")
-        cpu = _cpu_seconds(server)
+        cpu = _cpu_seconds(server.process.pid)
+        started = time.monotonic()
         latencies, acked = asyncio.run(_write(server.target, identity, seconds))
-        cpu = _cpu_seconds(server) - cpu
+        elapsed = time.monotonic() - started
+        cpu = _cpu_seconds(server.process.pid) - cpu
         final = max(acked)
         process.stdin.write(f"STOP {final}\n")
         process.stdin.flush()
@@ -193,67 +243,72 @@ def _with_watchers(
     finally:
         if process.poll() is None:
             process.kill()
-    starts, ids, revisions, times = _read_receipts(receipts)
+    got = _read_receipts(receipts)
     per_watcher: list[list[int]] = [[] for _ in range(watchers)]
-    for i, revision in zip(ids, revisions, strict=True):
+    for i, revision in zip(got.ids, got.revisions, strict=True):
         per_watcher[i].append(revision)
-    for i, got in enumerate(per_watcher):
-        expected = list(range(starts[i] + 1, starts[i] + 1 + len(got)))
-        assert got == expected, f"watcher {i} received {len(got)} changes out of order"
-        assert got and got[-1] >= final, f"watcher {i} stopped at {got[-1] if got else None}"
-    lags = [times[k] - acked[r] for k, r in enumerate(revisions) if r in acked]
+    for i, received in enumerate(per_watcher):
+        expected = list(range(got.starts[i] + 1, got.starts[i] + 1 + len(received)))
+        assert received == expected, f"watcher {i} received {len(received)} changes out of order"
+        assert received and received[-1] >= final, f"watcher {i} stopped before {final}"
+    lags = [got.times[k] - acked[r] for k, r in enumerate(got.revisions) if r in acked]
     log(
         f"  {watchers} watchers: write p50 {statistics.median(latencies) * 1000:.1f} ms,"
-        f" {len(acked):,} writes, {len(revisions):,} deliveries"
+        f" {len(acked):,} writes, {len(got.revisions):,} deliveries in {got.responses:,}"
+        " responses"
     )
-    return latencies, lags, cpu / len(latencies)
+    return _Phase(latencies, lags, cpu, elapsed, got.responses, got.response_bytes)
 
 
-def _cpu_seconds(server: ServerProcess) -> float:
-    """The CPU time the server process has used (user and system)."""
-    with open(f"/proc/{server.process.pid}/stat") as stat:
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time process ``pid`` has used (user and system)."""
+    with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list[Row]:
-    """Write p50 with ``watchers`` watchers of the org against none, and the delivery lag.
-    Phases alternate (none, with, none, with, ..., none) so that the machine's drift weighs on
-    both sides."""
+    """Write p50 with ``watchers`` watchers of the org against none, the delivery lag, and the
+    server's CPU per watch response against a bare gRPC server's. Phases alternate (none, with,
+    none, with, ..., none) so that the machine's drift weighs on both sides."""
     identity = create_identity(url, f"bench-feed-{secrets.token_hex(3)}")
     folder = Path(tempfile.mkdtemp(prefix="flightlog-feed-bench-"))
     without: list[list[float]] = []
-    with_watchers: list[float] = []
-    lags: list[float] = []
-    cpu_with: list[float] = []
+    phases: list[_Phase] = []
     cpu_without: list[float] = []
     try:
         with ServerProcess("real", url) as server:
             for phase in range(2 * rounds + 1):
                 if phase % 2:
-                    latencies, phase_lags, cpu = _with_watchers(
-                        server, identity, watchers, seconds, folder
-                    )
-                    with_watchers += latencies
-                    lags += phase_lags
-                    cpu_with.append(cpu)
+                    phases.append(_with_watchers(server, identity, watchers, seconds, folder))
                 else:
-                    cpu = _cpu_seconds(server)
+                    cpu = _cpu_seconds(server.process.pid)
                     latencies, _ = asyncio.run(_write(server.target, identity, seconds))
-                    cpu_without.append((_cpu_seconds(server) - cpu) / len(latencies))
+                    cpu_without.append((_cpu_seconds(server.process.pid) - cpu) / len(latencies))
                     without.append(latencies)
                     log(f"  no watchers: write p50 {statistics.median(latencies) * 1000:.1f} ms")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    deliveries = len(lags)
+    lags = [lag for phase in phases for lag in phase.lags]
     baseline = statistics.median([x for phase in without for x in phase])
-    ours = statistics.median(with_watchers)
+    ours = statistics.median([x for phase in phases for x in phase.latencies])
     ratio = ours / baseline
     p99 = _percentile(lags, 0.99) * 1000
     p50_lag = _percentile(lags, 0.50) * 1000
+    write_cpu = statistics.median(cpu_without)
+    cpu_with = statistics.median([p.cpu / len(p.latencies) for p in phases])
+    # The feed's share of the server's CPU: what the phase used beyond its writes' cost without
+    # watchers, per response sent; against a bare grpc.aio server sending as many responses of
+    # the same size a second to as many streams (gRPC's own cost: the physical limit here).
+    feed_cpu = sum(p.cpu - write_cpu * len(p.latencies) for p in phases)
+    responses = sum(p.responses for p in phases)
+    per_response = feed_cpu / responses
+    rate = responses / sum(p.elapsed for p in phases)
+    size = sum(p.response_bytes for p in phases) // responses
+    bare = _bare_grpc_cost(watchers, rate, size, seconds)
     note = (
         f"{WRITERS} writers, {rounds} phases of {seconds:.0f} s with the watchers between"
-        f" {rounds + 1} without; {deliveries:,} deliveries, each change to each watcher once"
+        f" {rounds + 1} without; {len(lags):,} deliveries, each change to each watcher once"
         " and in order; no-watcher p50 of each phase: "
         + "/".join(f"{statistics.median(p) * 1000:.1f}" for p in without)
         + " ms"
@@ -272,13 +327,25 @@ def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list
         ),
         Row(
             f"server CPU per write, {watchers} watchers of the org",
-            statistics.median(cpu_with) * 1000,
+            cpu_with * 1000,
             "ms",
-            statistics.median(cpu_without) * 1000,
+            write_cpu * 1000,
             "ms (no watchers)",
-            statistics.median(cpu_with) / statistics.median(cpu_without),
+            cpu_with / write_cpu,
             note="user + system time of the server process over a phase, per write (median"
             " of the phases): less sensitive than latency to other work on the machine",
+        ),
+        Row(
+            f"server CPU per watch response, {watchers} watchers",
+            per_response * 1e6,
+            "us",
+            bare * 1e6,
+            "us (bare grpc.aio server, same rate and size)",
+            per_response / bare,
+            note=f"{rate:,.0f} responses/s of {size:,} bytes; ours: the phases' server CPU beyond"
+            " their writes' cost without watchers, per response (the shared read, fan-out,"
+            " encoding and sending); bare: a grpc.aio server doing nothing but yield the same"
+            " bytes to as many streams over as many connections (what gRPC itself costs)",
         ),
         Row(
             f"change delivery lag p99, {watchers} watchers, {WRITERS} writers",
@@ -289,6 +356,76 @@ def bench_watchers(url: str, watchers: int, seconds: float, rounds: int) -> list
             note=f"from the writer's response to the watcher's receipt; p50 {p50_lag:.1f} ms",
         ),
     ]
+
+
+# --- gRPC's own cost per streamed response -------------------------------------------------------
+
+
+def _bare_grpc_cost(streams: int, rate: float, size: int, seconds: float) -> float:
+    """Server CPU seconds per response of a grpc.aio server that only yields ``size`` bytes at
+    ``rate`` responses a second in all, spread over ``streams`` streams (``WATCHER_CHANNELS``
+    connections), its client in another process."""
+    output = subprocess.run(
+        [
+            sys.executable, "-m", "tests.bench.feed", "bare-server",
+            str(streams), str(rate), str(size), str(seconds),
+        ],
+        capture_output=True, text=True, timeout=120 + seconds, check=True,
+    ).stdout  # fmt: skip
+    return float(output.split()[-1])
+
+
+async def _bare_server(streams: int, rate: float, size: int, seconds: float) -> float:
+    payload = b"\x00" * size
+    wakes: list[asyncio.Event] = []
+
+    async def stream(request: bytes, context: object) -> AsyncIterator[bytes]:
+        wake = asyncio.Event()
+        wakes.append(wake)
+        while True:
+            await wake.wait()
+            wake.clear()
+            yield payload
+
+    server = aio.server()
+    handler = grpc.unary_stream_rpc_method_handler(stream)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("bench.Bare", {"Stream": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.feed", "bare-client", str(port), str(streams)]
+    )
+    try:
+        while len(wakes) < streams:
+            await asyncio.sleep(0.01)
+        interval = streams / rate  # every stream gets a response this often, as the feed does
+        loop = asyncio.get_running_loop()
+        cpu, started, sent = _cpu_seconds(os.getpid()), loop.time(), 0
+        while loop.time() - started < seconds:
+            for wake in wakes:
+                wake.set()
+            sent += streams
+            await asyncio.sleep(interval)
+        return (_cpu_seconds(os.getpid()) - cpu) / sent
+    finally:
+        client.kill()
+        client.wait()
+        await server.stop(None)
+
+
+async def _bare_client(port: int, streams: int) -> None:
+    channels = [aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(WATCHER_CHANNELS)]
+
+    async def one(i: int) -> None:
+        method = channels[i % len(channels)].unary_stream(
+            "/bench.Bare/Stream", request_serializer=None, response_deserializer=None
+        )
+        async for _ in method(b""):
+            pass
+
+    await asyncio.gather(*(one(i) for i in range(streams)))
 
 
 def bench_restart(repeats: int) -> Row:
@@ -383,6 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "watchers":
         target, api_key, org_id, count, out = args[1:6]
         asyncio.run(_watch(target, api_key, org_id, int(count), out))
+        return 0
+    if args and args[0] == "bare-server":
+        streams, rate, size, seconds = args[1:5]
+        cost = asyncio.run(_bare_server(int(streams), float(rate), int(size), float(seconds)))
+        print(f"{cost:.9f}")
+        return 0
+    if args and args[0] == "bare-client":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_bare_client(int(args[1]), int(args[2])))
         return 0
     parser = argparse.ArgumentParser(prog="python -m tests.bench.feed", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="50 watchers, shorter phases")

@@ -434,13 +434,12 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         ):
             yield batch
 
-    async def WatchSessions(
+    def WatchSessions(
         self, request: pb.WatchSessionsRequest, context: Context
-    ) -> AsyncIterator[pb.WatchSessionsResponse]:
-        async for response in watch.watch_sessions(
-            self.feed_database, current_caller(), request, context
-        ):
-            yield response
+    ) -> AsyncIterator[Serialized]:
+        # The stream itself, not a generator around it: a live feed sends many responses, and
+        # each generator layer costs every one of them a resumption.
+        return watch.watch_sessions(self.feed_database, current_caller(), request, context)
 
 
 # --- requests in, domain out ------------------------------------------------------------------
