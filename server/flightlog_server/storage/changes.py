@@ -40,7 +40,10 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
+    Integer,
     Interval,
+    Select,
     Text,
     and_,
     any_,
@@ -194,32 +197,15 @@ class ChangeRepository:
 
         A gap right after ``after`` means pruning overtook the reader: ``RevisionExpired``.
         """
-        matched = flt.condition()
-        record_bytes = func.coalesce(case((matched, func.octet_length(CH.c.wire_record))), 0)
-        examined = (
-            select(
-                CH.c.revision,
-                CH.c.session_id,
-                CH.c.kind,
-                CH.c.committed,
-                CH.c.tags,
-                CH.c.device_ids,
-                matched.label("matched"),
-                case((matched, CH.c.wire_record)).label("record"),
-                record_bytes.label("size"),
-                # Bytes up to and including this row; a window over the keyset scan, streamed.
-                func.sum(record_bytes).over(order_by=CH.c.revision).label("running"),
-            )
-            .where(CH.c.org_id == self.org_id, CH.c.revision > after)
-            .order_by(CH.c.revision)
-            .limit(max_rows)
-            .subquery()
-        )
         rows = (
             await self.db.execute(
-                select(examined)
-                .where(examined.c.running - examined.c.size < max_bytes)
-                .order_by(examined.c.revision)
+                _read_statement(flt),
+                {
+                    "org_id": self.org_id,
+                    "after": after,
+                    "max_rows": max_rows,
+                    "max_bytes": max_bytes,
+                },
             )
         ).all()
         if rows and rows[0].revision != after + 1:
@@ -241,6 +227,40 @@ class ChangeRepository:
         ]
         more = len(rows) == max_rows or (bool(rows) and int(rows[-1].running) >= max_bytes)
         return ChangeBatch(changes, more)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_statement(flt: ChangeFilter) -> Select[Any]:
+    """The statement ``ChangeRepository.read`` runs for ``flt`` (``org_id``, ``after``,
+    ``max_rows`` and ``max_bytes`` bound at execution). Built once per filter: the shared
+    readers of ``services.change_feed`` run it several times a second per org, and building it
+    cost more of the server than running it."""
+    matched = flt.condition()
+    record_bytes = func.coalesce(case((matched, func.octet_length(CH.c.wire_record))), 0)
+    examined = (
+        select(
+            CH.c.revision,
+            CH.c.session_id,
+            CH.c.kind,
+            CH.c.committed,
+            CH.c.tags,
+            CH.c.device_ids,
+            matched.label("matched"),
+            case((matched, CH.c.wire_record)).label("record"),
+            record_bytes.label("size"),
+            # Bytes up to and including this row; a window over the keyset scan, streamed.
+            func.sum(record_bytes).over(order_by=CH.c.revision).label("running"),
+        )
+        .where(CH.c.org_id == bindparam("org_id"), CH.c.revision > bindparam("after"))
+        .order_by(CH.c.revision)
+        .limit(bindparam("max_rows", type_=Integer))
+        .subquery()
+    )
+    return (
+        select(examined)
+        .where(examined.c.running - examined.c.size < bindparam("max_bytes", type_=BigInteger))
+        .order_by(examined.c.revision)
+    )
 
 
 # --- Retention -----------------------------------------------------------------------------------
