@@ -23,7 +23,7 @@ from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc
 from flightlog_server.app import ServerSettings
 from flightlog_server.services import change_feed
-from flightlog_server.services.change_feed import OrgReader
+from flightlog_server.services.change_feed import ChangeFilter, OrgReader, StoredChange
 from flightlog_server.storage.database import DatabaseSettings
 from flightlog_server.storage.migrate import upgrade
 from tests.reliability.private_postgres import PrivatePostgres
@@ -80,7 +80,7 @@ class Reads:
 
 
 def test_fifty_watchers_of_one_org_cost_one_feed_read_per_change(
-    org: Org, server: ServerThread, watchers: Any
+    org: Org, server: ServerThread, watchers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = create(org.stubs, name="first")
     opened: list[Watcher] = [watchers(org.stubs, after_revision=0) for _ in range(50)]
@@ -88,6 +88,15 @@ def test_fifty_watchers_of_one_org_cost_one_feed_read_per_change(
         assert summary(w.until(1)) == [(1, first.session_id, CREATED)]  # replayed by itself
     reader = wait_attached(server, org.org_id, 50)
     before = Reads.of(reader)
+    tests_of_the_filter = 0
+    matches = ChangeFilter.matches
+
+    def counted(self: ChangeFilter, change: StoredChange) -> bool:
+        nonlocal tests_of_the_filter
+        tests_of_the_filter += 1
+        return matches(self, change)
+
+    monkeypatch.setattr(ChangeFilter, "matches", counted)
 
     written = [rename(org.stubs, first.session_id, f"name {i}") for i in range(20)]
     assert [s.revision for s in written] == list(range(2, 22))
@@ -101,6 +110,8 @@ def test_fifty_watchers_of_one_org_cost_one_feed_read_per_change(
     assert reads.rows == 20  # every change read once for all fifty watchers
     assert 1 <= reads.shared <= 20  # at most one query per change (several when they coalesce)
     assert reader.attached_count == 50
+    # The fifty share one filter: it is applied once per change, not once per watcher.
+    assert tests_of_the_filter == 20
 
 
 def test_concurrent_writers_reach_every_shared_watcher_once_in_order(

@@ -4,13 +4,14 @@ One reader per org per process
 ------------------------------
 Every watcher of an org shares one :class:`OrgReader`. When the notifier says the org has new
 changes, the reader runs ONE query for the rows after its position (unfiltered) and fans them out,
-in memory, to every watcher *attached* to it; each watcher applies its own filter
-(``ChangeFilter.matches``, the same test as the SQL one) and keeps its own position. So a change
-costs one feed query per process however many watchers follow the org
-(``OrgReader.shared_reads`` counts them). Under a stream of changes the reader gathers them: it
-reads at most every ``watchers / RESPONSES_PER_SECOND`` seconds (``MAX_GATHER_SECONDS`` at most),
-because each read sends one response to each watcher, and those responses, not the query, are
-what a change costs the server (see the README's "Performance").
+in memory, to every watcher *attached* to it: each distinct filter is applied once per read
+(``ChangeFilter.matches``, the same test as the SQL one), the watchers that share it share the
+resulting update, and each keeps its own position. So a change costs one feed query per process
+however many watchers follow the org (``OrgReader.shared_reads`` counts them), and one response
+per watcher. Under a stream of changes the reader gathers them: it reads at most every
+``watchers / RESPONSES_PER_SECOND`` seconds (``MAX_GATHER_SECONDS`` at most), because each read
+sends one response to each watcher, and those responses, not the query, are what a change costs
+the server (see the README's "Performance").
 
 A watcher is attached or detached:
 
