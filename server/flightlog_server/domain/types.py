@@ -88,9 +88,10 @@ class WireValue:
     value: FieldValue | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContributionSpec:
-    """A file to add to a session, whole (no bounds) or clipped to a closed window."""
+    """A file to add to a session, whole (no bounds) or clipped to a closed window. (Slotted:
+    AddSessionFiles makes up to 10,000 of them per call, and a request's memory is bounded.)"""
 
     file_id: str
     range_min_ns: int | None

@@ -731,14 +731,18 @@ async def find_request_ids(
 
 # --- contributions and attachments ---------------------------------------------------------------
 
+# The file IDs come as one text, a line each, and bounds that are all NULL as empty arrays (unnest
+# pads the shorter arrays with NULLs): psycopg dumps each element of an array parameter as an
+# object of its own, which for 10,000 files was a megabyte for one request. (IDs are validated
+# before: letters, digits and "_" only.)
 _ADD_CONTRIBUTIONS = """
 WITH wanted AS (
-    SELECT * FROM unnest($3::text[], $4::int8[], $5::int8[])
+    SELECT * FROM unnest(string_to_array($3::text, E'\\n'), $4::int8[], $5::int8[])
         WITH ORDINALITY AS u(file_id, range_min_ns, range_max_ns, ord)
 ), found AS (
     -- KEY SHARE keeps the files from being deleted, or their offsets changed, until COMMIT.
     SELECT f.file_id FROM files f
-    WHERE f.org_id = $1 AND f.file_id = ANY($3::text[])
+    WHERE f.org_id = $1 AND f.file_id = ANY(string_to_array($3::text, E'\\n'))
     FOR KEY SHARE
 ), added AS (
     INSERT INTO session_files
@@ -761,14 +765,15 @@ async def add_contributions(
 ) -> None:
     """Adds or replaces a (locked) session's contributions, in one statement; NOT_FOUND naming
     every file not in the org (nothing is added then: the transaction rolls back)."""
+    windowed = any(s.range_min_ns is not None for s in specs)
     row = await tx.one(
         _ADD_CONTRIBUTIONS,
         [
             caller.org_id,
             session_id,
-            [s.file_id for s in specs],
-            [s.range_min_ns for s in specs],
-            [s.range_max_ns for s in specs],
+            "\n".join(s.file_id for s in specs),
+            [s.range_min_ns for s in specs] if windowed else [],
+            [s.range_max_ns for s in specs] if windowed else [],
             caller.principal_id,
         ],
     )
