@@ -113,7 +113,7 @@ def encode_change(change: StoredChange, ready: tuple[str, ...]) -> bytes:
 
 def response_bytes(update: feed.FeedUpdate) -> bytes:
     """A serialized ``WatchSessionsResponse``: the encoded changes, then the revision."""
-    return b"".join(update.changes) + _REVISION_KEY + _varint(update.revision)
+    return b"".join((*update.changes, _REVISION_KEY, _varint(update.revision)))  # one copy
 
 
 def _varint(value: int) -> bytes:
