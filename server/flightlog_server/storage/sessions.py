@@ -191,13 +191,13 @@ async def read_sessions(tx: Tx, org_id: str, session_ids: Sequence[str]) -> list
     return [_locked(row) for row in rows]
 
 
-_RECORDS = """
+_RECORDS = f"""
     SELECT s.session_id, s.wire_record, s.record_version,
            ARRAY(SELECT name FROM custom_fields
                  WHERE org_id = $1 AND entity_type = 'session' AND status = 'ready'
                  ORDER BY name)
-    FROM sessions s
-    WHERE s.org_id = $1 AND s.session_id = ANY($2::text[])
+    FROM {_WANTED} AS wanted(session_id, org_id)
+    JOIN sessions s ON s.org_id = wanted.org_id AND s.session_id = wanted.session_id
 """
 _READY_FIELDS = """
     SELECT ARRAY(SELECT name FROM custom_fields
