@@ -142,10 +142,6 @@ _LOCKED_COLUMNS = """
     s.wire_record, s.record_version
 """
 
-# Locking and reading are two statements, sent together. A row locked ``FOR UPDATE`` after
-# waiting for another writer is read again as that writer left it, but the subqueries of the
-# same statement (devices, custom-field values) would still see the snapshot taken before the
-# wait; the read that follows the lock takes a snapshot of its own, after it.
 # The sessions a write names, as rows (session_id, org_id) that statements join on both columns
 # of the primary key. Not "s.org_id = $1 AND s.session_id = ANY($2)": PostgreSQL estimates an
 # org from the column's statistics, and beside one big org every other org looks empty there, so
@@ -156,7 +152,11 @@ _LOCKED_COLUMNS = """
 # $1: the statements are scoped by org as any other.
 _WANTED = "unnest($2::text[], array_fill($1::text, ARRAY[cardinality($2::text[])]))"
 
-# Locks in the order given (``lock_sessions`` sorts the IDs): one probe per ID.
+# Locking and reading are two statements, sent together. A row locked ``FOR UPDATE`` after
+# waiting for another writer is read again as that writer left it, but the subqueries of the
+# same statement (devices, custom-field values) would still see the snapshot taken before the
+# wait; the read that follows the lock takes a snapshot of its own, after it.
+# The lock takes the sessions in the order given (``lock_sessions`` sorts the IDs), one probe each.
 _LOCK_SESSIONS = f"""
     SELECT s.session_id
     FROM {_WANTED} AS wanted(session_id, org_id)
