@@ -63,7 +63,7 @@ import grpc
 from flightlog.v1 import common_pb2, session_service_pb2_grpc
 from flightlog.v1 import session_service_pb2 as pb
 from tests.bench import aggregate, bounded, data, feed, query, writes
-from tests.bench.common import CHANNEL_OPTIONS, aligned, log, metadata
+from tests.bench.common import CHANNEL_OPTIONS, aligned, first_batches, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
 from tests.support import Identity, create_identity
@@ -242,17 +242,7 @@ def bench_filtered(server: ServerProcess, big: data.BigOrg, repeats: int) -> Row
             direction=pb.SORT_DIRECTION_DESCENDING,
         ),
     )
-    times: list[float] = []
-    sizes: list[int] = []
-    with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
-        stub = session_service_pb2_grpc.SessionServiceStub(channel)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            call = stub.ListSessions(request, metadata=metadata(big.identity))
-            first = next(iter(call))
-            times.append(time.perf_counter() - started)
-            sizes.append(len(first.sessions))
-            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+    times, sizes = first_batches(server.target, big.identity, request, repeats)
     median = statistics.median(times) * 1000
     return Row(
         f"filtered listing at {big.count:,} sessions, time to first batch",

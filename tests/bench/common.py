@@ -9,8 +9,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import grpc
 from grpc import aio
 
+from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc
 from tests.bench.rows import Row
 from tests.support import Identity
@@ -59,3 +61,22 @@ async def calls_per_second(
         started = loop.time()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         return count / (loop.time() - started)
+
+
+def first_batches(
+    target: str, identity: Identity, request: pb.ListSessionsRequest, repeats: int
+) -> tuple[list[float], list[int]]:
+    """ListSessions ``repeats`` times, each cancelled after its first batch: the seconds to that
+    batch, and its size."""
+    times: list[float] = []
+    sizes: list[int] = []
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call = stub.ListSessions(request, metadata=metadata(identity))
+            first = next(iter(call))
+            times.append(time.perf_counter() - started)
+            sizes.append(len(first.sessions))
+            call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+    return times, sizes

@@ -26,7 +26,7 @@ from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc
 from flightlog_server.domain.rules import new_id
 from tests.bench import data
-from tests.bench.common import CHANNEL_OPTIONS, log, metadata
+from tests.bench.common import CHANNEL_OPTIONS, first_batches, log, metadata
 from tests.bench.processes import ServerProcess
 from tests.bench.rows import Row
 
@@ -88,23 +88,6 @@ def load_metrics(url: str, big: data.BigOrg) -> None:
     )
 
 
-def _first_batch(
-    target: str, big: data.BigOrg, request: pb.ListSessionsRequest, repeats: int
-) -> tuple[list[float], int]:
-    times: list[float] = []
-    size = 0
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        stub = session_service_pb2_grpc.SessionServiceStub(channel)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            call = stub.ListSessions(request, metadata=metadata(big.identity))
-            first = next(iter(call))
-            times.append(time.perf_counter() - started)
-            size = len(first.sessions)
-            call.cancel()  # type: ignore[no-untyped-call]
-    return times, size
-
-
 def _stream(
     target: str, big: data.BigOrg, request: pb.ListSessionsRequest
 ) -> tuple[list[str], float]:
@@ -143,7 +126,8 @@ def bench_query(server: ServerProcess, url: str, big: data.BigOrg, repeats: int)
     rows: list[Row] = []
     request = pb.ListSessionsRequest(filter_text=FILTER, order_by=ORDER, page_size=1000)
     _stream(server.target, big, request)  # warm up
-    times, size = _first_batch(server.target, big, request, 5)
+    times, sizes = first_batches(server.target, big.identity, request, 5)
+    size = sizes[0]
     median = statistics.median(times) * 1000
     rows.append(
         Row(
@@ -185,8 +169,9 @@ def bench_query(server: ServerProcess, url: str, big: data.BigOrg, repeats: int)
     metric_request = pb.ListSessionsRequest(
         filter_text=METRIC_FILTER, order_by=METRIC_ORDER, page_size=1000
     )
-    _first_batch(server.target, big, metric_request, 1)  # warm up
-    times, size = _first_batch(server.target, big, metric_request, 5)
+    first_batches(server.target, big.identity, metric_request, 1)  # warm up
+    times, sizes = first_batches(server.target, big.identity, metric_request, 5)
+    size = sizes[0]
     median = statistics.median(times) * 1000
     rows.append(
         Row(

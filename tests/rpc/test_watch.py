@@ -27,7 +27,6 @@ from flightlog_server.app import ServerSettings
 from flightlog_server.services import change_feed as watch
 from flightlog_server.storage.changes import ChangeNotifier, change_notifier
 from flightlog_server.storage.database import DatabaseSettings
-from flightlog_server.storage.migrate import upgrade
 from flightlog_server.storage.urls import libpq_conninfo
 from tests.reliability.private_postgres import PrivatePostgres
 from tests.rpc.factories import (
@@ -691,42 +690,29 @@ def test_shutting_down_ends_watch_streams_at_once(database_url: str, org: Org) -
 
 
 def test_watchers_survive_a_database_restart_and_miss_nothing(
-    private_postgres: PrivatePostgres,
+    private_postgres: PrivatePostgres, outage_server: tuple[ServerThread, Stubs, str]
 ) -> None:
-    upgrade(private_postgres.url)
-    identity = create_identity(private_postgres.url, unique("outage-"))
-    own = ServerThread(
-        ServerSettings(
-            database=DatabaseSettings(url=private_postgres.url, pool_size=2),
-            bind="127.0.0.1:0",
-            auth_cache_seconds=0,
-        )
-    )
-    stubs = Stubs(f"127.0.0.1:{own.port}", identity.api_key, identity.org_id)
-    try:
-        session = create(stubs)
-        # Let the notifier connect first: the wake-up that follows its connection makes every
-        # watcher read, and a read that meets the outage fails (UNAVAILABLE, resumable).
-        first = Watcher(stubs, after_revision=0)
-        first.next()
-        own.call(asyncio.wait_for(change_notifier(own.server.database).connected.wait(), WAIT_S))
-        first.cancel()
-        watcher = Watcher(stubs, after_revision=0)
-        assert summary(watcher.until(1)) == [(1, session.session_id, CREATED)]
+    own, stubs, _ = outage_server
+    session = create(stubs)
+    # Let the notifier connect first: the wake-up that follows its connection makes every
+    # watcher read, and a read that meets the outage fails (UNAVAILABLE, resumable).
+    first = Watcher(stubs, after_revision=0)
+    first.next()
+    own.call(asyncio.wait_for(change_notifier(own.server.database).connected.wait(), WAIT_S))
+    first.cancel()
+    watcher = Watcher(stubs, after_revision=0)
+    assert summary(watcher.until(1)) == [(1, session.session_id, CREATED)]
 
-        private_postgres.stop("fast")
-        private_postgres.start()
-        renamed = None
-        for _ in range(5):  # the first calls may meet connections the restart closed
-            try:
-                renamed = rename(stubs, session.session_id, "after the outage")
-                break
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.UNAVAILABLE
-        assert renamed is not None and renamed.revision == 2
-        # The same stream, still open, delivers it: the notifier reconnected by itself.
-        assert summary(watcher.until(2)) == [(2, session.session_id, UPDATED)]
-        watcher.cancel()
-    finally:
-        stubs.close()
-        own.stop()
+    private_postgres.stop("fast")
+    private_postgres.start()
+    renamed = None
+    for _ in range(5):  # the first calls may meet connections the restart closed
+        try:
+            renamed = rename(stubs, session.session_id, "after the outage")
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert renamed is not None and renamed.revision == 2
+    # The same stream, still open, delivers it: the notifier reconnected by itself.
+    assert summary(watcher.until(2)) == [(2, session.session_id, UPDATED)]
+    watcher.cancel()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,11 +21,8 @@ import pytest
 
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog.v1 import session_service_pb2_grpc
-from flightlog_server.app import ServerSettings
 from flightlog_server.services import change_feed
 from flightlog_server.services.change_feed import ChangeFilter, OrgReader, StoredChange
-from flightlog_server.storage.database import DatabaseSettings
-from flightlog_server.storage.migrate import upgrade
 from tests.reliability.private_postgres import PrivatePostgres
 from tests.rpc.factories import make_device, unique
 from tests.rpc.watching import (
@@ -343,27 +340,6 @@ def test_another_orgs_watchers_share_nothing_and_see_nothing(
 
 
 # --- a database restart --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def outage_server(
-    private_postgres: PrivatePostgres,
-) -> Iterator[tuple[ServerThread, Stubs, str]]:
-    upgrade(private_postgres.url)
-    identity = create_identity(private_postgres.url, unique("shared-outage-"))
-    own = ServerThread(
-        ServerSettings(
-            database=DatabaseSettings(url=private_postgres.url, pool_size=2),
-            bind="127.0.0.1:0",
-            auth_cache_seconds=0,
-        )
-    )
-    stubs = Stubs(f"127.0.0.1:{own.port}", identity.api_key, identity.org_id)
-    try:
-        yield own, stubs, identity.org_id
-    finally:
-        stubs.close()
-        own.stop()
 
 
 def write_when_back(write: Callable[[], pb.Session]) -> pb.Session:

@@ -896,17 +896,7 @@ def _ingest(ctx: _Context) -> int:
     client = ctx.client  # a configuration error stops the command before anything is read
     root, planned = plan_files(a.paths, a.root)
     sizes = {item.path: _size_of(item.path) for item in planned}
-    progress = Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(file=out.stderr),
-        transient=True,
-        redirect_stdout=False,  # results stay on stdout; stderr lines print above the bar
-        disable=not out.stderr.isatty(),
-    )
+    progress = _byte_progress(out)
     done_bytes = 0
     done_files = 0
 
@@ -951,6 +941,22 @@ def _ingest(ctx: _Context) -> int:
     if result.failures:
         return EXIT_PARTIAL if result.files else EXIT_NOTHING_INGESTED
     return EXIT_OK
+
+
+def _byte_progress(out: Output) -> Progress:
+    """A progress bar by bytes on stderr (rich), shown only on a terminal; results stay on
+    stdout and stderr lines print above the bar."""
+    return Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=out.stderr),
+        transient=True,
+        redirect_stdout=False,
+        disable=not out.stderr.isatty(),
+    )
 
 
 def _size_of(path: Path) -> int:
@@ -1210,17 +1216,7 @@ def _sessions_import(ctx: _Context) -> int:
         total = path.stat().st_size
     except OSError as error:
         raise UsageError(f"cannot read {a.file}: {error.strerror}") from None
-    progress = Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(file=out.stderr),
-        transient=True,
-        redirect_stdout=False,
-        disable=not out.stderr.isatty(),
-    )
+    progress = _byte_progress(out)
     pending: collections.deque[_ImportLine] = collections.deque()
     imported = 0
     last_line = 0
