@@ -175,6 +175,21 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf varint, written out by hand (for bytes the library would not build)."""
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([low])
+        out += bytes([low | 0x80])
+
+
+def delimited(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: field ``number`` holding ``payload``."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
 def seal_page_token(key_id: int, key: bytes, scope: str, payload: bytes) -> str:
     """A page token of any ``payload`` bytes, in the documented wire form (``rpc.pagination``),
     written out here independently of the server's codec:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import psycopg
 import pytest
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +33,7 @@ from flightlog_server.domain import catalog, rules
 from flightlog_server.storage.urls import libpq_conninfo
 from tests.bench.processes import ServerProcess
 from tests.reliability.helpers import SERVING, blocked_by, checked_out, health, poll, record
+from tests.reliability.rpc_cases import METHODS
 from tests.rpc.factories import (
     drain,
     make_custom_field,
@@ -44,7 +46,7 @@ from tests.rpc.factories import (
     unique,
     warm_up_registrations,
 )
-from tests.support import ServerThread, Stubs, create_identity, rpc_error
+from tests.support import ServerThread, Stubs, create_identity, delimited, rpc_error
 
 MEBIBYTE = 1 << 20
 T0 = 1_700_000_000_000_000_000
@@ -260,6 +262,70 @@ def test_a_count_over_its_limit_is_refused_before_any_item_is_looked_at(stubs: S
     )
     error = rpc_error(lambda: stubs.sessions.AddSessionFiles(request))
     assert error.fields == {"files": "must hold at most 10,000 files"}
+
+
+def item_paths(
+    descriptor: Descriptor, seen: frozenset[str] = frozenset()
+) -> Iterator[tuple[list[int], str]]:
+    """Every way down to an item field (a repeated message field or a map) in a request of type
+    ``descriptor``: the field numbers crossed (one element of each repeated field), and the path
+    as a ``BadRequest`` names it. A type already crossed is not entered again (Struct)."""
+    if descriptor.full_name in seen:
+        return
+    seen = seen | {descriptor.full_name}
+    for field in descriptor.fields:
+        inner = field.message_type
+        if inner is None:
+            continue
+        if field.is_repeated:
+            yield [field.number], field.name
+        numbers, prefix = [field.number], field.name + ("[0]" if field.is_repeated else "")
+        if inner.GetOptions().map_entry:  # into a map's value, if it is a message
+            value = inner.fields_by_name["value"]
+            inner = value.message_type
+            if inner is None:
+                continue
+            numbers, prefix = [*numbers, value.number], f"{prefix}.value"
+        for rest, named in item_paths(inner, seen):
+            yield numbers + rest, f"{prefix}.{named}"
+
+
+def empty_items(numbers: list[int]) -> bytes:
+    """A request of just under 1 MiB whose item field at the end of ``numbers`` holds only
+    empty items, two bytes each: the parser's densest input."""
+    *outer, last = numbers
+    payload = delimited(last, b"") * ((rules.MAX_REQUEST_BYTES - 64) // 2)
+    for number in reversed(outer):
+        payload = delimited(number, payload)
+    assert len(payload) <= rules.MAX_REQUEST_BYTES
+    return payload
+
+
+ITEM_CASES = [
+    pytest.param(method, numbers, named, id=f"{method.name}:{named}")
+    for method in METHODS
+    for numbers, named in item_paths(method.input_type)
+]
+
+
+@pytest.mark.parametrize(("method", "numbers", "named"), ITEM_CASES)
+def test_a_request_of_too_many_items_is_refused_naming_where_before_it_is_built(
+    stubs: Stubs, method: MethodDescriptor, numbers: list[int], named: str
+) -> None:
+    # Before issue 11's last fix, 1 MiB of empty items was built whole first (45 MB, 20-110 ms
+    # of the event loop), then refused by a count, or not at all where no count applies.
+    send = stubs.channel.unary_stream if method.server_streaming else stubs.channel.unary_unary
+    call = send(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    error = rpc_error(lambda: call(empty_items(numbers), timeout=60))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error.fields == {
+        named: f"the request holds more than {rules.MAX_REQUEST_ITEMS:,} items (elements of"
+        " repeated message fields and map entries, at any depth, all counted together)"
+    }
 
 
 def test_a_filter_holds_at_most_1000_in_values_in_all(stubs: Stubs) -> None:

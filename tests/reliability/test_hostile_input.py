@@ -59,7 +59,7 @@ from tests.reliability.rpc_cases import (
     requests_for,
 )
 from tests.rpc.factories import unique
-from tests.support import Stubs, create_identity, page_token_codec, rpc_error
+from tests.support import Stubs, create_identity, delimited, page_token_codec, rpc_error
 
 ALLOWED = {
     grpc.StatusCode.OK,
@@ -399,25 +399,12 @@ def navigate(message: Message, steps: list[FieldDescriptor]) -> Message:
     return message
 
 
-def _varint(n: int) -> bytes:
-    out = b""
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            return out + bytes([low])
-        out += bytes([low | 0x80])
-
-
-def _delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def deep_struct_bytes(levels: int) -> bytes:
     """A serialized Struct nested ``levels`` deep, past what the Python library will build."""
     inner = b""
     for _ in range(levels):
-        value = _delimited(5, inner)  # Value.struct_value
-        inner = _delimited(1, _delimited(1, b"k") + _delimited(2, value))  # Struct.fields entry
+        value = delimited(5, inner)  # Value.struct_value
+        inner = delimited(1, delimited(1, b"k") + delimited(2, value))  # Struct.fields entry
     return inner
 
 
@@ -445,7 +432,7 @@ def raw_bytes(method: MethodDescriptor, message: Message) -> Any:
         for levels in (40, 120):
             payload = deep_struct_bytes(levels)
             for number in reversed(path):
-                payload = _delimited(number, payload)
+                payload = delimited(number, payload)
             options.append(st.just(payload))
     return st.one_of(*options)
 

@@ -108,6 +108,11 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
       refuses messages over 4 MiB, unread, with RESOURCE_EXHAUSTED and no details. (Until issue 11
       the limit was 16 MiB: the protobuf parser holds the server's only thread while it builds a
       message, and can spend 40 bytes per byte on empty sub-messages.)
+    - A request message holds at most 131,072 items in all: elements of repeated message fields
+      and map entries, at any depth, counted together before the message is built. The field where
+      the count passes the limit is the one named (for example `partitions[0].extents`). No other
+      limit allows that many (RegisterFile at its limits holds 110,000); new in issue 11, when 1 MiB
+      of empty items still took the server 20-110 ms to build before a count could refuse it.
     - A session name is at most 120 characters; a description at most 4,096 characters; at most
       256 tags of at most 128 characters each; metadata at most 64 KiB as JSON and 16 levels deep;
       at most 256 device IDs in one CreateSession (new in issue 11: 120,000 of them took the

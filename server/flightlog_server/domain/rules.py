@@ -28,9 +28,14 @@ from flightlog_server.domain.types import (
 # --- Limits (documented in protos/flightlog/v1/common.proto) -----------------------------------
 
 # A request message, as sent (uncompressed). protobuf's C parser builds the whole message at once
-# holding the GIL, so no other call runs meanwhile, and its densest input (empty sub-messages)
-# takes about 20 bytes of memory per byte: 1 MiB parses in about 30 ms on a loaded 2-core machine.
+# holding the GIL, so no other call runs meanwhile; its densest input (empty sub-messages) is
+# counted before it is built (``MAX_REQUEST_ITEMS``).
 MAX_REQUEST_BYTES = 1 << 20
+# Items in one request: elements of repeated message fields and map entries, at any depth, all
+# counted together before the request is built (``rpc.request_items``). An empty item is two bytes,
+# so 1 MiB could hold 524,288; the most any other limit allows is RegisterFile's 110,000 (10,000
+# partitions and 100,000 extents).
+MAX_REQUEST_ITEMS = 1 << 17
 MAX_NAME_CHARS = 120
 MAX_DESCRIPTION_CHARS = 4096
 MAX_TAGS = 256

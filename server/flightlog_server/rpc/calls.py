@@ -9,7 +9,9 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
 4. for a listing (its request has a ``page_token``), the page-token codec is bound for
    ``rpc.pagination`` (its keys are read from the database by the first listing);
 5. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
-   parsed, and bytes that do not parse are INVALID_ARGUMENT (not gRPC's UNKNOWN);
+   parsed, over ``rules.MAX_REQUEST_ITEMS`` items it is INVALID_ARGUMENT without being built
+   (``rpc.request_items``), and bytes that do not parse are INVALID_ARGUMENT (not gRPC's
+   UNKNOWN);
 6. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from grpc import aio
 
@@ -35,6 +38,7 @@ from flightlog_server.domain.errors import DomainError, InvalidArgument, LimitEx
 from flightlog_server.domain.types import Caller
 from flightlog_server.rpc import pagination
 from flightlog_server.rpc.errors import STATUS_DETAILS_KEY, internal_status, rich_status
+from flightlog_server.rpc.request_items import RequestItems, request_items
 from flightlog_server.services.identity import Authenticator
 
 log = logging.getLogger("flightlog.calls")
@@ -62,9 +66,10 @@ class CallObserver:
 Parser = Callable[[bytes], Any] | None
 
 
-def _parse(parse: Parser, raw: bytes) -> Any:
+def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
     """The request message from its bytes; unparseable bytes are the caller's mistake, and so
-    are more than ``MAX_REQUEST_BYTES`` (checked first: parsing is what they would cost)."""
+    are more than ``MAX_REQUEST_BYTES`` or ``MAX_REQUEST_ITEMS`` (checked first: parsing is what
+    they would cost)."""
     if parse is None:
         return raw
     if len(raw) > rules.MAX_REQUEST_BYTES:
@@ -74,6 +79,8 @@ def _parse(parse: Parser, raw: bytes) -> Any:
             metadata={"limit_bytes": str(rules.MAX_REQUEST_BYTES), "request_bytes": str(len(raw))},
         )
     try:
+        if items is not None:
+            items.check(raw)
         return parse(raw)
     except DecodeError as e:
         raise InvalidArgument.one(
@@ -83,14 +90,15 @@ def _parse(parse: Parser, raw: bytes) -> Any:
         ) from e
 
 
-def _takes_page_token(method: str) -> bool:
-    """Whether ``method`` (``/package.Service/Method``) is a listing with resume tokens."""
+def _request_type(method: str) -> Descriptor | None:
+    """The request message type of ``method`` (``/package.Service/Method``), if it is known."""
     service, _, name = method.lstrip("/").partition("/")
     try:
         found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
     except KeyError:
-        return False
-    return "page_token" in found.input_type.fields_by_name
+        return None
+    request: Descriptor = found.input_type
+    return request
 
 
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -125,16 +133,18 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         # The request is parsed inside the wrapper (``_parse``), not by gRPC: a request gRPC
         # cannot parse (nested too deep, invalid UTF-8, truncated) would otherwise be answered
         # UNKNOWN with the parser's exception text, before any of the rules below apply.
+        request = _request_type(method)
         parse = handler.request_deserializer
-        paged = _takes_page_token(method)
+        items = None if request is None else request_items(request)
+        paged = request is not None and "page_token" in request.fields_by_name
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary, parse, paged),
+                self._wrap_unary(method, handler.unary_unary, parse, items, paged),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream, parse, paged),
+                self._wrap_stream(method, handler.unary_stream, parse, items, paged),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -166,14 +176,16 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message, details = internal_status(request_id)
         return code, message, details
 
-    def _wrap_unary(self, method: str, behavior: Any, parse: Parser, paged: bool) -> Any:
+    def _wrap_unary(
+        self, method: str, behavior: Any, parse: Parser, items: RequestItems | None, paged: bool
+    ) -> Any:
         async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context, paged)
-                return await behavior(_parse(parse, raw), context)
+                return await behavior(_parse(parse, items, raw), context)
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
                 await context.abort(code, message, ((STATUS_DETAILS_KEY, details),))
@@ -182,14 +194,16 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return call
 
-    def _wrap_stream(self, method: str, behavior: Any, parse: Parser, paged: bool) -> Any:
+    def _wrap_stream(
+        self, method: str, behavior: Any, parse: Parser, items: RequestItems | None, paged: bool
+    ) -> Any:
         async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context, paged)
-                async for response in behavior(_parse(parse, raw), context):
+                async for response in behavior(_parse(parse, items, raw), context):
                     yield response
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
