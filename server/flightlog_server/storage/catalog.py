@@ -37,6 +37,7 @@ from flightlog_server.domain.types import Caller, IdempotencyKey
 from flightlog_server.pacing import Pacer
 from flightlog_server.storage import models as m
 from flightlog_server.storage.database import Row, Tx
+from flightlog_server.storage.id_rows import id_rows, keyed
 
 DV = m.table(m.Device)
 DS = m.table(m.Dataset)
@@ -205,9 +206,7 @@ class CatalogRepository:
 
     async def get_device(self, device_id: str) -> DeviceRecord:
         row = (
-            await self.db.execute(
-                select(DV).where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
-            )
+            await self.db.execute(select(DV).where(keyed(self.org_id, DV.c.device_id, device_id)))
         ).one_or_none()
         if row is None:
             raise NotFound("device", [device_id])
@@ -223,15 +222,13 @@ class CatalogRepository:
     async def delete_device(self, device_id: str) -> None:
         """Deletes the device; its attachments go with it (cascade) and the datasets, files and
         metric values that name it keep no device (``SET NULL``)."""
-        await self.db.execute(
-            delete(DV).where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
-        )
+        await self.db.execute(delete(DV).where(keyed(self.org_id, DV.c.device_id, device_id)))
 
     async def _key_share_device(self, device_id: str) -> bool:
         """Keeps the device from being deleted until commit; False when it does not exist."""
         found = await self.db.scalar(
             select(DV.c.device_id)
-            .where(DV.c.org_id == self.org_id, DV.c.device_id == device_id)
+            .where(keyed(self.org_id, DV.c.device_id, device_id))
             .with_for_update(read=True, key_share=True)
         )
         return found is not None
@@ -275,9 +272,7 @@ class CatalogRepository:
         REQUEST_ID_REUSED when that call had another body."""
         row = (
             await self.db.execute(
-                select(table).where(
-                    table.c.org_id == self.org_id, table.c.request_id == request.request_id
-                )
+                select(table).where(keyed(self.org_id, table.c.request_id, request.request_id))
             )
         ).one_or_none()
         if row is not None and row.request_digest != request.digest:
@@ -287,7 +282,7 @@ class CatalogRepository:
         return row
 
     async def get_dataset(self, dataset_id: str, *, key_share: bool = False) -> DatasetRecord:
-        query = select(DS).where(DS.c.org_id == self.org_id, DS.c.dataset_id == dataset_id)
+        query = select(DS).where(keyed(self.org_id, DS.c.dataset_id, dataset_id))
         if key_share:
             query = query.with_for_update(read=True, key_share=True)
         row = (await self.db.execute(query)).one_or_none()
@@ -457,9 +452,7 @@ class CatalogRepository:
 
     async def get_file(self, file_id: str) -> FileRecord:
         row = (
-            await self.db.execute(
-                select(F).where(F.c.org_id == self.org_id, F.c.file_id == file_id)
-            )
+            await self.db.execute(select(F).where(keyed(self.org_id, F.c.file_id, file_id)))
         ).one_or_none()
         if row is None:
             raise NotFound("file", [file_id])
@@ -557,26 +550,29 @@ class CatalogRepository:
     async def delete_file(self, file_id: str) -> None:
         """Deletes the file with its partitions and extents (cascade). Topic identities stay:
         other files may record them."""
-        await self.db.execute(delete(F).where(F.c.org_id == self.org_id, F.c.file_id == file_id))
+        await self.db.execute(delete(F).where(keyed(self.org_id, F.c.file_id, file_id)))
 
 
 # --- on a Tx (the session unit of work) ----------------------------------------------------------
 
 
+# A probe of the primary key per device (``storage.id_rows``).
+_MISSING_DEVICES = f"""
+WITH found AS (
+    SELECT device_id FROM devices
+    WHERE (device_id, org_id) IN (SELECT * FROM {id_rows()})
+    FOR KEY SHARE)
+SELECT ARRAY(SELECT u.device_id
+             FROM unnest($2::text[]) WITH ORDINALITY AS u(device_id, n)
+             WHERE u.device_id NOT IN (SELECT device_id FROM found)
+             ORDER BY u.n)
+"""
+
+
 async def missing_devices(tx: Tx, org_id: str, device_ids: Sequence[str]) -> list[str]:
     """The devices of ``device_ids`` that are not in the org, in order. The others are held
     (``FOR KEY SHARE``) until the transaction ends, so they cannot go before it commits."""
-    row = await tx.one(
-        """WITH found AS (
-               SELECT device_id FROM devices
-               WHERE org_id = $1 AND device_id = ANY($2::text[])
-               FOR KEY SHARE)
-           SELECT ARRAY(SELECT u.device_id
-                        FROM unnest($2::text[]) WITH ORDINALITY AS u(device_id, n)
-                        WHERE u.device_id NOT IN (SELECT device_id FROM found)
-                        ORDER BY u.n)""",
-        [org_id, list(dict.fromkeys(device_ids))],
-    )
+    row = await tx.one(_MISSING_DEVICES, [org_id, list(dict.fromkeys(device_ids))])
     return list(row[0])
 
 

@@ -50,6 +50,7 @@ from flightlog_server.domain.types import (
     SessionState,
 )
 from flightlog_server.storage.database import Pending, RetryTransaction, Row, Tx
+from flightlog_server.storage.id_rows import ORG, id_rows
 
 CHANGES_CHANNEL = "flightlog_session_changes"
 
@@ -143,14 +144,8 @@ _LOCKED_COLUMNS = """
 """
 
 # The sessions a write names, as rows (session_id, org_id) that statements join on both columns
-# of the primary key. Not "s.org_id = $1 AND s.session_id = ANY($2)": PostgreSQL estimates an
-# org from the column's statistics, and beside one big org every other org looks empty there, so
-# the planner took any index that starts with org_id and tested the IDs as a mere filter,
-# walking the org's whole slice (an update of one session read all 2,454 sessions of its org,
-# 20 ms under the org's revision lock). Joined to these rows the probe is parameterized, and a
-# parameter is estimated from the number of distinct orgs, never as empty. Every row's org_id is
-# $1: the statements are scoped by org as any other.
-_WANTED = "unnest($2::text[], array_fill($1::text, ARRAY[cardinality($2::text[])]))"
+# of the primary key: see ``storage.id_rows`` for why.
+_WANTED = id_rows()
 
 # Locking and reading are two statements, sent together. A row locked ``FOR UPDATE`` after
 # waiting for another writer is read again as that writer left it, but the subqueries of the
@@ -254,32 +249,46 @@ def _locked(row: Row) -> LockedSession:
 
 @dataclass(frozen=True)
 class Parent:
-    """A catalog row that sessions depend on, for ``lock_dependents``: how to find the sessions
-    that depend on it (``$1`` the org, ``$2`` the row's ID), and how to lock it (a statement
-    returning a row when it exists)."""
+    """A catalog row that sessions depend on, for ``lock_dependents``: its table and ID column,
+    and the table of the sessions' dependences on it (keyed by org, that column, session)."""
 
     kind: str
-    dependents: str
-    lock: str
+    table: str
+    column: str
+    links: str
+
+    @property
+    def dependents(self) -> str:
+        """The sessions that depend on the row (``$1`` the org, ``$2`` the row's ID)."""
+        return f"SELECT session_id FROM {self.links} WHERE org_id = {ORG} AND {self.column} = $2"
+
+    @property
+    def lock(self) -> str:
+        """Locks the row; returns a row when it exists."""
+        return f"SELECT 1 FROM {self.table} WHERE org_id = {ORG} AND {self.column} = $2 FOR UPDATE"
+
+    def statements(self) -> tuple[str, str, str]:
+        """``lock_dependents``' three statements: lock the dependents, then the row (with the
+        dependents seen after that lock), then read the dependents."""
+        return (
+            f"""SELECT s.session_id FROM sessions s
+                WHERE s.org_id = {ORG} AND s.session_id IN ({self.dependents})
+                ORDER BY s.session_id FOR UPDATE OF s""",
+            f"""SELECT EXISTS ({self.lock}),
+                       ARRAY(SELECT session_id FROM ({self.dependents}) d ORDER BY session_id)""",
+            f"""SELECT {_LOCKED_COLUMNS} FROM sessions s
+                WHERE s.org_id = {ORG} AND s.session_id IN ({self.dependents})
+                ORDER BY s.session_id""",
+        )
 
 
-FILE = Parent(
-    kind="file",
-    dependents="SELECT session_id FROM session_files WHERE org_id = $1 AND file_id = $2",
-    lock="SELECT 1 FROM files WHERE org_id = $1 AND file_id = $2 FOR UPDATE",
-)
-DEVICE = Parent(
-    kind="device",
-    dependents="SELECT session_id FROM session_devices WHERE org_id = $1 AND device_id = $2",
-    lock="SELECT 1 FROM devices WHERE org_id = $1 AND device_id = $2 FOR UPDATE",
-)
+FILE = Parent(kind="file", table="files", column="file_id", links="session_files")
+DEVICE = Parent(kind="device", table="devices", column="device_id", links="session_devices")
 CUSTOM_FIELD = Parent(
     kind="custom_field",
-    dependents=(
-        "SELECT session_id FROM session_custom_field_values"
-        " WHERE org_id = $1 AND custom_field_id = $2"
-    ),
-    lock="SELECT 1 FROM custom_fields WHERE org_id = $1 AND custom_field_id = $2 FOR UPDATE",
+    table="custom_fields",
+    column="custom_field_id",
+    links="session_custom_field_values",
 )
 
 
@@ -294,24 +303,11 @@ async def lock_dependents(
     and may then touch the row (adding a file holds it with ``FOR KEY SHARE``): the same order
     everywhere, so that writers wait for each other instead of deadlocking."""
     params = [org_id, parent_id]
-    locked_ids = await tx.send(
-        f"""SELECT s.session_id FROM sessions s
-            WHERE s.org_id = $1 AND s.session_id IN ({parent.dependents})
-            ORDER BY s.session_id FOR UPDATE OF s""",
-        params,
-    )
-    parent_row = await tx.send(
-        f"""SELECT EXISTS ({parent.lock}),
-                   ARRAY(SELECT session_id FROM ({parent.dependents}) d ORDER BY session_id)""",
-        params,
-    )
+    lock_sessions_sql, lock_row_sql, read_sql = parent.statements()
+    locked_ids = await tx.send(lock_sessions_sql, params)
+    parent_row = await tx.send(lock_row_sql, params)
     # Read after both locks (see _LOCK_SESSIONS), all three in one round trip.
-    sessions = await tx.rows(
-        f"""SELECT {_LOCKED_COLUMNS} FROM sessions s
-            WHERE s.org_id = $1 AND s.session_id IN ({parent.dependents})
-            ORDER BY s.session_id""",
-        params,
-    )
+    sessions = await tx.rows(read_sql, params)
     exists, dependents = await parent_row.one()
     if not exists:
         raise NotFound(parent.kind, [parent_id])
@@ -703,13 +699,13 @@ async def create_sessions(
     return StoreReport(pending)
 
 
-_DELETE_SESSION = """
+_DELETE_SESSION = f"""
 WITH head AS (
     INSERT INTO change_feeds AS feed (org_id, revision) VALUES ($1, 1)
     ON CONFLICT (org_id) DO UPDATE SET revision = feed.revision + 1
     RETURNING feed.revision
 ), gone AS (
-    DELETE FROM sessions WHERE org_id = $1 AND session_id = $2 RETURNING session_id
+    DELETE FROM sessions WHERE org_id = {ORG} AND session_id = $2 RETURNING session_id
 ), changed AS (
     INSERT INTO session_changes (org_id, revision, session_id, kind, wire_record, tags, device_ids)
     SELECT $1, head.revision, gone.session_id, 'deleted', NULL, $3::text[], $4::text[]
@@ -734,15 +730,19 @@ async def delete_session(
 # --- idempotency keys ----------------------------------------------------------------------------
 
 
+# Joined on the request IDs as rows, on both columns of their unique key (``storage.id_rows``).
+_FIND_REQUEST_IDS = f"""
+SELECT s.request_id, s.session_id, s.request_digest
+FROM {_WANTED} AS wanted(request_id, org_id)
+JOIN sessions s ON s.org_id = wanted.org_id AND s.request_id = wanted.request_id
+"""
+
+
 async def find_request_ids(
     tx: Tx, org_id: str, request_ids: Sequence[str]
 ) -> dict[str, tuple[str, bytes | None]]:
     """The sessions created with these request IDs: request ID → (session ID, request digest)."""
-    rows = await tx.rows(
-        "SELECT request_id, session_id, request_digest FROM sessions"
-        " WHERE org_id = $1 AND request_id = ANY($2::text[])",
-        [org_id, list(request_ids)],
-    )
+    rows = await tx.rows(_FIND_REQUEST_IDS, [org_id, list(request_ids)])
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
@@ -752,14 +752,16 @@ async def find_request_ids(
 # pads the shorter arrays with NULLs): psycopg dumps each element of an array parameter as an
 # object of its own, which for 10,000 files was a megabyte for one request. (IDs are validated
 # before: letters, digits and "_" only.)
-_ADD_CONTRIBUTIONS = """
+_FILE_ID_ROWS = id_rows("string_to_array($3::text, E'\\n')")
+_ADD_CONTRIBUTIONS = f"""
 WITH wanted AS (
     SELECT * FROM unnest(string_to_array($3::text, E'\\n'), $4::int8[], $5::int8[])
         WITH ORDINALITY AS u(file_id, range_min_ns, range_max_ns, ord)
 ), found AS (
     -- KEY SHARE keeps the files from being deleted, or their offsets changed, until COMMIT.
+    -- A probe of the primary key per file (``storage.id_rows``).
     SELECT f.file_id FROM files f
-    WHERE f.org_id = $1 AND f.file_id = ANY(string_to_array($3::text, E'\\n'))
+    WHERE (f.file_id, f.org_id) IN (SELECT * FROM {_FILE_ID_ROWS})
     FOR KEY SHARE
 ), added AS (
     INSERT INTO session_files
