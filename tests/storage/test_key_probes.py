@@ -24,14 +24,14 @@ import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.sql.expression import ClauseElement
 
 from flightlog_server.storage import catalog
 from flightlog_server.storage import sessions as storage
 from flightlog_server.storage.id_rows import keyed
 from flightlog_server.storage.migrate import alembic_config
-from flightlog_server.storage.models import Device, File
+from flightlog_server.storage.models import Device, File, table
 from flightlog_server.storage.urls import libpq_conninfo
 from tests.support import create_identity, sql
 
@@ -74,8 +74,9 @@ _INSERT_ATTACHMENTS = """
     SELECT %(org)s, %(prefix)s || lpad(i::text, 12, '0'), 'device-' || i, 'test'
     FROM generate_series(1, %(n)s) AS i
 """
-F = File.__table__
-DV = Device.__table__
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+F = table(File)
+DV = table(Device)
 _FILL_ORG = (
     _INSERT_SESSIONS,
     _INSERT_DEVICES,
@@ -150,12 +151,10 @@ def _one_session(url: str, org_id: str) -> str:
     return str(sql(url, "SELECT max(session_id) FROM sessions WHERE org_id = %s", [org_id])[0][0])
 
 
-def _literal(statement: Executable) -> str:
+def _literal(statement: ClauseElement) -> str:
     """A SQLAlchemy statement as the SQL PostgreSQL plans for it (values inline, as in the custom
     plan of its parameters)."""
-    return str(
-        statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-    )
+    return str(statement.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
 
 
 def _statements(org_id: str, session_id: str) -> dict[str, tuple[str, str, list[Any]]]:
@@ -215,15 +214,15 @@ def _statements(org_id: str, session_id: str) -> dict[str, tuple[str, str, list[
     }
     for parent, parent_id in ((storage.FILE, file_id), (storage.DEVICE, f"device-{n}")):
         lock_sessions, lock_row, read = parent.statements()
-        for what, table, statement in (
+        for what, scanned, statement in (
             ("lock its sessions", "sessions", lock_sessions),
             ("lock its sessions", parent.links, lock_sessions),
             ("lock it", parent.table, lock_row),
             ("lock it", parent.links, lock_row),
             ("read its sessions", "sessions", read),
         ):
-            cases[f"{parent.kind}'s dependents: {what}, {table}"] = (
-                table,
+            cases[f"{parent.kind}'s dependents: {what}, {scanned}"] = (
+                scanned,
                 statement,
                 [org_id, parent_id],
             )
