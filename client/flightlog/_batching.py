@@ -13,11 +13,15 @@ Sizes are the exact protobuf encoding: an item of a ``repeated`` message field c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
+
+from flightlog.errors import FlightlogError
 
 __all__ = [
     "MAX_BATCH_BYTES",
     "MAX_BATCH_ITEMS",
+    "batch_call",
     "batches",
     "field_size",
 ]
@@ -97,3 +101,14 @@ def batches(
             chunk, chunk_bytes, chunk_weight = [], 0, 0
     if chunk:
         yield chunk
+
+
+@contextmanager
+def batch_call(offset: int, size: int) -> Iterator[None]:
+    """The call of one batch: a ``FlightlogError`` it raises is told which input items the
+    batch held (``batch_offset``, ``batch_size``), so that the caller knows what was written."""
+    try:
+        yield
+    except FlightlogError as error:
+        error.batch_offset, error.batch_size = offset, size
+        raise

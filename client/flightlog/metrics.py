@@ -39,10 +39,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from flightlog._batching import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, batches, field_size
+from flightlog._batching import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ITEMS,
+    batch_call,
+    batches,
+    field_size,
+)
 from flightlog._client import FlightlogClient, resolve_client
 from flightlog._values import NotSet, NotSetType, datetime_from_proto
-from flightlog.errors import FlightlogError
 from flightlog.v1 import session_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -272,13 +277,10 @@ def publish(
         weight_of=lambda item: len(item.metrics),
         max_weight=MAX_PUBLISH_ENTRIES,
     ):
-        try:
+        with batch_call(offset, len(chunk)):
             response = c.call(
                 c.sessions.PublishMetrics, pb.PublishMetricsRequest(requests=chunk), org_id=org_id
             )
-        except FlightlogError as error:
-            error.batch_offset, error.batch_size = offset, len(chunk)
-            raise
         for item, answer in zip(chunk, response.responses, strict=True):
             part = BulkPublishMetricsResult.from_proto(answer, item.session_id)
             result.succeeded.extend(part.succeeded)

@@ -28,7 +28,13 @@ from typing import Any, Protocol
 
 import grpc
 
-from flightlog._batching import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, batches, field_size
+from flightlog._batching import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ITEMS,
+    batch_call,
+    batches,
+    field_size,
+)
 from flightlog._client import FlightlogClient, resolve_client
 from flightlog._values import (
     NotSet,
@@ -41,7 +47,7 @@ from flightlog._values import (
     metadata_to_proto,
 )
 from flightlog.catalog import Topic
-from flightlog.errors import FlightlogError, from_rpc_error
+from flightlog.errors import from_rpc_error
 from flightlog.metrics import BulkPublishMetricsResult, Metric, MetricEntry, publish
 from flightlog.v1 import common_pb2
 from flightlog.v1 import session_service_pb2 as pb
@@ -382,15 +388,12 @@ def create_session_batches(
         max_items=max_items,
         max_bytes=max_bytes,
     ):
-        try:
+        with batch_call(offset, len(chunk)):
             response = c.call(
                 c.sessions.BatchCreateSessions,
                 pb.BatchCreateSessionsRequest(requests=chunk),
                 org_id=caller_org_id,
             )
-        except FlightlogError as error:
-            error.batch_offset, error.batch_size = offset, len(chunk)
-            raise
         yield [Session(message, client=c) for message in response.sessions]
         offset += len(chunk)
 
@@ -779,15 +782,12 @@ class Session:
         c = resolve_client(client)
         loaded: list[Session] = []
         for chunk in batches(session_ids, lambda session_id: field_size(len(session_id.encode()))):
-            try:
+            with batch_call(len(loaded), len(chunk)):
                 response = c.call(
                     c.sessions.BatchGetSessions,
                     pb.BatchGetSessionsRequest(session_ids=chunk),
                     org_id=owner_org_id,
                 )
-            except FlightlogError as error:
-                error.batch_offset, error.batch_size = len(loaded), len(chunk)
-                raise
             loaded.extend(cls(message, client=c) for message in response.sessions)
         return loaded
 
