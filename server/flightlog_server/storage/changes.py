@@ -459,6 +459,7 @@ class ChangeNotifier:
             keepalives_interval=10,
             keepalives_count=3,
         ) as conn:
+            conn.add_notify_handler(lambda notification: self._wake(notification.payload))
             await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
             if self._has_listened:
                 log.info("change notifier: listening again")
@@ -468,11 +469,35 @@ class ChangeNotifier:
             self.connected.set()
             # Whatever committed while nobody listened is found by the watchers' next read.
             self._wake_all()
+            loop = asyncio.get_running_loop()
             while True:
-                async for notification in conn.notifies(timeout=self._safety_seconds):
-                    self._wake(notification.payload)
+                # Notifications are read by a callback of the loop whenever the socket is
+                # readable, not by ``conn.notifies()``: that waits once per notification, each
+                # wait registering the socket, a timer and a future anew (70 us a write, for
+                # one wake-up; a write is one notification).
+                broken: asyncio.Future[None] = loop.create_future()
+                socket = conn.pgconn.socket
+                loop.add_reader(socket, _read_notifications, conn.pgconn, broken)
+                try:
+                    await asyncio.wait([broken], timeout=self._safety_seconds)
+                finally:
+                    loop.remove_reader(socket)
+                if broken.done():
+                    broken.result()  # the connection failed: raised, and listened again
                 await conn.execute("SELECT 1")  # a dead connection fails here, not silently
                 self._wake_all()
+
+
+def _read_notifications(pgconn: Any, broken: asyncio.Future[None]) -> None:
+    """Reads what the socket holds and hands each notification to the connection's handlers;
+    a failure (the server went away) ends the wait in ``ChangeNotifier._listen``."""
+    try:
+        pgconn.consume_input()
+        while (notification := pgconn.notifies()) is not None:
+            pgconn.notify_handler(notification)
+    except psycopg.Error as error:
+        if not broken.done():
+            broken.set_exception(error)
 
 
 _notifiers: weakref.WeakKeyDictionary[Database, ChangeNotifier] = weakref.WeakKeyDictionary()
