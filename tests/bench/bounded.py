@@ -233,6 +233,8 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
     empty_partitions = head.SerializeToString() + b"\x32\x00" * (MEBIBYTE // 2 - 64)
     empty_specs = pb.AddSessionFilesRequest(session_id=session_id).SerializeToString()
     empty_specs += b"\x12\x00" * (MEBIBYTE // 2 - 64)
+    # Exactly as many as the item limit allows: counted one by one, then built.
+    at_item_limit = head.SerializeToString() + b"\x32\x00" * rules.MAX_REQUEST_ITEMS
     many_devices = pb.CreateSessionRequest(device_ids=[f"d{i}" for i in range(120_000)])
     tags = [f"{i:03}" + "t" * (rules.MAX_TAG_CHARS - 3) for i in range(rules.MAX_TAGS)]
 
@@ -278,6 +280,12 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
             "1 MiB",
             "AddSessionFiles of 1 MiB of empty file specs",
             _raw(stubs, "/flightlog.v1.SessionService/AddSessionFiles", empty_specs),
+        ),
+        LimitCase(
+            "items in a request",
+            f"{rules.MAX_REQUEST_ITEMS:,}",
+            f"RegisterFile of {rules.MAX_REQUEST_ITEMS:,} empty partitions (walked, then built)",
+            _raw(stubs, "/flightlog.v1.CatalogService/RegisterFile", at_item_limit),
         ),
         LimitCase(
             "request message",

@@ -10,20 +10,21 @@ in ``tests/reliability/test_bounded_cost.py``.
 
 from __future__ import annotations
 
+import asyncio
 from unittest import mock
 
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flightlog.v1 import catalog_service_pb2
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.rpc.request_items import request_items
-from tests.reliability.helpers import PROPERTY_SETTINGS
+from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 from tests.reliability.rpc_cases import METHODS
 
 MESSAGE = FieldDescriptor.TYPE_MESSAGE
@@ -103,8 +104,10 @@ def reference_items_possible(descriptor: Descriptor, seen: set[str]) -> bool:
     )
 
 
+# No server here: an example costs a parse, so eight times the RPC tests' examples (it takes
+# about that many to reach a refusal in a map's value after a sibling field's items).
 @pytest.mark.parametrize("descriptor", REQUEST_TYPES, ids=lambda d: d.name)
-@PROPERTY_SETTINGS
+@settings(PROPERTY_SETTINGS, max_examples=8 * HYPOTHESIS_EXAMPLES)
 @given(data=st.data(), limit=st.integers(0, 12))
 def test_a_request_is_refused_exactly_when_it_holds_more_items_than_the_limit(
     descriptor: Descriptor, data: st.DataObject, limit: int
@@ -117,12 +120,27 @@ def test_a_request_is_refused_exactly_when_it_holds_more_items_than_the_limit(
     expected = reference_items(message)
     with mock.patch.object(rules, "MAX_REQUEST_ITEMS", limit):
         if expected <= limit:
-            items.check(message.SerializeToString())
+            asyncio.run(items.check(message.SerializeToString()))
         else:
             with pytest.raises(InvalidArgument) as refused:
-                items.check(message.SerializeToString())
+                asyncio.run(items.check(message.SerializeToString()))
             (violation,) = refused.value.violations
             assert f"more than {limit:,} items" in violation.description
+            assert_names_an_item_field(descriptor, violation.field)
+
+
+def assert_names_an_item_field(descriptor: Descriptor, path: str) -> None:
+    """``path`` (``a.b[2].c``) follows fields of ``descriptor`` down to a repeated message field
+    or a map, with an index after each repeated field crossed."""
+    *crossed, last = path.split(".")
+    for part in crossed:
+        name, bracket, _ = part.partition("[")
+        field = descriptor.fields_by_name[name]
+        assert field.message_type is not None, path
+        assert bool(bracket) == field.is_repeated, path
+        descriptor = field.message_type
+    field = descriptor.fields_by_name[last]
+    assert field.is_repeated and field.message_type is not None, path
 
 
 def test_a_short_request_is_not_even_shaped() -> None:
@@ -130,7 +148,7 @@ def test_a_short_request_is_not_even_shaped() -> None:
     items = request_items(catalog_service_pb2.RegisterFileRequest.DESCRIPTOR)
     assert items is not None
     with mock.patch.object(rules, "MAX_REQUEST_ITEMS", 3):
-        items.check(b"\x32\x00" * 3)  # three empty partitions: at the limit
-        items.check(b"\xff" * 6)  # not even protobuf, but too short to be counted
+        asyncio.run(items.check(b"\x32\x00" * 3))  # three empty partitions: at the limit
+        asyncio.run(items.check(b"\xff" * 6))  # not even protobuf, but too short to be counted
         with pytest.raises(InvalidArgument):
-            items.check(b"\x32\x00" * 4)
+            asyncio.run(items.check(b"\x32\x00" * 4))

@@ -66,7 +66,7 @@ class CallObserver:
 Parser = Callable[[bytes], Any] | None
 
 
-def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
+async def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
     """The request message from its bytes; unparseable bytes are the caller's mistake, and so
     are more than ``MAX_REQUEST_BYTES`` or ``MAX_REQUEST_ITEMS`` (checked first: parsing is what
     they would cost)."""
@@ -80,7 +80,7 @@ def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
         )
     try:
         if items is not None:
-            items.check(raw)
+            await items.check(raw)
         return parse(raw)
     except DecodeError as e:
         raise InvalidArgument.one(
@@ -185,7 +185,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context, paged)
-                return await behavior(_parse(parse, items, raw), context)
+                return await behavior(await _parse(parse, items, raw), context)
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
                 await context.abort(code, message, ((STATUS_DETAILS_KEY, details),))
@@ -203,7 +203,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context, paged)
-                async for response in behavior(_parse(parse, items, raw), context):
+                async for response in behavior(await _parse(parse, items, raw), context):
                     yield response
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
