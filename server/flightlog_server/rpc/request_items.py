@@ -119,15 +119,16 @@ def _walk(shape: Message, plan: _Plan, budget: int) -> Generator[None, None, str
         if walked % _WALKED_PER_STEP == 0:
             yield
         for field in level.plan:
-            value = getattr(message, field.name)
             if field.repeated:
+                value = getattr(message, field.name)
                 counted += len(value)
                 if counted > budget:
                     return _path(level, field.name)
                 if field.plan is not None:  # items that hold items of their own
                     levels.append(_Level(iter(value), field.plan, field.name, True, level))
-            else:  # a single message: kept in the shape only if it leads to items
+            elif message.HasField(field.name):  # a single message that leads to items
                 assert field.plan is not None
+                value = getattr(message, field.name)
                 levels.append(_Level(iter((value,)), field.plan, field.name, False, level))
     return None
 
