@@ -95,7 +95,7 @@ QUEUE_BYTES = 256 * 1024
 QUEUE_DELIVERIES = 256
 # A reader spaces its reads so that it sends at most about this many responses a second in all,
 # waiting at most ``MAX_GATHER_SECONDS`` to gather changes into one read: with 200 watchers, a
-# read every 80 ms. One response costs a bare grpc.aio server about 50 us of CPU, most of it on
+# read every 80 ms. One response costs a bare grpc.aio server 35-60 us of CPU, most of it on
 # the event loop the writes share (``make bench`` measures it beside ours), so the feed takes an
 # eighth of a core at most, whatever the write rate; the gathering adds at most 80 ms of lag,
 # inside the 100 ms the feed promises at p99. (At 50 ms, 4,000 responses a second made writes
