@@ -31,6 +31,7 @@ from flightlog.v1 import custom_field_service_pb2 as fields_pb
 from flightlog.v1 import session_service_pb2 as pb
 from flightlog_server.domain import catalog as catalog_limits
 from flightlog_server.domain import rules
+from flightlog_server.rpc.request_items import request_items
 from tests.bench.common import aligned
 from tests.bench.processes import Peaks, ServerProcess
 from tests.bench.rows import Row
@@ -223,6 +224,27 @@ def _big_metadata() -> struct_pb2.Struct:
     return metadata
 
 
+def _densest_accepted(head: bytes) -> tuple[int, bytes]:
+    """A RegisterFile of as many empty partitions after ``head`` as the memory bound lets be
+    built (the most memory per byte a request can take), found by bisection."""
+    checked = request_items(catalog_pb.RegisterFileRequest.DESCRIPTOR)
+    assert checked is not None
+
+    def request(count: int) -> bytes:
+        return head + b"\x32\x00" * count
+
+    def accepted(count: int) -> bool:
+        raw = request(count)
+        budget = rules.MAX_REQUEST_BUILD_RATIO * max(len(raw), rules.REQUEST_BUILD_FLOOR_BYTES)
+        return checked.read_whole(raw).cost <= budget
+
+    low, high = 0, rules.MAX_REQUEST_ITEMS
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if accepted(middle) else (low, middle - 1)
+    return low, request(low)
+
+
 def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
     dataset = make_dataset(stubs)
     session_id = make_session(stubs).session_id
@@ -233,8 +255,10 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
     empty_partitions = head.SerializeToString() + b"\x32\x00" * (MEBIBYTE // 2 - 64)
     empty_specs = pb.AddSessionFilesRequest(session_id=session_id).SerializeToString()
     empty_specs += b"\x12\x00" * (MEBIBYTE // 2 - 64)
-    # Exactly as many as the item limit allows: counted one by one, then built.
+    # Exactly as many as the item limit allows: refused by what they would take to build.
     at_item_limit = head.SerializeToString() + b"\x32\x00" * rules.MAX_REQUEST_ITEMS
+    under_count, under_build_bound = _densest_accepted(head.SerializeToString())
+    empty_ids = b"\x0a\x00" * (MEBIBYTE // 2 - 64)
     many_devices = pb.CreateSessionRequest(device_ids=[f"d{i}" for i in range(120_000)])
     tags = [f"{i:03}" + "t" * (rules.MAX_TAG_CHARS - 3) for i in range(rules.MAX_TAGS)]
 
@@ -282,10 +306,25 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
             _raw(stubs, "/flightlog.v1.SessionService/AddSessionFiles", empty_specs),
         ),
         LimitCase(
-            "items in a request",
-            f"{rules.MAX_REQUEST_ITEMS:,}",
-            f"RegisterFile of {rules.MAX_REQUEST_ITEMS:,} empty partitions (walked, then built)",
+            "items in a request; memory to build",
+            f"{rules.MAX_REQUEST_ITEMS:,}; {rules.MAX_REQUEST_BUILD_RATIO}x",
+            f"RegisterFile of {rules.MAX_REQUEST_ITEMS:,} empty partitions (0.25 MiB; 11 MB"
+            " to build)",
             _raw(stubs, "/flightlog.v1.CatalogService/RegisterFile", at_item_limit),
+        ),
+        LimitCase(
+            "memory to build",
+            f"{rules.MAX_REQUEST_BUILD_RATIO}x the request, at least"
+            f" {rules.REQUEST_BUILD_FLOOR_BYTES // 1024} KiB",
+            f"RegisterFile of {under_count:,} empty partitions, just under"
+            " it (built, then refused by the domain)",
+            _raw(stubs, "/flightlog.v1.CatalogService/RegisterFile", under_build_bound),
+        ),
+        LimitCase(
+            "memory to build",
+            f"{rules.MAX_REQUEST_BUILD_RATIO}x the request",
+            "BatchGetSessions of 1 MiB of empty session IDs (built whole before)",
+            _raw(stubs, "/flightlog.v1.SessionService/BatchGetSessions", empty_ids),
         ),
         LimitCase(
             "request message",

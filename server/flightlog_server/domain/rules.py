@@ -28,14 +28,22 @@ from flightlog_server.domain.types import (
 # --- Limits (documented in protos/flightlog/v1/common.proto) -----------------------------------
 
 # A request message, as sent (uncompressed). protobuf's C parser builds the whole message at once
-# holding the GIL, so no other call runs meanwhile; its densest input (empty sub-messages) is
-# counted before it is built (``MAX_REQUEST_ITEMS``).
+# holding the GIL, so no other call runs meanwhile; its densest input (empty elements of repeated
+# fields) is read before it is built (``MAX_REQUEST_ITEMS``, ``MAX_REQUEST_BUILD_RATIO``).
 MAX_REQUEST_BYTES = 1 << 20
 # Items in one request: elements of repeated message fields and map entries, at any depth, all
 # counted together before the request is built (``rpc.request_items``). An empty item is two bytes,
 # so 1 MiB could hold 524,288; the most any other limit allows is RegisterFile's 110,000 (10,000
 # partitions and 100,000 extents).
 MAX_REQUEST_ITEMS = 1 << 17
+# The memory a request's repeated fields take once built, at most, as a multiple of the request's
+# size, a request counting as REQUEST_BUILD_FLOOR_BYTES at least: read on the wire before the
+# request is built (``rpc.request_items``). protobuf lays out an empty element (two bytes on the
+# wire) in 42 to 117 bytes; one that carries data in a few times its size. 8, because RegisterFile
+# at its limits, extents of a few bytes each, takes 7.3; protobuf allocates within 10% of the
+# charge, and the request's own bytes come on top, so that a request stays near 10 times its size.
+MAX_REQUEST_BUILD_RATIO = 8
+REQUEST_BUILD_FLOOR_BYTES = 256 * 1024
 MAX_NAME_CHARS = 120
 MAX_DESCRIPTION_CHARS = 4096
 MAX_TAGS = 256

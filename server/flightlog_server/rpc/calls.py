@@ -9,8 +9,9 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
 4. for a listing (its request has a ``page_token``), the page-token codec is bound for
    ``rpc.pagination`` (its keys are read from the database by the first listing);
 5. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
-   parsed, over ``rules.MAX_REQUEST_ITEMS`` items it is INVALID_ARGUMENT without being built
-   (``rpc.request_items``), and bytes that do not parse are INVALID_ARGUMENT (not gRPC's
+   parsed; over ``rules.MAX_REQUEST_ITEMS`` items, or with repeated fields that would take more
+   than ``rules.MAX_REQUEST_BUILD_RATIO`` times its size to build, it is INVALID_ARGUMENT without
+   being built (``rpc.request_items``); bytes that do not parse are INVALID_ARGUMENT (not gRPC's
    UNKNOWN);
 6. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
@@ -68,8 +69,8 @@ Parser = Callable[[bytes], Any] | None
 
 async def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
     """The request message from its bytes; unparseable bytes are the caller's mistake, and so
-    are more than ``MAX_REQUEST_BYTES`` or ``MAX_REQUEST_ITEMS`` (checked first: parsing is what
-    they would cost)."""
+    are more than ``MAX_REQUEST_BYTES``, ``MAX_REQUEST_ITEMS`` or ``MAX_REQUEST_BUILD_RATIO``
+    (checked first: parsing is what they would cost)."""
     if parse is None:
         return raw
     if len(raw) > rules.MAX_REQUEST_BYTES:

@@ -1,208 +1,459 @@
-"""Counting a request's items before the request is built.
+"""Reading a request's repeated and message fields on the wire before the request is built.
 
 protobuf's parser builds a whole message at once, holding the event loop (and the GIL: another
-thread would not help) while it does, and an *item* (an element of a repeated message field or a
-map entry) can be two bytes on the wire: a 1 MiB RegisterFile of empty partitions is 524,288 of
-them, which took the parser 20 ms and 45 MB on a quiet machine (70-110 ms on a busy one) before
-any count in the request could be checked.
+thread would not help) while it does, and it lays out every element of a repeated field in far
+more memory than the element takes on the wire: an empty partition is two bytes on the wire and
+93 in memory, an empty string 42 (its slot in an array that doubles as it grows, the old arrays
+kept until the message is freed). A 1 MiB RegisterFile of empty partitions took the parser 20 ms
+and 45 MB before any count in it could be checked.
 
-So a request that could hold more than ``rules.MAX_REQUEST_ITEMS`` items (every item takes at
-least two bytes: its tag and its length) is first parsed as its *shape*: a message type derived
-from the request's descriptor that keeps only the fields leading to items, and declares an item
-that holds no items of its own as ``bytes`` (the same wire format: a length-delimited field), so
-that it is not built at all. The items are counted on the shape: a request over the limit is
-refused, naming the field where the count passed it, without the message ever being built; any
-other is then parsed as usual, at a cost the limit bounds. Counting walks the items that hold
-items of their own (a partition's extents) one by one, in slices (``pacing.run_sliced``); the
-items of a level are refused by their number before any of them is walked. For 1 MiB of empty
-items the shape takes 8-12 ms and 11-19 MB where the message took 20 ms and 35-47 MB; a
-RegisterFile at its limits (0.77 MiB) pays about 4 ms for its shape and count, on top of 2 ms
-for its message.
+So a request that could cost more than its budget is first *read*: its wire format is walked
+field by field, descending only into the fields that cost memory beyond their message's layout
+(repeated and message fields) and stepping over everything else by its length. Every element of
+a repeated field is charged what protobuf (upb) will allocate for it (``element_cost``: its
+message's layout, its slot and the array's growth, a string's copy), and every message field its
+layout. The request is refused, naming the field being read at that moment, as soon as
+
+- it holds more than ``rules.MAX_REQUEST_ITEMS`` items (elements of repeated message fields and
+  map entries, at any depth, all counted together), or
+- building it would take more than ``rules.MAX_REQUEST_BUILD_RATIO`` times its size, a request
+  counting as ``rules.REQUEST_BUILD_FLOOR_BYTES`` at least.
+
+Nothing is built meanwhile: the reader's memory is a stack of the levels it is in. It is plain
+Python (no library reads the wire format without building the message), about 0.5-1 µs a field,
+run in slices so that other calls go on (``pacing.run_sliced``). A request that cannot reach
+either bound (every element charged at the densest its type allows) is not read at all. What
+is not charged: single strings (copied at every occurrence, 8 bytes at a time, under 3 times
+their size) and unknown fields. The charges are checked against protobuf's real allocations by
+``tests/unit/test_request_items.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError
 
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.pacing import run_sliced
 
-_REPEATED = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-_OPTIONAL = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-_SHAPES = descriptor_pool.DescriptorPool()  # the shapes' own pool: never the generated types'
+# Wire types (https://protobuf.dev/programming-guides/encoding/#structure).
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
+# protobuf's parser refuses messages nested deeper than this; so does the reader.
+_MAX_DEPTH = 100
+# Fields read between two chances for the loop to run something else (``run_sliced``).
+_FIELDS_PER_STEP = 4096
+
+
+@dataclass(eq=False, slots=True)
+class _Repeated:
+    """A repeated field and what each of its elements costs once built."""
+
+    name: str
+    item: int  # 1 for an element of a repeated message field or a map entry, else 0
+    slot: int  # bytes of its slot in the array that holds the elements (0: a map's entry)
+    element: int  # bytes besides the slot: its message, or a map's entry, value and table entry
+    packed_width: int  # wire bytes of one element when packed, at least (0: never packed)
+    copied: bool  # a string or bytes: its contents are copied too, 8 bytes at a time
+    plan: _Plan | None  # the plan of its elements, if they lead to repeated fields themselves
+
+
+@dataclass(eq=False, slots=True)
+class _Single:
+    """A single message field: built when present, so charged its layout once (a field sent
+    twice is merged into one message; a oneof's member is charged every time, as switching
+    members builds a new one)."""
+
+    name: str
+    layout: int
+    oneof: bool
+    plan: _Plan | None  # the plan of its message, if that holds message fields itself
+
+
+# A message type's fields that cost memory besides its own layout (repeated fields and message
+# fields), by field number. A dict filled after it is made, so that recursive types (Struct) can
+# refer to their own plan.
+_Plan = dict[int, _Repeated | _Single]
+
+
+@dataclass(eq=False, slots=True)
+class _Message:
+    """What has been read of one message that will be built: the elements of its repeated
+    fields (by field number) and its single message fields. A single field sent twice is merged
+    into one message by the parser, so both occurrences are read into the same ``_Message``: its
+    arrays grow as one."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    singles: dict[int, _Message] | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Level:
+    """A message field being read: its plan, where it ends, what has been read in it, and how
+    it is named in its parent (for the path on refusal)."""
+
+    plan: _Plan
+    end: int
+    message: _Message
+    parent: _Level | None
+    name: str
+    index: int  # the element's index, for a repeated field's (-1 for a single field's)
+    group: int = 0  # the field number of a group being stepped over (0: a message)
+    depth: int = 0
 
 
 class RequestItems:
-    """The item check of one request type (see the module's docstring)."""
+    """The check of one request type (see the module's docstring)."""
 
     def __init__(self, request: Descriptor) -> None:
-        self._shape, self._plan = _shape_of(request)
+        self._plan = _plan_of(request)
+        self._densest = _densest(self._plan)
 
     async def check(self, raw: bytes) -> None:
-        """Raises ``InvalidArgument`` if ``raw`` holds more than ``rules.MAX_REQUEST_ITEMS``
-        items; the caller parses the request itself afterwards."""
-        if len(raw) <= 2 * rules.MAX_REQUEST_ITEMS:
-            return  # too short to hold that many: the parser's cost is bounded already
-        # A DecodeError here is the request's too; the caller answers it as such.
-        shape = self._shape.FromString(raw)
-        path = await run_sliced(_walk(shape, self._plan, rules.MAX_REQUEST_ITEMS))
-        if path is not None:
-            raise InvalidArgument.one(
-                path,
-                f"the request holds more than {rules.MAX_REQUEST_ITEMS:,} items (elements of"
-                " repeated message fields and map entries, at any depth, all counted together)",
-            )
+        """Raises ``InvalidArgument`` if ``raw`` is over either bound (or ``DecodeError`` if it
+        is not protobuf at all); the caller parses the request itself afterwards."""
+        budget = rules.MAX_REQUEST_BUILD_RATIO * max(len(raw), rules.REQUEST_BUILD_FLOOR_BYTES)
+        if len(raw) <= 2 * rules.MAX_REQUEST_ITEMS and len(raw) * self._densest <= budget:
+            return  # too short to reach either bound, however its elements are laid out
+        read = await run_sliced(_read(raw, self._plan, budget))
+        if read.refused is not None:
+            raise InvalidArgument.one(read.refused, _refusal(read.items, budget))
+
+    def read_whole(self, raw: bytes) -> Reading:
+        """What reading all of ``raw`` finds, past either bound (for the tests)."""
+        steps = _read(raw, self._plan, budget=None)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                whole: Reading = done.value
+                return whole
+
+
+@dataclass
+class Reading:
+    """What reading a request found: its items, the bytes its repeated fields would take to
+    build, and the path of the field being read when it passed a bound (None: it did not)."""
+
+    items: int
+    cost: int
+    refused: str | None = None
 
 
 def request_items(request: Descriptor) -> RequestItems | None:
-    """The item check of ``request``'s type, or None when it cannot hold any item."""
-    return RequestItems(request) if request in _holding_items(request) else None
+    """The check of ``request``'s type, or None when it cannot hold a repeated field."""
+    return RequestItems(request) if _plan_of(request) else None
 
 
-@dataclass
-class _Field:
-    """A field of a shape: its name, whether it is repeated, and the plan of its message (None
-    for items kept as bytes)."""
-
-    name: str
-    repeated: bool
-    plan: _Plan | None
-
-
-# A shape's fields, each of which leads to items. A list so that recursive shapes (Struct) can
-# refer to their own plan.
-_Plan = list[_Field]
-
-# Messages walked between two chances for the loop to run something else (``run_sliced``).
-_WALKED_PER_STEP = 1024
+def _refusal(items: int, budget: int) -> str:
+    if items > rules.MAX_REQUEST_ITEMS:
+        return (
+            f"the request holds more than {rules.MAX_REQUEST_ITEMS:,} items (elements of"
+            " repeated message fields and map entries, at any depth, all counted together)"
+        )
+    return (
+        f"building the request would take more than {budget:,} bytes"
+        f" ({rules.MAX_REQUEST_BUILD_RATIO} times its size, counting it as at least"
+        f" {rules.REQUEST_BUILD_FLOOR_BYTES:,} bytes): its elements are too many for their size"
+    )
 
 
-@dataclass
-class _Level:
-    """A message field being walked: its elements (one for a single message), the plan of
-    each, its name, the level of the message that holds it, and the index of the element
-    being walked (for the path on refusal)."""
+def _read(raw: bytes, plan: _Plan, budget: int | None) -> Generator[None, None, Reading]:
+    """Reads ``raw`` (a message of ``plan``) up to the field where it passes a bound (with no
+    ``budget``, to its end), yielding every ``_FIELDS_PER_STEP`` fields read.
 
-    elements: Iterator[Message]
-    plan: _Plan
-    name: str
-    repeated: bool
-    parent: _Level | None
-    index: int = -1
+    One loop, no recursion: a level is pushed when a field leading to repeated fields is entered
+    and popped where it ends (or, for a group, at its end tag). The level's plan, end and counts
+    are kept in locals, and one-byte varints are read inline: this loop is the whole cost."""
+    level = _Level(plan, len(raw), _Message(), parent=None, name="", index=-1)
+    fields_of, end, counts = level.plan, level.end, level.message.counts
+    item_limit = rules.MAX_REQUEST_ITEMS if budget is not None else math.inf
+    cost_limit = budget if budget is not None else math.inf
+    position = items = cost = 0
+    pause = _FIELDS_PER_STEP
+    try:
+        while True:
+            if position >= end:
+                if position > end or level.group:
+                    raise DecodeError("a field runs past the end of its message")
+                if level.parent is None:
+                    return Reading(items, cost)
+                level = level.parent
+                fields_of, end, counts = level.plan, level.end, level.message.counts
+                continue
+            pause -= 1
+            if not pause:
+                pause = _FIELDS_PER_STEP
+                yield
+            tag = raw[position]
+            if tag < 0x80:
+                position += 1
+            else:
+                tag, position = _varint(raw, position)
+            number, wire = tag >> 3, tag & 7
+            if wire == _LENGTH_DELIMITED:
+                length = raw[position]
+                if length < 0x80:
+                    position += 1
+                else:
+                    length, position = _varint(raw, position)
+                start = position
+                position += length
+                if position > end:
+                    raise DecodeError("a field runs past the end of its message")
+                read = fields_of.get(number)
+                if read is None:
+                    continue
+                if isinstance(read, _Single):
+                    built = _built(level.message, number, read.oneof)
+                    if built is None:  # merged into one built before
+                        built = _merged(level.message, number)
+                    else:
+                        cost += read.layout
+                        if cost > cost_limit:
+                            return Reading(items, cost, _path(level, read.name))
+                    if read.plan is not None and length:
+                        level = _enter(level, read.plan, position, built, read.name, -1)
+                        fields_of, end, counts = level.plan, level.end, built.counts
+                        position = start
+                    continue
+                added = length // read.packed_width if read.packed_width else 1
+            elif wire in (_VARINT, _FIXED64, _FIXED32):
+                if wire == _VARINT:
+                    position = _varint(raw, position)[1]
+                else:
+                    position += 8 if wire == _FIXED64 else 4
+                read = fields_of.get(number)
+                if not isinstance(read, _Repeated) or not read.packed_width:
+                    continue
+                added = 1  # an unpacked element of a repeated scalar field
+            elif wire == _START_GROUP and number:
+                level = _enter(level, {}, end, _Message(), "", -1, group=number)
+                fields_of, counts = level.plan, level.message.counts
+                continue
+            elif wire == _END_GROUP and level.group == number:
+                level = level.parent  # type: ignore[assignment]  # a group always has a parent
+                fields_of, end, counts = level.plan, level.end, level.message.counts
+                continue
+            else:
+                raise DecodeError(f"wire type {wire} of field {number} is not valid here")
+            before = counts.get(number, 0)
+            count = counts[number] = before + added
+            cost += read.element * added
+            if added != 1 or not before & (before - 1):  # else the array has room
+                cost += array_bytes(read.slot, count) - array_bytes(read.slot, before)
+            if read.copied:
+                cost += (length + 7) & -8
+            items += read.item * added
+            if items > item_limit or cost > cost_limit:
+                return Reading(items, cost, _path(level, read.name))
+            if read.plan is not None and length:  # an element of its own
+                element = _Message()
+                level = _enter(level, read.plan, position, element, read.name, count - 1)
+                fields_of, end, counts = level.plan, level.end, element.counts
+                position = start
+    except IndexError:
+        raise DecodeError("the message ends inside a field") from None
 
 
-def _walk(shape: Message, plan: _Plan, budget: int) -> Generator[None, None, str | None]:
-    """Counts the items under ``shape`` and returns the path of the field where the count passed
-    ``budget`` (None if it never did), yielding every ``_WALKED_PER_STEP`` messages walked.
+def _enter(
+    level: _Level,
+    plan: _Plan,
+    end: int,
+    message: _Message,
+    name: str,
+    index: int,
+    group: int = 0,
+) -> _Level:
+    """The level of a field of ``level`` that ends at ``end`` (for a group: at its end tag)."""
+    if level.depth >= _MAX_DEPTH:
+        raise DecodeError("nested too deeply")
+    return _Level(plan, end, message, level, name, index, group, level.depth + 1)
 
-    Iterative, one message at a time, and driven by the plan: a request can hold 131,072
-    items that hold items of their own (empty partitions), and walking them recursively, with a
-    path built for each, held the loop for 55 ms."""
-    counted = walked = 0
-    levels = [_Level(iter((shape,)), plan, "", repeated=False, parent=None)]
-    while levels:
-        level = levels[-1]
-        message = next(level.elements, None)
-        if message is None:
-            levels.pop()
-            continue
-        level.index += 1
-        walked += 1
-        if walked % _WALKED_PER_STEP == 0:
-            yield
-        for field in level.plan:
-            if field.repeated:
-                value = getattr(message, field.name)
-                counted += len(value)
-                if counted > budget:
-                    return _path(level, field.name)
-                if field.plan is not None:  # items that hold items of their own
-                    levels.append(_Level(iter(value), field.plan, field.name, True, level))
-            elif message.HasField(field.name):  # a single message that leads to items
-                assert field.plan is not None
-                value = getattr(message, field.name)
-                levels.append(_Level(iter((value,)), field.plan, field.name, False, level))
-    return None
+
+def _built(message: _Message, number: int, oneof: bool) -> _Message | None:
+    """A new message for single field ``number`` of ``message`` if this occurrence builds one
+    (None if it merges into the one an earlier occurrence built)."""
+    if message.singles is None:
+        message.singles = {}
+    if number in message.singles and not oneof:
+        return None
+    built = message.singles[number] = _Message()
+    return built
+
+
+def _merged(message: _Message, number: int) -> _Message:
+    """The message single field ``number`` of ``message`` was built into."""
+    assert message.singles is not None
+    return message.singles[number]
+
+
+def array_bytes(slot: int, count: int) -> int:
+    """Bytes allocated for an array of ``count`` elements of ``slot`` bytes each, as upb
+    allocates them: a 24-byte header, then room for 4, doubled whenever it is full, the arrays
+    outgrown kept until the message is freed (4 + 8 + ... + the last). It grows only past a
+    power of two."""
+    if not count:
+        return 0
+    return _ARRAY_HEADER + slot * (2 * max(4, 1 << (count - 1).bit_length()) - 4)
+
+
+def _varint(raw: bytes, position: int) -> tuple[int, int]:
+    """The varint at ``position`` and the position after it (IndexError past the end)."""
+    value = shift = 0
+    while True:
+        byte = raw[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+        if shift >= 70:
+            raise DecodeError("a varint longer than ten bytes")
 
 
 def _path(level: _Level, name: str) -> str:
-    """The path of field ``name`` of the message being walked at ``level``. (The stack holds the
-    siblings of a message's fields too, so the path follows ``parent``: an ancestor's index
-    cannot move while anything pushed after it is being walked.)"""
+    """The path of field ``name`` of the message being read at ``level``."""
     parts = [name]
     at: _Level | None = level
     while at is not None and at.parent is not None:
-        parts.append(f"{at.name}[{at.index}]" if at.repeated else at.name)
+        parts.append(at.name if at.index < 0 else f"{at.name}[{at.index}]")
         at = at.parent
     return ".".join(reversed(parts))
 
 
-def _holding_items(root: Descriptor) -> set[Descriptor]:
-    """The message types reachable from ``root`` that hold items, directly or at any depth."""
+# --- What an element costs, from its type's descriptor ------------------------------------------
+
+_WIDTH = {  # bytes of a scalar in memory
+    FieldDescriptor.TYPE_BOOL: 1,
+    FieldDescriptor.TYPE_DOUBLE: 8,
+    FieldDescriptor.TYPE_INT64: 8,
+    FieldDescriptor.TYPE_UINT64: 8,
+    FieldDescriptor.TYPE_SINT64: 8,
+    FieldDescriptor.TYPE_FIXED64: 8,
+    FieldDescriptor.TYPE_SFIXED64: 8,
+    FieldDescriptor.TYPE_STRING: 16,  # a pointer and a length
+    FieldDescriptor.TYPE_BYTES: 16,
+    FieldDescriptor.TYPE_MESSAGE: 8,  # a pointer
+}
+_PACKED_WIDTH = {  # wire bytes of one packed element, at least
+    FieldDescriptor.TYPE_DOUBLE: 8,
+    FieldDescriptor.TYPE_FIXED64: 8,
+    FieldDescriptor.TYPE_SFIXED64: 8,
+    FieldDescriptor.TYPE_FLOAT: 4,
+    FieldDescriptor.TYPE_FIXED32: 4,
+    FieldDescriptor.TYPE_SFIXED32: 4,
+}
+# A map's entry in its hash table, besides the entry and its value: measured, not derived.
+_MAP_TABLE_ENTRY = 48
+_ARRAY_HEADER = 24
+
+
+def layout(descriptor: Descriptor) -> int:
+    """Bytes of a message of this type as protobuf (upb) lays it out: a header, a presence bit
+    for each field that has presence, each field's width (a oneof's widest member and its case),
+    rounded to 8. Matches upb's allocations for every request type (the tests compare them)."""
+    proto = descriptor_pb2.DescriptorProto()
+    descriptor.CopyToProto(proto)  # the only place that tells a real oneof from an `optional`
+    optional = {f.name for f in proto.field if f.proto3_optional}
+    size = 8
+    presence = 0
+    oneofs = set()
+    for f in descriptor.fields:
+        if f.containing_oneof is not None and f.name not in optional:
+            oneofs.add(f.containing_oneof)
+        else:
+            size += 8 if f.is_repeated else _WIDTH.get(f.type, 4)
+            presence += f.has_presence
+    for oneof in oneofs:
+        size += 4 + max(_WIDTH.get(f.type, 4) for f in oneof.fields)
+    size += (presence + 7) // 8
+    return (size + 7) // 8 * 8
+
+
+def element_cost(f: FieldDescriptor) -> tuple[int, int, int]:
+    """A repeated field's element: the bytes of its slot in the field's array (0 for a map's
+    entry), the bytes it takes besides (its message; for a map's entry, the entry, its value and
+    its place in the table), and its least width when packed (0 if it cannot be)."""
+    inner = f.message_type
+    if inner is None:  # a scalar or a string: packed if a number (never a string)
+        packed = 0 if f.type in (f.TYPE_STRING, f.TYPE_BYTES) else _PACKED_WIDTH.get(f.type, 1)
+        return _WIDTH.get(f.type, 4), 0, packed
+    if inner.GetOptions().map_entry:  # parsed as an entry, then stored in the map's table
+        value = inner.fields_by_name["value"].message_type
+        value_layout = 0 if value is None else layout(value)
+        return 0, layout(inner) + value_layout + _MAP_TABLE_ENTRY, 0
+    return 8, layout(inner), 0
+
+
+@cache
+def _plan_of(request: Descriptor) -> _Plan:
+    """The plan of ``request`` (empty if it cannot hold a repeated field: its memory is then
+    its types' layouts, bounded)."""
+    reachable = _reachable(request)
+    if not any(f.is_repeated for d in reachable for f in d.fields):
+        return {}
+    plans: dict[Descriptor, _Plan] = {
+        d: {} for d in reachable if any(f.message_type or f.is_repeated for f in d.fields)
+    }
+    for descriptor, plan in plans.items():
+        for f in descriptor.fields:
+            inner = plans.get(f.message_type) if f.message_type is not None else None
+            if f.is_repeated:
+                slot, element, packed = element_cost(f)
+                item = int(f.message_type is not None)
+                copied = f.type in (f.TYPE_STRING, f.TYPE_BYTES)
+                plan[f.number] = _Repeated(f.name, item, slot, element, packed, copied, inner)
+            elif f.message_type is not None:
+                oneof = f.containing_oneof is not None and len(f.containing_oneof.fields) > 1
+                # A map's value is built with its entry, present or not: charged with the entry.
+                built = 0 if descriptor.GetOptions().map_entry else layout(f.message_type)
+                plan[f.number] = _Single(f.name, built, oneof, inner)
+    return plans[request]
+
+
+def _reachable(root: Descriptor) -> list[Descriptor]:
+    """The message types a message of type ``root`` can hold, itself included."""
     reachable: list[Descriptor] = []
     stack = [root]
     while stack:
         descriptor = stack.pop()
         if descriptor not in reachable:
             reachable.append(descriptor)
-            stack += [inner for _, inner in _message_fields(descriptor)]
-    holding = {d for d in reachable if any(f.is_repeated for f, _ in _message_fields(d))}
-    grew = True
-    while grew:  # recursive types (Struct, Value, ListValue) settle in a few rounds
-        grew = False
-        for descriptor in reachable:
-            if descriptor not in holding and any(
-                inner in holding for _, inner in _message_fields(descriptor)
-            ):
-                holding.add(descriptor)
-                grew = True
-    return holding
+            stack += [f.message_type for f in descriptor.fields if f.message_type is not None]
+    return reachable
 
 
-def _message_fields(descriptor: Descriptor) -> list[tuple[FieldDescriptor, Descriptor]]:
-    """The fields of ``descriptor`` that hold messages (maps included), with their types."""
-    return [(f, f.message_type) for f in descriptor.fields if f.message_type is not None]
+def _densest(plan: _Plan) -> float:
+    """The most memory a wire byte of this plan's requests can cost: its cheapest element on
+    the wire (two bytes, or one packed) charged in full, as if each began an array of its own
+    (``array_bytes(slot, n)`` is at most ``n * 4 * slot`` plus a header), a string's copy
+    rounded up."""
+    densest = 0.0
+    for read in _walk_plans(plan):
+        if isinstance(read, _Repeated):
+            most = read.element + 4 * read.slot + _ARRAY_HEADER + 7 * read.copied
+            densest = max(densest, most / min(read.packed_width or 2, 2) + read.copied)
+        else:
+            densest = max(densest, read.layout / 2)
+    return densest
 
 
-@cache
-def _shape_of(request: Descriptor) -> tuple[Any, _Plan]:
-    """The shape of ``request`` and its plan (built once per request type, in a file of its
-    own)."""
-    holding = sorted(_holding_items(request), key=lambda d: d.full_name)
-    package = f"shape.{request.full_name}"
-    file = descriptor_pb2.FileDescriptorProto(
-        name=f"{package.replace('.', '/')}.proto", package=package, syntax="proto3"
-    )
-    plans: dict[Descriptor, _Plan] = {descriptor: [] for descriptor in holding}
-    for descriptor in holding:
-        shape = file.message_type.add(name=_shape_name(descriptor))
-        for field, inner in _message_fields(descriptor):
-            plan = plans.get(inner)
-            if plan is None and not field.is_repeated:
-                continue  # a single message without items: not built (nor are scalars)
-            kept = shape.field.add(
-                name=field.name,
-                number=field.number,
-                label=_REPEATED if field.is_repeated else _OPTIONAL,
-            )
-            if plan is None:  # an item without items of its own: bytes, never built
-                kept.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-            else:
-                kept.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-                kept.type_name = f".{package}.{_shape_name(inner)}"
-            plans[descriptor].append(_Field(field.name, field.is_repeated, plan))
-    _SHAPES.Add(file)
-    found = _SHAPES.FindMessageTypeByName(f"{package}.{_shape_name(request)}")
-    return message_factory.GetMessageClass(found), plans[request]
-
-
-def _shape_name(descriptor: Descriptor) -> str:
-    return descriptor.full_name.replace(".", "_")
+def _walk_plans(plan: _Plan) -> Iterable[_Repeated | _Single]:
+    seen: list[_Plan] = []
+    stack = [plan]
+    while stack:
+        at = stack.pop()
+        if any(at is s for s in seen):
+            continue
+        seen.append(at)
+        for read in at.values():
+            yield read
+            if read.plan is not None:
+                stack.append(read.plan)
