@@ -138,8 +138,8 @@ class RequestItems:
 
 @dataclass
 class Reading:
-    """What reading a request found: its items, the bytes its repeated fields would take to
-    build, and the path of the field being read when it passed a bound (None: it did not)."""
+    """What reading a request found: its items, the bytes building it would take (as charged),
+    and the path of the field being read when it passed a bound (None: it did not)."""
 
     items: int
     cost: int
@@ -147,7 +147,8 @@ class Reading:
 
 
 def request_items(request: Descriptor) -> RequestItems | None:
-    """The check of ``request``'s type, or None when it cannot hold a repeated field."""
+    """The check of ``request``'s type, or None when it cannot hold a repeated field (its cost
+    is then its types' layouts and its strings, bounded by its size)."""
     return RequestItems(request) if _plan_of(request) else None
 
 
