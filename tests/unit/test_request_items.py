@@ -107,6 +107,13 @@ def fill(data: st.DataObject, message: Message, depth: int) -> None:
             fill(data, container, depth + 1)
 
 
+def generated(data: st.DataObject, descriptor: Descriptor) -> Message:
+    """A request of type ``descriptor`` with some of its fields set (``fill``)."""
+    message = GetMessageClass(descriptor)()
+    fill(data, message, 0)
+    return message
+
+
 def test_every_request_type_with_a_repeated_field_is_checked() -> None:
     checked = {d.name for d in REQUEST_TYPES if request_items(d) is not None}
     assert {
@@ -145,8 +152,7 @@ def test_a_request_is_refused_exactly_when_it_passes_a_bound(
     checked = request_items(descriptor)
     if checked is None:
         return
-    message = GetMessageClass(descriptor)()
-    fill(data, message, 0)
+    message = generated(data, descriptor)
     raw = message.SerializeToString()
     items, cost = reference(message)
     budget = ratio * len(raw)
@@ -191,8 +197,7 @@ def test_what_is_read_is_what_the_reference_counts(
     checked = request_items(descriptor)
     if checked is None:
         return
-    message = GetMessageClass(descriptor)()
-    fill(data, message, 0)
+    message = generated(data, descriptor)
     read = checked.read_whole(message.SerializeToString())
     assert (read.items, read.cost) == reference(message)
 
@@ -345,8 +350,7 @@ def test_a_whole_request_allocates_no_more_than_it_is_charged_and_its_own_bytes(
     checked = request_items(descriptor)
     if checked is None:
         return
-    message = GetMessageClass(descriptor)()
-    fill(data, message, 0)
+    message = generated(data, descriptor)
     one = message.SerializeToString()
     raw = one * data.draw(st.integers(1, max(1, 100_000 // max(len(one), 1))))
     allocated = allocated_by(GetMessageClass(descriptor), raw)
