@@ -78,6 +78,7 @@ from flightlog_server.storage.session_listing import (
     _framed,
     current_record,
     escape_like,
+    no_row_where,
 )
 
 __all__ = [
@@ -432,7 +433,7 @@ class OrderedListingQuery:
             position = (
                 after if after is not None and self._absent(after) == segment_absent else None
             )
-            rows = await self._run(db, self.statement(segment_absent, position, limit - count))
+            rows = await self._run(db, *self.sql(segment_absent, position, limit - count))
             for row in rows:
                 record: bytes = row[0]
                 if records and size + len(record) > self.max_batch_bytes:
@@ -452,20 +453,28 @@ class OrderedListingQuery:
             batches.append(Batch(b"".join(records), len(records), last))
         return Page(batches)
 
-    async def _run(self, db: AsyncConnection, statement: Any) -> list[tuple[Any, ...]]:
-        """Runs ``statement`` on the psycopg connection, in binary, *unprepared*: each page
+    def sql(
+        self, absent: bool, after: KeysetPosition | None, limit: int
+    ) -> tuple[str, dict[str, Any]]:
+        """The SQL text (``%(name)s`` placeholders) and parameters of one page of one segment:
+        what ``page`` runs, with ``$n`` placeholders instead (also what EXPLAIN checks)."""
+        compiled = self.statement(absent, after, limit).compile(dialect=_DIALECT)
+        return str(compiled), {**compiled.params, **self._params}
+
+    async def _run(
+        self, db: AsyncConnection, sql: str, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Runs ``sql`` on the psycopg connection, in binary, *unprepared*: each page
         binds another position, and a prepared statement's generic plan (which PostgreSQL
         adopts after five runs) cannot use it to start the index walk there, so it reads the
         listing from its start on every page (seconds at 100,000 sessions, against ~50 ms)."""
-        compiled = statement.compile(dialect=_DIALECT)
-        values = {**compiled.params, **self._params}
-        text = _Compiled.of(str(compiled))
+        text = _Compiled.of(sql)
         raw = await db.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None
         async with AsyncRawCursor(driver) as cursor:
             await cursor.execute(
-                text.native, [values[name] for name in text.names], prepare=False, binary=True
+                text.native, [params[name] for name in text.names], prepare=False, binary=True
             )
             rows: list[tuple[Any, ...]] = await cursor.fetchall()
         return rows
@@ -500,21 +509,18 @@ class OrderedListingQuery:
                     values.append(column)
                     continue
                 v, column = self._value_rows(target)
-                value: ColumnElement[Any] = (
-                    select(column)
-                    .where(
-                        v.c.org_id == s.c.org_id,
-                        v.c.session_id == s.c.session_id,
-                        v.c[_key_column(target)] == _bind(_key_id(target), Text()),
-                    )
-                    .scalar_subquery()
+                keys = (
+                    v.c.org_id == s.c.org_id,
+                    v.c.session_id == s.c.session_id,
+                    v.c[_key_column(target)] == _bind(_key_id(target), Text()),
                 )
                 if i == 0:
                     # The sessions without a value: probed by primary key, in ID order. The
                     # probe runs once, in WHERE; the value it would select is NULL anyway.
-                    where.append(value.is_(None))
-                    value = null().cast(sort_value_type(target))
-                values.append(value)
+                    where.append(no_row_where(*keys))
+                    values.append(null().cast(sort_value_type(target)))
+                else:
+                    values.append(select(column).where(*keys).scalar_subquery())
             else:
                 expression, _ = session_column(s, target)
                 values.append(expression)

@@ -55,9 +55,11 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    false,
     func,
     literal_column,
     select,
+    true,
     tuple_,
     type_coerce,
 )
@@ -79,7 +81,7 @@ from flightlog_server.domain.types import CustomFieldType, Instant
 from flightlog_server.storage import models as m
 from flightlog_server.storage.models import InstantNs
 
-__all__ = ["Framing", "Page", "SessionListingQuery", "escape_like"]
+__all__ = ["Framing", "Page", "SessionListingQuery", "escape_like", "no_row_where"]
 
 Statement: TypeAlias = "Select[*tuple[Any, ...]]"
 
@@ -129,6 +131,23 @@ def current_record(s: FromClause, framing: Framing) -> ColumnElement[bytes]:
         ),
         else_=func.flightlog_stale_record(s.c.session_id),
     )
+
+
+def no_row_where(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """True where no row meets ``conditions``: a probe correlated to the outer query (by a
+    primary key, so at most one row), for the sessions *without* a value of a sort key.
+
+    Written ``COALESCE((SELECT false ...), true)``, because the planner reads each other form
+    in a way that breaks the index walk of a listing's page:
+
+    * ``NOT EXISTS`` becomes an anti-join or a hashed subplan, which reads every value of the
+      field on every page, however few sessions the page needs;
+    * ``(SELECT ...) IS NULL`` is guessed to keep 0.5% of rows, so on a vacuumed table the
+      planner scans and sorts the whole org to find the few rows it expects;
+    * a boolean expression is guessed to keep half, so the planner walks the index and probes
+      each row until the LIMIT, which costs a page what it reads.
+    """
+    return func.coalesce(select(false()).where(*conditions).scalar_subquery(), true())
 
 
 # A keyset position: ListPosition here, KeysetPosition in storage.session_filter.
@@ -350,22 +369,16 @@ class SessionListingQuery:
             v = _VALUES.alias("sv")
             if absent:
                 # The sessions' primary key, in order, probing the values' primary key for each.
-                # A scalar subquery rather than NOT EXISTS: the planner would turn NOT EXISTS into
-                # an anti-join, which may hash every value of the field on every page; the probe
-                # costs a page what it reads, however deep into the listing the page is.
                 source: FromClause = s
                 value: ColumnElement[Any] = v.c[column]
                 ids: ColumnElement[Any] = s.c.session_id
                 where += [
                     s.c.org_id == org_id,
-                    select(v.c.session_id)
-                    .where(
+                    no_row_where(
                         v.c.org_id == s.c.org_id,
                         v.c.session_id == s.c.session_id,
                         v.c.custom_field_id == field_id,
-                    )
-                    .scalar_subquery()
-                    .is_(None),
+                    ),
                 ]
                 order_by = [ids]
             else:
