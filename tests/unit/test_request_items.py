@@ -202,6 +202,34 @@ def test_what_is_read_is_what_the_reference_counts(
     assert (read.items, read.cost) == reference(message)
 
 
+@settings(PROPERTY_SETTINGS, max_examples=HYPOTHESIS_EXAMPLES)
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 300), st.integers(1, 5_000), st.booleans()), max_size=6)
+)
+def test_runs_of_elements_are_read_like_single_ones(runs: list[tuple[int, int, bool]]) -> None:
+    # The reader takes the elements that follow in the same field in a tight loop: runs of
+    # strings and of extents, short and long (two-byte lengths end a run), over a slice's end,
+    # broken by other fields (two requests concatenated merge into one), count as one by one.
+    ids = session_service_pb2.BatchGetSessionsRequest
+    register = catalog_service_pb2.RegisterFileRequest
+    ids_raw = register_raw = b""
+    for length, count, broken in runs:
+        ids_raw += ids(session_ids=["x" * length] * count).SerializeToString()
+        ids_raw += delimited(15, b"unknown") if broken else b""
+        partition = catalog_service_pb2.TopicPartitionSpec(topic_name="t" * (length % 7))
+        for i in range(count):
+            partition.extents.add(min_timestamp_ns=i * length, max_timestamp_ns=i)
+        request = register(partitions=[partition], dataset_id="d" if broken else "")
+        register_raw += request.SerializeToString()
+    elements = sum(count for _, count, _ in runs)
+    for message_class, raw in ((ids, ids_raw), (register, register_raw)):
+        checked = request_items(message_class.DESCRIPTOR)
+        assert checked is not None
+        read = checked.read_whole(raw)
+        assert (read.items, read.cost) == reference(message_class.FromString(raw))
+        assert read.pauses >= elements // 4096  # a run ends where a slice does
+
+
 def test_a_request_too_short_to_reach_a_bound_is_not_read() -> None:
     # Every item takes two bytes at least and a partition costs ~100 bytes once built.
     checked = request_items(catalog_service_pb2.RegisterFileRequest.DESCRIPTOR)
@@ -223,6 +251,7 @@ def test_a_request_too_short_to_reach_a_bound_is_not_read() -> None:
         b"\x0f\x00",  # wire type 7
         b"\x08" + b"\xff" * 11,  # a varint of eleven bytes
         b"\x0a\x00" * 70_000 + b"\x0a",  # the same, after enough strings to be read
+        b"\x0a\x00" * 100 + b"\x0a\x05ab",  # a run of strings whose last runs past the end
     ],
 )
 def test_bytes_that_are_not_protobuf_are_refused_as_such(raw: bytes) -> None:
