@@ -36,6 +36,7 @@ from tests.bench.common import aligned
 from tests.bench.processes import Peaks, ServerProcess
 from tests.bench.rows import Row
 from tests.rpc.factories import (
+    densest_register_file_request,
     make_custom_field,
     make_dataset,
     make_device,
@@ -225,13 +226,13 @@ def _big_metadata() -> struct_pb2.Struct:
 
 
 def _densest_accepted(head: bytes) -> tuple[int, bytes]:
-    """A RegisterFile of as many empty partitions after ``head`` as the memory bound lets be
-    built (the most memory per byte a request can take), found by bisection."""
-    checked = request_items(catalog_pb.RegisterFileRequest.DESCRIPTOR)
+    """An AddSessionFiles of as many empty file specs after ``head`` as the memory bound lets
+    be built (the most memory per byte such a request can take), found by bisection."""
+    checked = request_items(pb.AddSessionFilesRequest.DESCRIPTOR)
     assert checked is not None
 
     def request(count: int) -> bytes:
-        return head + b"\x32\x00" * count
+        return head + b"\x12\x00" * count
 
     def accepted(count: int) -> bool:
         raw = request(count)
@@ -256,8 +257,9 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
     empty_specs = pb.AddSessionFilesRequest(session_id=session_id).SerializeToString()
     empty_specs += b"\x12\x00" * (MEBIBYTE // 2 - 64)
     # Exactly as many as the item limit allows: refused by what they would take to build.
-    at_item_limit = head.SerializeToString() + b"\x32\x00" * rules.MAX_REQUEST_ITEMS
-    under_count, under_build_bound = _densest_accepted(head.SerializeToString())
+    specs_head = pb.AddSessionFilesRequest(session_id=session_id).SerializeToString()
+    at_item_limit = specs_head + b"\x12\x00" * rules.MAX_REQUEST_ITEMS
+    under_count, under_build_bound = _densest_accepted(specs_head)
     empty_ids = b"\x0a\x00" * (MEBIBYTE // 2 - 64)
     many_devices = pb.CreateSessionRequest(device_ids=[f"d{i}" for i in range(120_000)])
     tags = [f"{i:03}" + "t" * (rules.MAX_TAG_CHARS - 3) for i in range(rules.MAX_TAGS)]
@@ -308,17 +310,17 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
         LimitCase(
             "items in a request; memory to build",
             f"{rules.MAX_REQUEST_ITEMS:,}; {rules.MAX_REQUEST_BUILD_RATIO}x",
-            f"RegisterFile of {rules.MAX_REQUEST_ITEMS:,} empty partitions (0.25 MiB; 11 MB"
+            f"AddSessionFiles of {rules.MAX_REQUEST_ITEMS:,} empty file specs (0.25 MiB; 12 MB"
             " to build)",
-            _raw(stubs, "/flightlog.v1.CatalogService/RegisterFile", at_item_limit),
+            _raw(stubs, "/flightlog.v1.SessionService/AddSessionFiles", at_item_limit),
         ),
         LimitCase(
             "memory to build",
             f"{rules.MAX_REQUEST_BUILD_RATIO}x the request, at least"
             f" {rules.REQUEST_BUILD_FLOOR_BYTES // 1024} KiB",
-            f"RegisterFile of {under_count:,} empty partitions, just under"
+            f"AddSessionFiles of {under_count:,} empty file specs, just under"
             " it (built, then refused by the domain)",
-            _raw(stubs, "/flightlog.v1.CatalogService/RegisterFile", under_build_bound),
+            _raw(stubs, "/flightlog.v1.SessionService/AddSessionFiles", under_build_bound),
         ),
         LimitCase(
             "memory to build",
@@ -355,6 +357,14 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
             "ListFileTopics of that file, page_size 1,000",
             lambda: stubs.catalog.ListFileTopics(
                 catalog_pb.ListFileTopicsRequest(file_id=file_id, page_size=1000), timeout=300
+            ),
+        ),
+        LimitCase(
+            "partitions, extents per file",
+            "10,000; 100,000",
+            "RegisterFile at both, densest (0.24 MiB: 2-byte extents; 6.5 MB built whole)",
+            lambda: stubs.catalog.RegisterFile(
+                densest_register_file_request(dataset.dataset_id), timeout=300
             ),
         ),
         LimitCase(

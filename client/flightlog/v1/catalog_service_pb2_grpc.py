@@ -192,8 +192,9 @@ class CatalogServiceServicer:
         """Registers a file of a dataset with its topic partitions and their timeline extents, in one
         transaction. Topics are matched to existing topic identities by (name, schema name) or
         created. A file has at most 10,000 partitions and 100,000 extents in all, and the request is
-        at most 1 MiB (see `common.proto`): at both count limits, the server's memory grows by about
-        9 times the request's size, and other calls are served while it is checked and stored.
+        at most 1 MiB (see `common.proto`). The request is read piece by piece, never built whole:
+        at both count limits the server's memory grows by about twice the request's size, however
+        small its extents, and other calls are served while it is read, checked and stored.
 
         A file may carry the SHA-256 of its content, by which ListFiles finds it again (an ingest
         recognises a recording it registered before, whatever its path), and, when it was salvaged

@@ -110,17 +110,21 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
       message, and can spend 40 bytes per byte on empty sub-messages.)
     - A request message holds at most 131,072 items in all: elements of repeated message fields
       and map entries, at any depth, counted together before the message is built. The field where
-      the count passes the limit is the one named (for example `partitions[0].extents`). No other
-      limit allows that many (RegisterFile at its limits holds 110,000); new in issue 11, when 1 MiB
-      of empty items still took the server 20-110 ms to build before a count could refuse it.
+      the count passes the limit is the one named (for example `requests[3].metadata.fields`). No
+      other limit allows that many; new in issue 11, when 1 MiB of empty items still took the
+      server 20-110 ms to build before a count could refuse it.
     - A request may take at most 8 times its size in the server's memory once built (a request
       under 256 KiB counting as 256 KiB): its repeated and message fields as protobuf lays them
       out, about 40 bytes an element for strings, its message's fields for a message. Read on the
       wire before the message is built; the field being read when the total passes the bound is
-      the one named. Only elements that are nearly empty reach it: an empty partition is 2 bytes on the
-      wire and about 90 in memory, while RegisterFile at its limits, with extents of a few bytes
-      each, takes 7.3 times its size. New in issue 11 (the item count alone let 131,072 empty
-      partitions, 0.25 MiB, take 11 MB).
+      the one named. Only elements that are nearly empty reach it: an empty string is 2 bytes on
+      the wire and about 40 in memory. New in issue 11 (the item count alone let 131,072 empty
+      items, 0.25 MiB, take 11 MB).
+    - RegisterFile's request is not bound by the two limits above: it is read piece by piece and
+      never built whole (a partition's fields when they are used, its extents 4,096 at a time), so
+      that it takes about its own size in memory and may hold 100,000 extents however small they
+      are (built whole, the smallest would take 26 times their size). Its own limits, below, are
+      checked as it is read: the first one passed is the one named, on `partitions`.
     - A session name is at most 120 characters; a description at most 4,096 characters; at most
       256 tags of at most 128 characters each; metadata at most 64 KiB as JSON and 16 levels deep;
       at most 256 device IDs in one CreateSession (new in issue 11: 120,000 of them took the

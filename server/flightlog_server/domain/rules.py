@@ -39,9 +39,10 @@ MAX_REQUEST_ITEMS = 1 << 17
 # The memory a request's repeated fields take once built, at most, as a multiple of the request's
 # size, a request counting as REQUEST_BUILD_FLOOR_BYTES at least: read on the wire before the
 # request is built (``rpc.request_items``). protobuf lays out an empty element (two bytes on the
-# wire) in 42 to 117 bytes; one that carries data in a few times its size. 8, because RegisterFile
-# at its limits, extents of a few bytes each, takes 7.3; protobuf allocates within 10% of the
-# charge, and the request's own bytes come on top, so that a request stays near 10 times its size.
+# wire) in 42 to 117 bytes; one that carries data in a few times its size. 8: protobuf allocates
+# within 10% of the charge, and the request's own bytes come on top, so that a request stays
+# under 10 times its size. (RegisterFile, whose limits allow 100,000 extents of two bytes, 26
+# times their size once built, is read piece by piece instead and never built: ``rpc.wire_file``.)
 MAX_REQUEST_BUILD_RATIO = 8
 REQUEST_BUILD_FLOOR_BYTES = 256 * 1024
 MAX_NAME_CHARS = 120

@@ -11,7 +11,8 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
 5. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
    parsed; over ``rules.MAX_REQUEST_ITEMS`` items, or with repeated fields that would take more
    than ``rules.MAX_REQUEST_BUILD_RATIO`` times its size to build, it is INVALID_ARGUMENT without
-   being built (``rpc.request_items``); bytes that do not parse are INVALID_ARGUMENT (not gRPC's
+   being built (``rpc.request_items``); RegisterFile's request is never built whole but read
+   piece by piece (``rpc.wire_file``); bytes that do not parse are INVALID_ARGUMENT (not gRPC's
    UNKNOWN);
 6. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
@@ -39,7 +40,8 @@ from flightlog_server.domain.errors import DomainError, InvalidArgument, LimitEx
 from flightlog_server.domain.types import Caller
 from flightlog_server.rpc import pagination
 from flightlog_server.rpc.errors import STATUS_DETAILS_KEY, internal_status, rich_status
-from flightlog_server.rpc.request_items import RequestItems, request_items
+from flightlog_server.rpc.request_items import request_items
+from flightlog_server.rpc.wire_file import WireFile
 from flightlog_server.services.identity import Authenticator
 
 log = logging.getLogger("flightlog.calls")
@@ -64,14 +66,40 @@ class CallObserver:
         """A call finished with ``code`` after ``seconds``."""
 
 
-Parser = Callable[[bytes], Any] | None
+# A request message from its bytes (None: the handler takes the bytes themselves).
+Reader = Callable[[bytes], Awaitable[Any]] | None
+
+# Requests read from the wire piece by piece instead of built whole: their reader bounds their
+# memory itself, whatever their elements (``rpc.wire_file``).
+_READ_FROM_WIRE: dict[str, Callable[[bytes], Awaitable[Any]]] = {
+    "/flightlog.v1.CatalogService/RegisterFile": WireFile.read,
+}
 
 
-async def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
+def _reader(
+    method: str, request: Descriptor | None, parse: Callable[[bytes], Any] | None
+) -> Reader:
+    """How ``method``'s request is made from its bytes: read on the wire first when it could
+    pass a bound (``rpc.request_items``), then parsed; or by a reader of its own."""
+    if parse is None:
+        return None
+    if method in _READ_FROM_WIRE:
+        return _READ_FROM_WIRE[method]
+    items = None if request is None else request_items(request)
+
+    async def read(raw: bytes) -> Any:
+        if items is not None:
+            await items.check(raw)
+        return parse(raw)
+
+    return read
+
+
+async def _parse(read: Reader, raw: bytes) -> Any:
     """The request message from its bytes; unparseable bytes are the caller's mistake, and so
     are more than ``MAX_REQUEST_BYTES``, ``MAX_REQUEST_ITEMS`` or ``MAX_REQUEST_BUILD_RATIO``
     (checked first: parsing is what they would cost)."""
-    if parse is None:
+    if read is None:
         return raw
     if len(raw) > rules.MAX_REQUEST_BYTES:
         raise LimitExceeded(
@@ -80,9 +108,7 @@ async def _parse(parse: Parser, items: RequestItems | None, raw: bytes) -> Any:
             metadata={"limit_bytes": str(rules.MAX_REQUEST_BYTES), "request_bytes": str(len(raw))},
         )
     try:
-        if items is not None:
-            await items.check(raw)
-        return parse(raw)
+        return await read(raw)
     except DecodeError as e:
         raise InvalidArgument.one(
             "request",
@@ -135,17 +161,16 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         # cannot parse (nested too deep, invalid UTF-8, truncated) would otherwise be answered
         # UNKNOWN with the parser's exception text, before any of the rules below apply.
         request = _request_type(method)
-        parse = handler.request_deserializer
-        items = None if request is None else request_items(request)
+        read = _reader(method, request, handler.request_deserializer)
         paged = request is not None and "page_token" in request.fields_by_name
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary, parse, items, paged),
+                self._wrap_unary(method, handler.unary_unary, read, paged),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream, parse, items, paged),
+                self._wrap_stream(method, handler.unary_stream, read, paged),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -177,16 +202,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             code, message, details = internal_status(request_id)
         return code, message, details
 
-    def _wrap_unary(
-        self, method: str, behavior: Any, parse: Parser, items: RequestItems | None, paged: bool
-    ) -> Any:
+    def _wrap_unary(self, method: str, behavior: Any, read: Reader, paged: bool) -> Any:
         async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context, paged)
-                return await behavior(await _parse(parse, items, raw), context)
+                return await behavior(await _parse(read, raw), context)
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)
                 await context.abort(code, message, ((STATUS_DETAILS_KEY, details),))
@@ -195,16 +218,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return call
 
-    def _wrap_stream(
-        self, method: str, behavior: Any, parse: Parser, items: RequestItems | None, paged: bool
-    ) -> Any:
+    def _wrap_stream(self, method: str, behavior: Any, read: Reader, paged: bool) -> Any:
         async def call(raw: bytes, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             started = time.perf_counter()
             self.observer.started(method)
             code = grpc.StatusCode.OK
             try:
                 await self._enter(method, context, paged)
-                async for response in behavior(await _parse(parse, items, raw), context):
+                async for response in behavior(await _parse(read, raw), context):
                     yield response
             except Exception as error:  # noqa: BLE001 - every failure gets a proper status
                 code, message, details = self._status_of(method, error)

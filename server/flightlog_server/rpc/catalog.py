@@ -21,6 +21,7 @@ from flightlog_server.domain.types import IdempotencyKey
 from flightlog_server.pacing import Pacer, run_sliced
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
+from flightlog_server.rpc.wire_file import WireFile
 from flightlog_server.services.catalog import Catalog
 
 pb = catalog_service_pb2
@@ -152,18 +153,23 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
 
     # --- files ---------------------------------------------------------------------------------
 
-    async def RegisterFile(
-        self, request: pb.RegisterFileRequest, context: Context
+    async def RegisterFile(  # type: ignore[override]  # read from the wire, not built whole
+        self, request: WireFile, context: Context
     ) -> pb.RegisterFileResponse:
         caller = current_caller()
         v = Violations()
-        # The request itself is checked and then stored, extent by extent (domain.catalog):
-        # never copied whole, and other calls run while its 100,000 extents are gone through.
-        extras = convert.file_extras(request)
+        # The request is checked and then stored, extent by extent (domain.catalog), from its
+        # bytes (rpc.wire_file): never built whole, and other calls run while its 100,000
+        # extents are gone through.
+        extras = convert.file_extras(request.header)
         checked = await run_sliced(catalog.check_file(v, request, extras))
         rules.check_request_id(v, request.request_id)
         v.raise_if_any()
-        key = _idempotency_key("RegisterFile", request)
+        key = (
+            IdempotencyKey(request.request_id, await request.fingerprint("RegisterFile"))
+            if request.request_id
+            else None
+        )
         file = await self.catalog.register_file(caller, request, checked, extras, key)
         return pb.RegisterFileResponse(file=convert.file_message(file))
 
@@ -286,9 +292,7 @@ def _parse_time(value: str) -> dt.datetime:
     return parsed
 
 
-def _idempotency_key(
-    method: str, request: pb.CreateDatasetRequest | pb.RegisterFileRequest
-) -> IdempotencyKey | None:
+def _idempotency_key(method: str, request: pb.CreateDatasetRequest) -> IdempotencyKey | None:
     if not request.request_id:
         return None
     return IdempotencyKey(request.request_id, convert.request_fingerprint(method, request))

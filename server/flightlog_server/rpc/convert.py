@@ -336,7 +336,8 @@ def request_fingerprint(method: str, request: IdempotentRequest) -> bytes:
     methods can serialize to the same bytes.
 
     The ``request_id`` is cleared on the request itself while it is serialized, and put back:
-    a copy of a RegisterFile request would cost several times its size (up to 1 MiB)."""
+    a copy would cost the request's size again. (RegisterFile's request, never built whole, is
+    fingerprinted by ``WireFile.fingerprint``, which reproduces this digest.)"""
     request_id = request.request_id
     request.ClearField("request_id")
     try:
