@@ -319,9 +319,11 @@ TOO_MANY_ITEMS = (
     " message fields and map entries, at any depth, all counted together)"
 )
 TOO_COSTLY = "building the request would take more than"
-# RegisterFile's request is read piece by piece, never built whole (``rpc.wire_file``): its own
-# limits refuse it as soon as they are passed, naming the field they are documented on.
+# RegisterFile's and AddSessionFiles' requests are read piece by piece, never built whole
+# (``rpc.piecewise``): their own limits refuse them as soon as they are passed, naming the field
+# they are documented on.
 READ_FROM_WIRE = {
+    "AddSessionFiles:files": ("files", "must hold at most 10,000 files"),
     "RegisterFile:partitions": ("partitions", "must hold at most 10,000 partitions"),
     "RegisterFile:partitions[0].extents": (
         "partitions",

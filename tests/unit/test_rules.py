@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import InvalidArgument
@@ -17,6 +20,7 @@ from flightlog_server.domain.types import (
     Instant,
     WireValue,
 )
+from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 
 
 def test_metadata_put_with_dot_paths_creates_nested_objects() -> None:
@@ -63,19 +67,44 @@ def test_metadata_size_and_depth_limits() -> None:
 
 def test_contributions_reject_half_open_window_min_after_max_and_repeats() -> None:
     v = Violations()
-    rules.check_contributions(
+    for _ in rules.check_contributions(  # a generator, for pacing.run_sliced
         v,
         [
             ContributionSpec("fl_a", 5, None),
             ContributionSpec("fl_b", 9, 3),
             ContributionSpec("fl_a", None, None),
         ],
-    )
+    ):
+        pass
     assert [x.field for x in v.items] == [
         "files[0].range_max_timestamp_ns",
         "files[1].range_min_timestamp_ns",
         "files[2].file_id",
     ]
+
+
+@pytest.mark.parametrize("bits", [8, 1 << 20], ids=["colliding", "as-served"])
+@settings(PROPERTY_SETTINGS, max_examples=HYPOTHESIS_EXAMPLES)
+@given(ids=st.lists(st.text(alphabet="ab", max_size=3), max_size=3000))
+def test_repeated_file_ids_are_found_as_a_dict_of_every_id_finds_them(
+    bits: int, ids: list[str]
+) -> None:
+    # The bitmap of hashes only narrows down the IDs compared: with 8 bits nearly every ID is a
+    # candidate, with the served 2^20 nearly none is, and the repeats found are the same.
+    first: dict[str, int] = {}
+    expected = []
+    for i, file_id in enumerate(ids):
+        if file_id in first:
+            expected.append((i, first[file_id]))
+        first.setdefault(file_id, i)
+    with mock.patch.object(rules, "_HASH_BITS", bits):
+        steps = rules._repeats(lambda: iter(ids))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                assert done.value == expected
+                break
 
 
 def _field(

@@ -120,11 +120,12 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
       the one named. Only elements that are nearly empty reach it: an empty string is 2 bytes on
       the wire and about 40 in memory. New in issue 11 (the item count alone let 131,072 empty
       items, 0.25 MiB, take 11 MB).
-    - RegisterFile's request is not bound by the two limits above: it is read piece by piece and
-      never built whole (a partition's fields when they are used, its extents 4,096 at a time), so
-      that it takes about its own size in memory and may hold 100,000 extents however small they
-      are (built whole, the smallest would take 26 times their size). Its own limits, below, are
-      checked as it is read: the first one passed is the one named, on `partitions`.
+    - RegisterFile's and AddSessionFiles' requests are not bound by the two limits above: they are
+      read piece by piece and never built whole (a partition's fields when they are used, extents
+      and file specs 4,096 at a time), so that each takes about its own size in memory, and a file
+      may hold 100,000 extents however small they are (built whole, the smallest would take 26
+      times their size). Their own limits, below, are checked as they are read: the first one
+      passed is the one named (`partitions`, `files`).
     - A session name is at most 120 characters; a description at most 4,096 characters; at most
       256 tags of at most 128 characters each; metadata at most 64 KiB as JSON and 16 levels deep;
       at most 256 device IDs in one CreateSession (new in issue 11: 120,000 of them took the

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from flightlog_server.domain.errors import FieldViolation, InvalidArgument
@@ -42,7 +42,7 @@ MAX_REQUEST_ITEMS = 1 << 17
 # wire) in 42 to 117 bytes; one that carries data in a few times its size. 8: protobuf allocates
 # within 10% of the charge, and the request's own bytes come on top, so that a request stays
 # under 10 times its size. (RegisterFile, whose limits allow 100,000 extents of two bytes, 26
-# times their size once built, is read piece by piece instead and never built: ``rpc.wire_file``.)
+# times their size once built, is read piece by piece instead and never built: ``rpc.piecewise``.)
 MAX_REQUEST_BUILD_RATIO = 8
 REQUEST_BUILD_FLOOR_BYTES = 256 * 1024
 MAX_NAME_CHARS = 120
@@ -298,18 +298,16 @@ def _remove_path(node: dict[str, Any], keys: list[str]) -> None:
 # --- Contributions -----------------------------------------------------------------------------
 
 
-def check_contributions(v: Violations, specs: Sequence[ContributionSpec]) -> None:
-    """The rules of AddSessionFiles' files; their number is checked first, with
-    ``check_count`` on the request (``MAX_FILES_PER_CALL``), before ``specs`` are made."""
+def check_contributions(
+    v: Violations, specs: Sequence[ContributionSpec]
+) -> Generator[None, None, None]:
+    """The rules of AddSessionFiles' files (their number was checked as the request was read).
+    A generator that yields every ``_SPECS_PER_STEP`` specs, for ``pacing.run_sliced``."""
     if not specs:
         v.add("files", "must name at least one file")
-    seen: dict[str, int] = {}
     for i, spec in enumerate(specs):
         field = f"files[{i}]"
         check_id(v, f"{field}.file_id", spec.file_id, "file")
-        if spec.file_id in seen:
-            v.add(f"{field}.file_id", f"repeats files[{seen[spec.file_id]}]; name a file once")
-        seen.setdefault(spec.file_id, i)
         if (spec.range_min_ns is None) != (spec.range_max_ns is None):
             missing = (
                 "range_max_timestamp_ns"
@@ -330,6 +328,46 @@ def check_contributions(v: Violations, specs: Sequence[ContributionSpec]) -> Non
                 f"{field}.range_min_timestamp_ns",
                 "must not be greater than range_max_timestamp_ns",
             )
+        if i % _SPECS_PER_STEP == _SPECS_PER_STEP - 1:
+            yield
+    repeats = yield from _repeats(lambda: (spec.file_id for spec in specs))
+    for i, first in repeats:
+        v.add(f"files[{i}].file_id", f"repeats files[{first}]; name a file once")
+
+
+_SPECS_PER_STEP = 1000
+_HASH_BITS = 1 << 20  # a 128 KiB bitmap
+
+
+def _repeats(values: Callable[[], Iterable[str]]) -> Generator[None, None, list[tuple[int, int]]]:
+    """(index, first index) of each of ``values()`` equal to an earlier one, in order, without
+    keeping them all (10,000 file IDs and a dict of them took 1 MB): a bitmap of their hashes
+    finds the candidates, values whose bit an earlier one set, and a second pass, made only
+    when there are any, compares the values behind those bits. Values built to collide cost at
+    most what the dict did."""
+    bitmap = bytearray(_HASH_BITS // 8)
+    candidates: set[int] = set()
+    for i, value in enumerate(values()):
+        bit = hash(value) % _HASH_BITS
+        byte, mask = bit >> 3, 1 << (bit & 7)
+        if bitmap[byte] & mask:
+            candidates.add(bit)
+        bitmap[byte] |= mask
+        if i % _SPECS_PER_STEP == _SPECS_PER_STEP - 1:
+            yield
+    repeats: list[tuple[int, int]] = []
+    if not candidates:
+        return repeats
+    first: dict[str, int] = {}
+    for i, value in enumerate(values()):
+        if hash(value) % _HASH_BITS in candidates:
+            if value in first:
+                repeats.append((i, first[value]))
+            else:
+                first[value] = i
+        if i % _SPECS_PER_STEP == _SPECS_PER_STEP - 1:
+            yield
+    return repeats
 
 
 # --- Custom fields -----------------------------------------------------------------------------

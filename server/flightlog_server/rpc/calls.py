@@ -11,9 +11,9 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
 5. the request is parsed: over ``rules.MAX_REQUEST_BYTES`` it is RESOURCE_EXHAUSTED without being
    parsed; over ``rules.MAX_REQUEST_ITEMS`` items, or with repeated fields that would take more
    than ``rules.MAX_REQUEST_BUILD_RATIO`` times its size to build, it is INVALID_ARGUMENT without
-   being built (``rpc.request_items``); RegisterFile's request is never built whole but read
-   piece by piece (``rpc.wire_file``); bytes that do not parse are INVALID_ARGUMENT (not gRPC's
-   UNKNOWN);
+   being built (``rpc.request_items``); RegisterFile's and AddSessionFiles' requests are never
+   built whole but read piece by piece (``rpc.piecewise``); bytes that do not parse are
+   INVALID_ARGUMENT (not gRPC's UNKNOWN);
 6. domain errors become rich statuses (``rpc.errors``); anything else is logged with its
    traceback and answered INTERNAL with the request id.
 """
@@ -21,6 +21,7 @@ One interceptor wraps every Flightlog handler (health and reflection stay public
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import re
 import secrets
@@ -34,14 +35,15 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from grpc import aio
 
+from flightlog.v1 import session_service_pb2
 from flightlog_server import request_context
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import DomainError, InvalidArgument, LimitExceeded
 from flightlog_server.domain.types import Caller
 from flightlog_server.rpc import pagination
 from flightlog_server.rpc.errors import STATUS_DETAILS_KEY, internal_status, rich_status
+from flightlog_server.rpc.piecewise import WireFile, WireRepeated
 from flightlog_server.rpc.request_items import request_items
-from flightlog_server.rpc.wire_file import WireFile
 from flightlog_server.services.identity import Authenticator
 
 log = logging.getLogger("flightlog.calls")
@@ -70,9 +72,16 @@ class CallObserver:
 Reader = Callable[[bytes], Awaitable[Any]] | None
 
 # Requests read from the wire piece by piece instead of built whole: their reader bounds their
-# memory itself, whatever their elements (``rpc.wire_file``).
+# memory itself, whatever their elements (``rpc.piecewise``).
 _READ_FROM_WIRE: dict[str, Callable[[bytes], Awaitable[Any]]] = {
     "/flightlog.v1.CatalogService/RegisterFile": WireFile.read,
+    "/flightlog.v1.SessionService/AddSessionFiles": functools.partial(
+        WireRepeated.read,
+        request=session_service_pb2.AddSessionFilesRequest,
+        field="files",
+        limit=rules.MAX_FILES_PER_CALL,
+        items="files",
+    ),
 }
 
 

@@ -21,7 +21,7 @@ from flightlog_server.domain.types import IdempotencyKey
 from flightlog_server.pacing import Pacer, run_sliced
 from flightlog_server.rpc import convert, pagination
 from flightlog_server.rpc.calls import current_caller
-from flightlog_server.rpc.wire_file import WireFile
+from flightlog_server.rpc.piecewise import WireFile
 from flightlog_server.services.catalog import Catalog
 
 pb = catalog_service_pb2
@@ -159,7 +159,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         caller = current_caller()
         v = Violations()
         # The request is checked and then stored, extent by extent (domain.catalog), from its
-        # bytes (rpc.wire_file): never built whole, and other calls run while its 100,000
+        # bytes (rpc.piecewise): never built whole, and other calls run while its 100,000
         # extents are gone through.
         extras = convert.file_extras(request.header)
         checked = await run_sliced(catalog.check_file(v, request, extras))

@@ -29,7 +29,7 @@ is not charged: single strings (copied at every occurrence, 8 bytes at a time, u
 their size) and unknown fields. The charges are checked against protobuf's real allocations by
 ``tests/unit/test_request_items.py``.
 
-RegisterFile's request is the exception, read by ``rpc.wire_file`` instead: its documented limits
+RegisterFile's request is the exception, read by ``rpc.piecewise`` instead: its documented limits
 allow 100,000 extents of two bytes, which no bound proportional to their size would let be
 built, so it is never built whole.
 """

@@ -783,14 +783,28 @@ async def add_contributions(
     tx: Tx, caller: Caller, session_id: str, specs: Sequence[ContributionSpec]
 ) -> None:
     """Adds or replaces a (locked) session's contributions, in one statement; NOT_FOUND naming
-    every file not in the org (nothing is added then: the transaction rolls back)."""
-    windowed = any(s.range_min_ns is not None for s in specs)
+    every file not in the org (nothing is added then: the transaction rolls back).
+
+    ``specs`` is gone through once (twice when a file has a window), its file IDs joined a
+    thousand at a time: up to 10,000 of them are never all kept as objects at once."""
+    chunks: list[str] = []
+    batch: list[str] = []
+    windowed = False
+    for spec in specs:
+        batch.append(spec.file_id)
+        windowed = windowed or spec.range_min_ns is not None
+        if len(batch) == 1000:
+            chunks.append("\n".join(batch))
+            batch.clear()
+    chunks.append("\n".join(batch))
+    file_ids = "\n".join(c for c in chunks if c)
+    chunks.clear()
     row = await tx.one(
         _ADD_CONTRIBUTIONS,
         [
             caller.org_id,
             session_id,
-            "\n".join(s.file_id for s in specs),
+            file_ids,
             [s.range_min_ns for s in specs] if windowed else [],
             [s.range_max_ns for s in specs] if windowed else [],
             caller.principal_id,

@@ -1,4 +1,5 @@
-"""RegisterFile's request read piece by piece (``rpc.wire_file``), compared with protobuf.
+"""RegisterFile's and AddSessionFiles' requests read piece by piece (``rpc.piecewise``),
+compared with protobuf.
 
 Hypothesis writes requests field by field, in any order (extents between a partition's other
 fields, a field sent twice, unknown fields and groups anywhere, extent tags written in two bytes),
@@ -20,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flightlog.v1 import catalog_service_pb2 as pb
+from flightlog.v1 import session_service_pb2 as sessions_pb
 from flightlog_server.domain.catalog import MAX_EXTENTS_PER_FILE, MAX_PARTITIONS_PER_FILE
 from flightlog_server.domain.errors import InvalidArgument
-from flightlog_server.rpc import convert, wire_file
-from flightlog_server.rpc.wire_file import WireFile
+from flightlog_server.rpc import convert, piecewise
+from flightlog_server.rpc.piecewise import WireFile, WireRepeated
 from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 from tests.rpc.factories import densest_register_file_request
 from tests.support import delimited, varint
@@ -127,13 +129,13 @@ def assert_same(wire: WireFile, built: pb.RegisterFileRequest) -> None:
     assert fingerprint == convert.request_fingerprint("RegisterFile", built)
 
 
-@pytest.mark.parametrize("window", [1, 3, wire_file.EXTENTS_PER_WINDOW])
+@pytest.mark.parametrize("window", [1, 3, piecewise.ELEMENTS_PER_WINDOW])
 @settings(PROPERTY_SETTINGS, max_examples=4 * HYPOTHESIS_EXAMPLES)
 @given(raw=request())
 def test_a_request_read_piece_by_piece_is_the_request_protobuf_builds(
     window: int, raw: bytes
 ) -> None:
-    with mock.patch.object(wire_file, "EXTENTS_PER_WINDOW", window):
+    with mock.patch.object(piecewise, "ELEMENTS_PER_WINDOW", window):
         assert_same(read(raw), pb.RegisterFileRequest.FromString(raw))
 
 
@@ -161,7 +163,7 @@ def test_damaged_bytes_are_refused_exactly_where_protobuf_refuses_them(
         with pytest.raises(DecodeError):
             read(bytes(damaged))
         return
-    with mock.patch.object(wire_file, "EXTENTS_PER_WINDOW", 2):
+    with mock.patch.object(piecewise, "ELEMENTS_PER_WINDOW", 2):
         assert_same(read(bytes(damaged)), built)
 
 
@@ -247,3 +249,79 @@ def test_reading_and_using_the_densest_request_takes_little_beside_its_bytes() -
             assert extent.min_timestamp_ns <= extent.max_timestamp_ns
         most = max(most, in_use() - before)
     assert most <= len(raw) + 512 * 1024, (most, len(raw))
+
+
+# --- AddSessionFiles -----------------------------------------------------------------------------
+
+
+@st.composite
+def add_files_request(draw: st.DrawFn) -> bytes:
+    """An AddSessionFilesRequest written field by field: file specs (some with windows, some
+    with unknown fields, some with their tag in two bytes) among the other fields, in any
+    order."""
+    fields = []
+    for _ in range(draw(st.integers(0, 12))):
+        spec = sessions_pb.SessionFileSpec(file_id=draw(st.text(max_size=5)))
+        if draw(st.booleans()):
+            spec.range_min_timestamp_ns = draw(st.integers(-(2**63), 2**63 - 1))
+        if draw(st.booleans()):
+            spec.range_max_timestamp_ns = draw(st.integers(-(2**63), 2**63 - 1))
+        payload = spec.SerializeToString()
+        if draw(st.integers(0, 5)) == 0:
+            payload += draw(unknown_field())
+        tag = b"\x92\x00" if draw(st.integers(0, 9)) == 0 else b"\x12"
+        fields.append(tag + varint(len(payload)) + payload)
+    if draw(st.booleans()):
+        fields.append(delimited(1, draw(st.text(max_size=6)).encode()))
+    if draw(st.booleans()):
+        fields.append(varint(3 << 3) + varint(draw(st.integers(0, 2**64 - 1))))
+    fields += draw(st.lists(unknown_field(), max_size=2))
+    if draw(st.booleans()):
+        fields = draw(st.permutations(fields))
+    return b"".join(fields)
+
+
+def read_files(raw: bytes, limit: int = 10_000) -> WireRepeated:
+    return asyncio.run(
+        WireRepeated.read(
+            raw,
+            request=sessions_pb.AddSessionFilesRequest,
+            field="files",
+            limit=limit,
+            items="files",
+        )
+    )
+
+
+@pytest.mark.parametrize("window", [1, 3, piecewise.ELEMENTS_PER_WINDOW])
+@settings(PROPERTY_SETTINGS, max_examples=4 * HYPOTHESIS_EXAMPLES)
+@given(raw=add_files_request(), data=st.data())
+def test_file_specs_read_a_window_at_a_time_are_those_protobuf_builds(
+    window: int, raw: bytes, data: st.DataObject
+) -> None:
+    damaged = bytearray(raw)
+    if data.draw(st.booleans()) and damaged:  # and sometimes one byte changed
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        built = sessions_pb.AddSessionFilesRequest.FromString(bytes(damaged))
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            read_files(bytes(damaged))
+        return
+    with mock.patch.object(piecewise, "ELEMENTS_PER_WINDOW", window):
+        read = read_files(bytes(damaged))
+        expected_header = sessions_pb.AddSessionFilesRequest()
+        expected_header.CopyFrom(built)
+        expected_header.ClearField("files")
+        assert read.header == expected_header
+        assert len(read) == len(built.files)
+        assert list(read) == list(built.files)
+
+
+def test_more_file_specs_than_the_limit_are_refused_as_they_are_counted() -> None:
+    raw = b"\x12\x00" * 11
+    assert len(read_files(raw, limit=11)) == 11
+    with pytest.raises(InvalidArgument) as refused:
+        read_files(raw, limit=10)
+    assert refused.value.violations[0].field == "files"
+    assert refused.value.violations[0].description == "must hold at most 10 files"

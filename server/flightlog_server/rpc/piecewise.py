@@ -1,4 +1,5 @@
-"""RegisterFile's request, read from the wire piece by piece instead of built whole.
+"""Requests read from the wire piece by piece instead of built whole: RegisterFile's and
+AddSessionFiles'.
 
 protobuf builds an extent (two bytes on the wire when empty, six with small timestamps) in about
 50 bytes: its message, its slot in the partition's array and the array's growth. A RegisterFile
@@ -10,7 +11,7 @@ size can allow. So this one request is never built whole:
   each partition lies in the request's bytes, 16 bytes a partition. Its other fields are parsed by
   protobuf into a ``RegisterFileRequest`` that holds no partitions (``WireFile.header``).
 * A partition is parsed when it is used (``WirePartition``): its fields other than the extents by
-  protobuf at once, its extents in *windows* of at most ``EXTENTS_PER_WINDOW`` consecutive ones,
+  protobuf at once, its extents in *windows* of at most ``ELEMENTS_PER_WINDOW`` consecutive ones,
   each parsed by protobuf as a ``TopicPartitionSpec`` holding only them and dropped before the
   next. Memory stays that of one window, whatever the partition holds.
 * ``read`` parses every partition and every window once, so that bytes protobuf would refuse
@@ -18,11 +19,16 @@ size can allow. So this one request is never built whole:
   used, like any other request's; and it refuses more partitions or extents than the documented
   limits as soon as it counts them, before parsing any more.
 
+AddSessionFiles' 10,000 file specs are read the same way (``WireRepeated``): the request without
+its files, and the files a window at a time. Built whole with the specs the server made of them,
+they took 3.2 MB, 12 times the request.
+
 Each piece is a run of whole fields, so protobuf parses the pieces into what it would have built
 from the whole request: the same values, a field sent twice merged the same way, unknown fields
-and fields of the wrong wire type kept alike. ``fingerprint`` reproduces the built request's
-deterministic serialization (known fields in number order, then unknown ones as they came).
-``tests/unit/test_wire_file.py`` compares all of it with the built request on generated input.
+and fields of the wrong wire type kept alike. ``WireFile.fingerprint`` reproduces the built
+request's deterministic serialization (known fields in number order, then unknown ones as they
+came). ``tests/unit/test_piecewise.py`` compares all of it with the built requests on generated
+input.
 """
 
 from __future__ import annotations
@@ -31,9 +37,8 @@ import hashlib
 from array import array
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import islice
-from typing import overload
+from typing import Any, overload
 
 from google.protobuf.message import DecodeError, Message
 
@@ -42,20 +47,19 @@ from flightlog_server.domain.catalog import MAX_EXTENTS_PER_FILE, MAX_PARTITIONS
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.pacing import run_sliced
 
-__all__ = ["EXTENTS_PER_WINDOW", "WireExtents", "WireFile", "WirePartition"]
+__all__ = ["ELEMENTS_PER_WINDOW", "WireExtents", "WireFile", "WirePartition", "WireRepeated"]
 
 _Request = catalog_service_pb2.RegisterFileRequest
 _Partition = catalog_service_pb2.TopicPartitionSpec
 _PARTITIONS = _Request.DESCRIPTOR.fields_by_name["partitions"].number
 _EXTENTS = _Partition.DESCRIPTOR.fields_by_name["extents"].number
-_REQUEST_ID = _Request.DESCRIPTOR.fields_by_name["request_id"].number
 
 # Wire types (https://protobuf.dev/programming-guides/encoding/#structure).
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
 _MAX_GROUP_DEPTH = 100  # protobuf's own limit on nesting
 
-# Extents parsed at once: about 200 KB built at most (50 bytes each).
-EXTENTS_PER_WINDOW = 4096
+# Elements parsed at once: extents take about 50 bytes each built, file specs 100.
+ELEMENTS_PER_WINDOW = 4096
 # Fields walked between two chances for other calls to run.
 _FIELDS_PER_STEP = 4096
 
@@ -204,16 +208,22 @@ class WirePartition:
         self._start = start
         self._end = end
         self.extents = WireExtents(self, count)  # counting them needs no parsing
+        self._scanned: _Layout | None = None
+        self._header: _Partition | None = None
 
-    @cached_property
+    @property
     def _layout(self) -> _Layout:
-        # At most 100,000 extents (WireFile.read refused more): about 15 ms, not sliced.
-        return _drain(_scan(self._raw, self._start, self._end))
+        if self._scanned is None:
+            # At most 100,000 extents (WireFile.read refused more): about 15 ms, not sliced.
+            self._scanned = _drain(_scan(self._raw, self._start, self._end))
+        return self._scanned
 
-    @cached_property
+    @property
     def header(self) -> _Partition:
-        """The partition's fields other than the extents."""
-        return _Partition.FromString(self._layout.header)
+        """The partition's fields other than the extents (parsed when first asked for)."""
+        if self._header is None:
+            self._header = _Partition.FromString(self._layout.header)
+        return self._header
 
     @property
     def topic_name(self) -> str:
@@ -271,6 +281,51 @@ class WireExtents(Sequence[catalog_service_pb2.TimelineExtent]):
         return next(islice(iter(self), index % len(self), None))
 
 
+class WireRepeated:
+    """A request whose one repeated message field is read a window at a time (AddSessionFiles'
+    files): ``header`` holds its other fields; iterating gives the field's elements."""
+
+    def __init__(
+        self, raw: bytes, header: Message, field: str, windows: list[tuple[int, int]], count: int
+    ) -> None:
+        self._raw = raw
+        self.header = header
+        self._field = field
+        self._windows = windows
+        self._count = count
+
+    @classmethod
+    async def read(
+        cls, raw: bytes, *, request: type[Message], field: str, limit: int, items: str
+    ) -> WireRepeated:
+        """The request of type ``request`` in ``raw``: ``DecodeError`` where protobuf would not
+        parse it; ``InvalidArgument`` naming ``field`` ("must hold at most ``limit`` ``items``",
+        as ``rules.check_count`` says it) when it holds more elements."""
+        return await run_sliced(cls._read(raw, request, field, limit, items))
+
+    @classmethod
+    def _read(
+        cls, raw: bytes, request: type[Message], field: str, limit: int, items: str
+    ) -> Generator[None, None, WireRepeated]:
+        number = request.DESCRIPTOR.fields_by_name[field].number
+        layout = yield from _scan(raw, 0, len(raw), number)
+        if layout.count > limit:
+            raise InvalidArgument.one(field, f"must hold at most {limit:,} {items}")
+        header = request.FromString(layout.header)
+        for start, end in layout.windows:  # parsed once now, so that bad bytes are refused now
+            request.FromString(raw[start:end])
+            yield
+        return cls(raw, header, field, layout.windows, layout.count)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        for start, end in self._windows:
+            window = type(self.header).FromString(self._raw[start:end])
+            yield from getattr(window, self._field)
+
+
 # --- The wire format ----------------------------------------------------------------------------
 
 
@@ -319,25 +374,27 @@ def _field_at(raw: bytes, position: int, end: int) -> tuple[int, int, int, int]:
 
 @dataclass
 class _Layout:
-    """Where a partition's pieces lie: its fields other than the extents (copied, in order),
-    the runs of consecutive extents (each a window of at most ``EXTENTS_PER_WINDOW``) and how
-    many extents it holds."""
+    """Where a message's pieces lie: its fields other than one repeated field (copied, in
+    order), the runs of consecutive elements of that field (each a window of at most
+    ``ELEMENTS_PER_WINDOW``) and how many elements it holds."""
 
     header: bytes
     windows: list[tuple[int, int]]
     count: int
 
 
-_EXTENT_TAG = _EXTENTS << 3 | _LENGTH_DELIMITED  # one byte
-
-
-def _scan(raw: bytes, start: int, end: int) -> Generator[None, None, _Layout]:
-    """The layout of the partition in ``raw[start:end]``, yielding every ``_FIELDS_PER_STEP``
-    fields. Runs of extents are stepped over in a tight loop (about 0.15 µs an extent); an
-    extent whose tag is written in more than one byte (valid, if odd) takes the general path."""
+def _scan(
+    raw: bytes, start: int, end: int, number: int = _EXTENTS
+) -> Generator[None, None, _Layout]:
+    """The layout of the message in ``raw[start:end]`` around its repeated field ``number``
+    (a partition's extents by default), yielding every ``_FIELDS_PER_STEP`` fields. Runs of
+    elements are stepped over in a tight loop (about 0.15 µs an element); an element whose tag
+    is written in more than one byte (valid, if odd) takes the general path."""
+    tag = number << 3 | _LENGTH_DELIMITED
+    assert tag < 0x80, "the tight loop compares one-byte tags"
     header = bytearray()
     windows: list[tuple[int, int]] = []
-    in_window = 0  # extents in the last window, while it can still grow
+    in_window = 0  # elements in the last window, while it can still grow
     count = 0
     read = 0  # fields read since the last yield
     position = start
@@ -346,14 +403,14 @@ def _scan(raw: bytes, start: int, end: int) -> Generator[None, None, _Layout]:
             if read >= _FIELDS_PER_STEP:
                 read = 0
                 yield
-            if raw[position] == _EXTENT_TAG:
+            if raw[position] == tag:
                 # A run of extents, continuing the last window if it ends here and has room.
                 if in_window and windows[-1][1] == position:
                     run_start, n = windows.pop()[0], in_window
                 else:
                     run_start, n = position, 0
                 first = n
-                while position < end and raw[position] == _EXTENT_TAG and n < EXTENTS_PER_WINDOW:
+                while position < end and raw[position] == tag and n < ELEMENTS_PER_WINDOW:
                     length = raw[position + 1]
                     if length < 0x80:
                         position += 2 + length
@@ -364,17 +421,17 @@ def _scan(raw: bytes, start: int, end: int) -> Generator[None, None, _Layout]:
                 if position > end:
                     raise DecodeError("a field runs past the end of its message")
                 windows.append((run_start, position))
-                in_window = n % EXTENTS_PER_WINDOW
+                in_window = n % ELEMENTS_PER_WINDOW
                 count += n - first
                 read += n - first
                 continue
-            number, wire, _, field_end = _field_at(raw, position, end)
-            if number == _EXTENTS and wire == _LENGTH_DELIMITED:  # its tag in several bytes
+            found, wire, _, field_end = _field_at(raw, position, end)
+            if found == number and wire == _LENGTH_DELIMITED:  # its tag in several bytes
                 if in_window and windows[-1][1] == position:
                     windows[-1] = (windows[-1][0], field_end)
                 else:
                     windows.append((position, field_end))
-                in_window = (in_window + 1) % EXTENTS_PER_WINDOW
+                in_window = (in_window + 1) % ELEMENTS_PER_WINDOW
                 count += 1
             else:
                 header += raw[position:field_end]
