@@ -225,14 +225,14 @@ def _big_metadata() -> struct_pb2.Struct:
     return metadata
 
 
-def _densest_accepted(head: bytes) -> tuple[int, bytes]:
-    """An AddSessionFiles of as many empty file specs after ``head`` as the memory bound lets
-    be built (the most memory per byte such a request can take), found by bisection."""
-    checked = request_items(pb.AddSessionFilesRequest.DESCRIPTOR)
+def _densest_accepted() -> tuple[int, bytes]:
+    """A BatchCreateSessions of as many empty requests as the memory bound lets be built (the
+    most memory per byte such a request can take), found by bisection."""
+    checked = request_items(pb.BatchCreateSessionsRequest.DESCRIPTOR)
     assert checked is not None
 
     def request(count: int) -> bytes:
-        return head + b"\x12\x00" * count
+        return b"\x0a\x00" * count
 
     def accepted(count: int) -> bool:
         raw = request(count)
@@ -257,9 +257,8 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
     empty_specs = pb.AddSessionFilesRequest(session_id=session_id).SerializeToString()
     empty_specs += b"\x12\x00" * (MEBIBYTE // 2 - 64)
     # Exactly as many as the item limit allows: refused by what they would take to build.
-    specs_head = pb.AddSessionFilesRequest(session_id=session_id).SerializeToString()
-    at_item_limit = specs_head + b"\x12\x00" * rules.MAX_REQUEST_ITEMS
-    under_count, under_build_bound = _densest_accepted(specs_head)
+    at_item_limit = b"\x0a\x00" * rules.MAX_REQUEST_ITEMS
+    under_count, under_build_bound = _densest_accepted()
     empty_ids = b"\x0a\x00" * (MEBIBYTE // 2 - 64)
     many_devices = pb.CreateSessionRequest(device_ids=[f"d{i}" for i in range(120_000)])
     tags = [f"{i:03}" + "t" * (rules.MAX_TAG_CHARS - 3) for i in range(rules.MAX_TAGS)]
@@ -310,17 +309,16 @@ def limit_cases(stubs: Stubs, loose_files: list[str]) -> list[LimitCase]:
         LimitCase(
             "items in a request; memory to build",
             f"{rules.MAX_REQUEST_ITEMS:,}; {rules.MAX_REQUEST_BUILD_RATIO}x",
-            f"AddSessionFiles of {rules.MAX_REQUEST_ITEMS:,} empty file specs (0.25 MiB; 12 MB"
-            " to build)",
-            _raw(stubs, "/flightlog.v1.SessionService/AddSessionFiles", at_item_limit),
+            f"BatchCreateSessions of {rules.MAX_REQUEST_ITEMS:,} empty requests (0.25 MiB)",
+            _raw(stubs, "/flightlog.v1.SessionService/BatchCreateSessions", at_item_limit),
         ),
         LimitCase(
             "memory to build",
             f"{rules.MAX_REQUEST_BUILD_RATIO}x the request, at least"
             f" {rules.REQUEST_BUILD_FLOOR_BYTES // 1024} KiB",
-            f"AddSessionFiles of {under_count:,} empty file specs, just under"
+            f"BatchCreateSessions of {under_count:,} empty requests, just under"
             " it (built, then refused by the domain)",
-            _raw(stubs, "/flightlog.v1.SessionService/AddSessionFiles", under_build_bound),
+            _raw(stubs, "/flightlog.v1.SessionService/BatchCreateSessions", under_build_bound),
         ),
         LimitCase(
             "memory to build",
