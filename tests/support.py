@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import gc
 import hashlib
 import hmac
@@ -183,6 +184,33 @@ def varint(n: int) -> bytes:
         if not n:
             return out + bytes([low])
         out += bytes([low | 0x80])
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
+    ]
+
+
+def c_heap_in_use() -> int:
+    """Bytes the C allocator has handed out and not got back (glibc's ``mallinfo2``):
+    protobuf's arenas come from malloc, Python's small objects from its own arenas."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def delimited(number: int, payload: bytes) -> bytes:

@@ -12,7 +12,6 @@ span several of them.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 from unittest import mock
 
 import pytest
@@ -28,7 +27,7 @@ from flightlog_server.rpc import convert, piecewise
 from flightlog_server.rpc.piecewise import WireFile, WireRepeated
 from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 from tests.rpc.factories import densest_register_file_request
-from tests.support import delimited, varint
+from tests.support import c_heap_in_use, delimited, varint
 
 PARTITION_FIELDS = ("topic_name", "schema_name", "message_encoding", "message_count")
 HEADER_FIELDS = (
@@ -209,45 +208,18 @@ def test_a_request_at_both_limits_is_read_and_more_is_refused_as_it_is_counted()
     )
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            [
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            ]
-        )
-    ]
-
-
 def test_reading_and_using_the_densest_request_takes_little_beside_its_bytes() -> None:
     # protobuf would build this request in 6.5 MB (26 times its 0.24 MiB). Read piece by piece,
     # and gone through as RegisterFile does (every partition's fields, every extent), the C
     # allocator's count of bytes in use never grows by more than its size and one window.
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-
-    def in_use() -> int:
-        info = libc.mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
     raw = densest_at_the_limits()
-    before = in_use()
+    before = c_heap_in_use()
     wire = read(raw)
-    most = in_use() - before
+    most = c_heap_in_use() - before
     for partition in wire.partitions:
         for extent in partition.extents:
             assert extent.min_timestamp_ns <= extent.max_timestamp_ns
-        most = max(most, in_use() - before)
+        most = max(most, c_heap_in_use() - before)
     assert most <= len(raw) + 512 * 1024, (most, len(raw))
 
 

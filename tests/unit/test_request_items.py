@@ -13,7 +13,6 @@ elements at every path, is in ``tests/reliability/test_bounded_cost.py``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 from unittest import mock
 
 import pytest
@@ -29,7 +28,7 @@ from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.rpc.request_items import array_bytes, element_cost, layout, request_items
 from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 from tests.reliability.rpc_cases import METHODS
-from tests.support import delimited, varint
+from tests.support import c_heap_in_use, delimited, varint
 
 MESSAGE = FieldDescriptor.TYPE_MESSAGE
 STRING = FieldDescriptor.TYPE_STRING
@@ -285,37 +284,11 @@ def test_groups_and_unknown_fields_are_stepped_over() -> None:
 # --- the costs, against protobuf's own allocations -----------------------------------------------
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in [
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        ]
-    ]
-
-
 def allocated_by(parse: type[Message], raw: bytes) -> int:
-    """Bytes the C allocator hands out while ``parse`` builds ``raw`` (glibc's ``mallinfo2``:
-    protobuf's arenas come from malloc, Python's small objects do not)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-
-    def in_use() -> int:
-        info = libc.mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
-    before = in_use()
+    """Bytes the C allocator hands out while ``parse`` builds ``raw``."""
+    before = c_heap_in_use()
     built = parse.FromString(raw)
-    allocated = in_use() - before
+    allocated = c_heap_in_use() - before
     del built
     return allocated
 

@@ -46,6 +46,17 @@ from flightlog.v1 import catalog_service_pb2
 from flightlog_server.domain.catalog import MAX_EXTENTS_PER_FILE, MAX_PARTITIONS_PER_FILE
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.pacing import run_sliced
+from flightlog_server.rpc.wire_format import (
+    END_GROUP,
+    FIXED32,
+    FIXED64,
+    LENGTH_DELIMITED,
+    MAX_DEPTH,
+    START_GROUP,
+    VARINT,
+    read_varint,
+    varint_bytes,
+)
 
 __all__ = ["ELEMENTS_PER_WINDOW", "WireExtents", "WireFile", "WirePartition", "WireRepeated"]
 
@@ -54,9 +65,6 @@ _Partition = catalog_service_pb2.TopicPartitionSpec
 _PARTITIONS = _Request.DESCRIPTOR.fields_by_name["partitions"].number
 _EXTENTS = _Partition.DESCRIPTOR.fields_by_name["extents"].number
 
-# Wire types (https://protobuf.dev/programming-guides/encoding/#structure).
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
-_MAX_GROUP_DEPTH = 100  # protobuf's own limit on nesting
 
 # Elements parsed at once: extents take about 50 bytes each built, file specs 100.
 ELEMENTS_PER_WINDOW = 4096
@@ -86,7 +94,7 @@ class WireFile:
         header = bytearray()  # the fields other than the partitions, in order
         starts: array[int] = array("q")
         for read, (number, wire, start, payload, end) in enumerate(_fields(raw, 0, len(raw))):
-            if number == _PARTITIONS and wire == _LENGTH_DELIMITED:
+            if number == _PARTITIONS and wire == LENGTH_DELIMITED:
                 if len(starts) == 2 * MAX_PARTITIONS_PER_FILE:
                     raise InvalidArgument.one(
                         "partitions", f"must hold at most {MAX_PARTITIONS_PER_FILE:,} partitions"
@@ -167,7 +175,7 @@ class WireFile:
         digest.update(known[:before])
         for partition in self.partitions:
             body = partition.serialized()
-            digest.update(_tag(_PARTITIONS) + _varint_bytes(len(body)))
+            digest.update(_tag(_PARTITIONS) + varint_bytes(len(body)))
             digest.update(body)
             yield
         digest.update(known[before:])
@@ -347,21 +355,21 @@ def _field_at(raw: bytes, position: int, end: int) -> tuple[int, int, int, int]:
         if tag < 0x80:
             position += 1
         else:
-            tag, position = _varint(raw, position)
+            tag, position = read_varint(raw, position)
         number, wire = tag >> 3, tag & 7
         if number == 0:
             raise DecodeError("field number 0")
         payload = position
-        if wire == _VARINT:
-            position = _varint(raw, position)[1]
-        elif wire == _FIXED64:
+        if wire == VARINT:
+            position = read_varint(raw, position)[1]
+        elif wire == FIXED64:
             position += 8
-        elif wire == _LENGTH_DELIMITED:
-            length, payload = _varint(raw, position)
+        elif wire == LENGTH_DELIMITED:
+            length, payload = read_varint(raw, position)
             position = payload + length
-        elif wire == _START_GROUP:
+        elif wire == START_GROUP:
             position = _group_end(raw, position, end, number)
-        elif wire == _FIXED32:
+        elif wire == FIXED32:
             position += 4
         else:
             raise DecodeError(f"wire type {wire} of field {number} is not valid here")
@@ -390,7 +398,7 @@ def _scan(
     (a partition's extents by default), yielding every ``_FIELDS_PER_STEP`` fields. Runs of
     elements are stepped over in a tight loop (about 0.15 µs an element); an element whose tag
     is written in more than one byte (valid, if odd) takes the general path."""
-    tag = number << 3 | _LENGTH_DELIMITED
+    tag = number << 3 | LENGTH_DELIMITED
     assert tag < 0x80, "the tight loop compares one-byte tags"
     header = bytearray()
     windows: list[tuple[int, int]] = []
@@ -415,7 +423,7 @@ def _scan(
                     if length < 0x80:
                         position += 2 + length
                     else:
-                        length, position = _varint(raw, position + 1)
+                        length, position = read_varint(raw, position + 1)
                         position += length
                     n += 1
                 if position > end:
@@ -426,7 +434,7 @@ def _scan(
                 read += n - first
                 continue
             found, wire, _, field_end = _field_at(raw, position, end)
-            if found == number and wire == _LENGTH_DELIMITED:  # its tag in several bytes
+            if found == number and wire == LENGTH_DELIMITED:  # its tag in several bytes
                 if in_window and windows[-1][1] == position:
                     windows[-1] = (windows[-1][0], field_end)
                 else:
@@ -459,56 +467,33 @@ def _group_end(raw: bytes, position: int, end: int, number: int) -> int:
     while open_groups:
         if position >= end:
             raise DecodeError("a group is never closed")
-        tag, position = _varint(raw, position)
+        tag, position = read_varint(raw, position)
         inner, wire = tag >> 3, tag & 7
         if inner == 0:
             raise DecodeError("field number 0")
-        if wire == _VARINT:
-            position = _varint(raw, position)[1]
-        elif wire == _FIXED64:
+        if wire == VARINT:
+            position = read_varint(raw, position)[1]
+        elif wire == FIXED64:
             position += 8
-        elif wire == _LENGTH_DELIMITED:
-            length, position = _varint(raw, position)
+        elif wire == LENGTH_DELIMITED:
+            length, position = read_varint(raw, position)
             position += length
-        elif wire == _START_GROUP:
-            if len(open_groups) >= _MAX_GROUP_DEPTH:
+        elif wire == START_GROUP:
+            if len(open_groups) >= MAX_DEPTH:
                 raise DecodeError("nested too deeply")
             open_groups.append(inner)
-        elif wire == _END_GROUP:
+        elif wire == END_GROUP:
             if open_groups.pop() != inner:
                 raise DecodeError("a group closed by another's end tag")
-        elif wire == _FIXED32:
+        elif wire == FIXED32:
             position += 4
         else:
             raise DecodeError(f"wire type {wire} of field {inner} is not valid here")
     return position
 
 
-def _varint(raw: bytes, position: int) -> tuple[int, int]:
-    """The varint at ``position`` and the position after it (IndexError past the end)."""
-    value = shift = 0
-    while True:
-        byte = raw[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-        if shift >= 70:
-            raise DecodeError("a varint longer than ten bytes")
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _tag(number: int) -> bytes:
-    return _varint_bytes(number << 3 | _LENGTH_DELIMITED)
+    return varint_bytes(number << 3 | LENGTH_DELIMITED)
 
 
 def _split(message: Message, number: int) -> tuple[bytes, int, bytes]:

@@ -48,11 +48,17 @@ from google.protobuf.message import DecodeError
 from flightlog_server.domain import rules
 from flightlog_server.domain.errors import InvalidArgument
 from flightlog_server.pacing import run_sliced
+from flightlog_server.rpc.wire_format import (
+    END_GROUP,
+    FIXED32,
+    FIXED64,
+    LENGTH_DELIMITED,
+    MAX_DEPTH,
+    START_GROUP,
+    VARINT,
+    read_varint,
+)
 
-# Wire types (https://protobuf.dev/programming-guides/encoding/#structure).
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
-# protobuf's parser refuses messages nested deeper than this; so does the reader.
-_MAX_DEPTH = 100
 # Fields read between two chances for the loop to run something else (``run_sliced``).
 _FIELDS_PER_STEP = 4096
 
@@ -206,14 +212,14 @@ def _read(raw: bytes, plan: _Plan, budget: int | None) -> Generator[None, None, 
             if tag < 0x80:
                 position += 1
             else:
-                tag, position = _varint(raw, position)
+                tag, position = read_varint(raw, position)
             number, wire = tag >> 3, tag & 7
-            if wire == _LENGTH_DELIMITED:
+            if wire == LENGTH_DELIMITED:
                 length = raw[position]
                 if length < 0x80:
                     position += 1
                 else:
-                    length, position = _varint(raw, position)
+                    length, position = read_varint(raw, position)
                 start = position
                 position += length
                 if position > end:
@@ -253,23 +259,23 @@ def _read(raw: bytes, plan: _Plan, budget: int | None) -> Generator[None, None, 
                     pause -= added - 1
                 else:
                     added = 1
-            elif wire in (_VARINT, _FIXED64, _FIXED32):
-                if wire == _VARINT:
+            elif wire in (VARINT, FIXED64, FIXED32):
+                if wire == VARINT:
                     if raw[position] < 0x80:
                         position += 1
                     else:
-                        position = _varint(raw, position)[1]
+                        position = read_varint(raw, position)[1]
                 else:
-                    position += 8 if wire == _FIXED64 else 4
+                    position += 8 if wire == FIXED64 else 4
                 read = fields_of.get(number)
                 if not isinstance(read, _Repeated) or not read.packed_width:
                     continue
                 added = 1  # an unpacked element of a repeated scalar field
-            elif wire == _START_GROUP and number:
+            elif wire == START_GROUP and number:
                 level = _enter(level, {}, end, _Message(), "", -1, group=number)
                 fields_of, counts = level.plan, level.message.counts
                 continue
-            elif wire == _END_GROUP and level.group == number:
+            elif wire == END_GROUP and level.group == number:
                 level = level.parent  # type: ignore[assignment]  # a group always has a parent
                 fields_of, end, counts = level.plan, level.end, level.message.counts
                 continue
@@ -304,7 +310,7 @@ def _enter(
     group: int = 0,
 ) -> _Level:
     """The level of a field of ``level`` that ends at ``end`` (for a group: at its end tag)."""
-    if level.depth >= _MAX_DEPTH:
+    if level.depth >= MAX_DEPTH:
         raise DecodeError("nested too deeply")
     return _Level(plan, end, message, level, name, index, group, level.depth + 1)
 
@@ -334,20 +340,6 @@ def array_bytes(slot: int, count: int) -> int:
     if not count:
         return 0
     return _ARRAY_HEADER + slot * (2 * max(4, 1 << (count - 1).bit_length()) - 4)
-
-
-def _varint(raw: bytes, position: int) -> tuple[int, int]:
-    """The varint at ``position`` and the position after it (IndexError past the end)."""
-    value = shift = 0
-    while True:
-        byte = raw[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-        if shift >= 70:
-            raise DecodeError("a varint longer than ten bytes")
 
 
 def _path(level: _Level, name: str) -> str:
