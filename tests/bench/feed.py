@@ -453,8 +453,10 @@ def bench_restart(repeats: int) -> Row:
                 md = metadata(identity)
                 session = stub.CreateSession(pb.CreateSessionRequest(), metadata=md).session
                 received: queue.Queue[tuple[int, float]] = queue.Queue()
+                # From the create's revision, not -1 ("from now"): the update below could
+                # otherwise commit before the stream has started, and never reach it.
                 call: Any = stub.WatchSessions(
-                    pb.WatchSessionsRequest(after_revision=-1), metadata=md
+                    pb.WatchSessionsRequest(after_revision=session.revision), metadata=md
                 )
 
                 def read() -> None:

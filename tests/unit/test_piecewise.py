@@ -253,7 +253,7 @@ def add_files_request(draw: st.DrawFn) -> bytes:
     return b"".join(fields)
 
 
-def read_files(raw: bytes, limit: int = 10_000) -> WireRepeated:
+def read_files(raw: bytes, limit: int = 10_000) -> WireRepeated[sessions_pb.AddSessionFilesRequest]:
     return asyncio.run(
         WireRepeated.read(
             raw,

@@ -38,7 +38,7 @@ from array import array
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, overload
+from typing import Any, Generic, TypeVar, overload
 
 from google.protobuf.message import DecodeError, Message
 
@@ -61,6 +61,7 @@ from flightlog_server.rpc.wire_format import (
 __all__ = ["ELEMENTS_PER_WINDOW", "WireExtents", "WireFile", "WirePartition", "WireRepeated"]
 
 _Request = catalog_service_pb2.RegisterFileRequest
+M = TypeVar("M", bound=Message)  # the type of a request read by WireRepeated
 _Partition = catalog_service_pb2.TopicPartitionSpec
 _PARTITIONS = _Request.DESCRIPTOR.fields_by_name["partitions"].number
 _EXTENTS = _Partition.DESCRIPTOR.fields_by_name["extents"].number
@@ -289,12 +290,12 @@ class WireExtents(Sequence[catalog_service_pb2.TimelineExtent]):
         return next(islice(iter(self), index % len(self), None))
 
 
-class WireRepeated:
+class WireRepeated(Generic[M]):
     """A request whose one repeated message field is read a window at a time (AddSessionFiles'
     files): ``header`` holds its other fields; iterating gives the field's elements."""
 
     def __init__(
-        self, raw: bytes, header: Message, field: str, windows: list[tuple[int, int]], count: int
+        self, raw: bytes, header: M, field: str, windows: list[tuple[int, int]], count: int
     ) -> None:
         self._raw = raw
         self.header = header
@@ -304,8 +305,8 @@ class WireRepeated:
 
     @classmethod
     async def read(
-        cls, raw: bytes, *, request: type[Message], field: str, limit: int, items: str
-    ) -> WireRepeated:
+        cls, raw: bytes, *, request: type[M], field: str, limit: int, items: str
+    ) -> WireRepeated[M]:
         """The request of type ``request`` in ``raw``: ``DecodeError`` where protobuf would not
         parse it; ``InvalidArgument`` naming ``field`` ("must hold at most ``limit`` ``items``",
         as ``rules.check_count`` says it) when it holds more elements."""
@@ -313,8 +314,8 @@ class WireRepeated:
 
     @classmethod
     def _read(
-        cls, raw: bytes, request: type[Message], field: str, limit: int, items: str
-    ) -> Generator[None, None, WireRepeated]:
+        cls, raw: bytes, request: type[M], field: str, limit: int, items: str
+    ) -> Generator[None, None, WireRepeated[M]]:
         number = request.DESCRIPTOR.fields_by_name[field].number
         layout = yield from _scan(raw, 0, len(raw), number)
         if layout.count > limit:
