@@ -42,7 +42,8 @@ MAX_REQUEST_ITEMS = 1 << 17
 # wire) in 42 to 117 bytes; one that carries data in a few times its size. 8: protobuf allocates
 # within 10% of the charge, and the request's own bytes come on top, so that a request stays
 # under 10 times its size. (RegisterFile, whose limits allow 100,000 extents of two bytes, 26
-# times their size once built, is read piece by piece instead and never built: ``rpc.piecewise``.)
+# times their size once built, and AddSessionFiles are read piece by piece instead, never built
+# whole: ``rpc.piecewise``.)
 MAX_REQUEST_BUILD_RATIO = 8
 REQUEST_BUILD_FLOOR_BYTES = 256 * 1024
 MAX_NAME_CHARS = 120

@@ -21,17 +21,17 @@ layout. The request is refused, naming the field being read at that moment, as s
 
 Nothing is built meanwhile: the reader's memory is a stack of the levels it is in. It is plain
 Python (no library reads the wire format without building the message), about 0.2 µs a field
-(1 MiB of fields to step over: 90-110 ms; RegisterFile at its limits: 40 ms, the elements that
-follow in one field being read in a tight loop), run in slices so that other calls go on
+(1 MiB of fields to step over: 90-110 ms; 40,000 session IDs: 5 ms, the elements that follow in
+one field being read in a tight loop), run in slices so that other calls go on
 (``pacing.run_sliced``). A request that cannot reach
 either bound (every element charged at the densest its type allows) is not read at all. What
 is not charged: single strings (copied at every occurrence, 8 bytes at a time, under 3 times
 their size) and unknown fields. The charges are checked against protobuf's real allocations by
 ``tests/unit/test_request_items.py``.
 
-RegisterFile's request is the exception, read by ``rpc.piecewise`` instead: its documented limits
-allow 100,000 extents of two bytes, which no bound proportional to their size would let be
-built, so it is never built whole.
+RegisterFile's and AddSessionFiles' requests are the exceptions, read by ``rpc.piecewise``
+instead and never built whole: RegisterFile's documented limits allow 100,000 extents of two
+bytes, which no bound proportional to their size would let be built.
 """
 
 from __future__ import annotations
