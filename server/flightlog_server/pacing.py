@@ -50,3 +50,14 @@ async def run_sliced(steps: Generator[None, None, T]) -> T:
             result: T = done.value
             return result
         await pacer.tick()
+
+
+def run_at_once(steps: Generator[None, None, T]) -> T:
+    """What ``steps`` returns, its slices run one after the other without yielding: for work
+    already bounded small enough to run whole, or outside the event loop (tests)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: T = done.value
+            return result

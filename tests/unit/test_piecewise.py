@@ -12,10 +12,12 @@ span several of them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
 from unittest import mock
 
 import pytest
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +31,7 @@ from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 from tests.rpc.factories import densest_register_file_request
 from tests.support import c_heap_in_use, delimited, varint
 
+Built = TypeVar("Built", bound=Message)
 PARTITION_FIELDS = ("topic_name", "schema_name", "message_encoding", "message_count")
 HEADER_FIELDS = (
     "dataset_id",
@@ -111,6 +114,19 @@ def request(draw: st.DrawFn) -> bytes:
     return b"".join(draw(st.permutations(fields)))
 
 
+def built_or_refused_alike(
+    message: type[Built], read_piecewise: Callable[[bytes], object], raw: bytes
+) -> Built | None:
+    """What protobuf builds of ``raw``; None when it refuses the bytes, once reading them piece
+    by piece has been checked to refuse them too."""
+    try:
+        return message.FromString(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            read_piecewise(raw)
+        return None
+
+
 def assert_same(wire: WireFile, built: pb.RegisterFileRequest) -> None:
     """``wire`` holds what protobuf built, field by field, partition by partition."""
     expected_header = pb.RegisterFileRequest()
@@ -156,14 +172,10 @@ def test_damaged_bytes_are_refused_exactly_where_protobuf_refuses_them(
             del damaged[at]
         elif kind == "cut":
             del damaged[at:]
-    try:
-        built = pb.RegisterFileRequest.FromString(bytes(damaged))
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            read(bytes(damaged))
-        return
-    with mock.patch.object(piecewise, "ELEMENTS_PER_WINDOW", 2):
-        assert_same(read(bytes(damaged)), built)
+    built = built_or_refused_alike(pb.RegisterFileRequest, read, bytes(damaged))
+    if built is not None:
+        with mock.patch.object(piecewise, "ELEMENTS_PER_WINDOW", 2):
+            assert_same(read(bytes(damaged)), built)
 
 
 @pytest.mark.parametrize(
@@ -274,11 +286,8 @@ def test_file_specs_read_a_window_at_a_time_are_those_protobuf_builds(
     damaged = bytearray(raw)
     if data.draw(st.booleans()) and damaged:  # and sometimes one byte changed
         damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
-    try:
-        built = sessions_pb.AddSessionFilesRequest.FromString(bytes(damaged))
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            read_files(bytes(damaged))
+    built = built_or_refused_alike(sessions_pb.AddSessionFilesRequest, read_files, bytes(damaged))
+    if built is None:
         return
     with mock.patch.object(piecewise, "ELEMENTS_PER_WINDOW", window):
         read = read_files(bytes(damaged))

@@ -20,6 +20,7 @@ from flightlog_server.domain.types import (
     Instant,
     WireValue,
 )
+from flightlog_server.pacing import run_at_once
 from tests.reliability.helpers import HYPOTHESIS_EXAMPLES, PROPERTY_SETTINGS
 
 
@@ -67,15 +68,12 @@ def test_metadata_size_and_depth_limits() -> None:
 
 def test_contributions_reject_half_open_window_min_after_max_and_repeats() -> None:
     v = Violations()
-    for _ in rules.check_contributions(  # a generator, for pacing.run_sliced
-        v,
-        [
-            ContributionSpec("fl_a", 5, None),
-            ContributionSpec("fl_b", 9, 3),
-            ContributionSpec("fl_a", None, None),
-        ],
-    ):
-        pass
+    specs = [
+        ContributionSpec("fl_a", 5, None),
+        ContributionSpec("fl_b", 9, 3),
+        ContributionSpec("fl_a", None, None),
+    ]
+    run_at_once(rules.check_contributions(v, specs))  # a generator, for pacing.run_sliced
     assert [x.field for x in v.items] == [
         "files[0].range_max_timestamp_ns",
         "files[1].range_min_timestamp_ns",
@@ -98,13 +96,7 @@ def test_repeated_file_ids_are_found_as_a_dict_of_every_id_finds_them(
             expected.append((i, first[file_id]))
         first.setdefault(file_id, i)
     with mock.patch.object(rules, "_HASH_BITS", bits):
-        steps = rules._repeats(lambda: iter(ids))
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                assert done.value == expected
-                break
+        assert run_at_once(rules._repeats(lambda: iter(ids))) == expected
 
 
 def _field(

@@ -45,7 +45,7 @@ from google.protobuf.message import DecodeError, Message
 from flightlog.v1 import catalog_service_pb2
 from flightlog_server.domain.catalog import MAX_EXTENTS_PER_FILE, MAX_PARTITIONS_PER_FILE
 from flightlog_server.domain.errors import InvalidArgument
-from flightlog_server.pacing import run_sliced
+from flightlog_server.pacing import run_at_once, run_sliced
 from flightlog_server.rpc.wire_format import (
     END_GROUP,
     FIXED32,
@@ -58,10 +58,18 @@ from flightlog_server.rpc.wire_format import (
     varint_bytes,
 )
 
-__all__ = ["ELEMENTS_PER_WINDOW", "WireExtents", "WireFile", "WirePartition", "WireRepeated"]
+__all__ = [
+    "ELEMENTS_PER_WINDOW",
+    "Streamed",
+    "WireExtents",
+    "WireFile",
+    "WirePartition",
+    "WireRepeated",
+]
 
 _Request = catalog_service_pb2.RegisterFileRequest
 M = TypeVar("M", bound=Message)  # the type of a request read by WireRepeated
+E = TypeVar("E")  # the elements of a Streamed sequence
 _Partition = catalog_service_pb2.TopicPartitionSpec
 _PARTITIONS = _Request.DESCRIPTOR.fields_by_name["partitions"].number
 _EXTENTS = _Partition.DESCRIPTOR.fields_by_name["extents"].number
@@ -224,7 +232,7 @@ class WirePartition:
     def _layout(self) -> _Layout:
         if self._scanned is None:
             # At most 100,000 extents (WireFile.read refused more): about 15 ms, not sliced.
-            self._scanned = _drain(_scan(self._raw, self._start, self._end))
+            self._scanned = run_at_once(_scan(self._raw, self._start, self._end))
         return self._scanned
 
     @property
@@ -262,32 +270,41 @@ class WirePartition:
         return known[:before] + extents + known[before:] + unknown
 
 
-class WireExtents(Sequence[catalog_service_pb2.TimelineExtent]):
-    """A ``WirePartition``'s extents; iterating parses one window at a time."""
+class Streamed(Sequence[E]):
+    """A sequence whose elements are made as it is iterated and none kept: its length is known
+    up front; indexing walks to the element (rare: a check naming an earlier repeat)."""
 
-    def __init__(self, partition: WirePartition, count: int) -> None:
-        self._partition = partition
+    def __init__(self, count: int) -> None:
         self._count = count
 
     def __len__(self) -> int:
         return self._count
 
+    def __iter__(self) -> Iterator[E]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> E: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[E]: ...
+    def __getitem__(self, index: int | slice) -> E | Sequence[E]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if not -len(self) <= index < len(self):
+            raise IndexError("index out of range")
+        return next(islice(iter(self), index % len(self), None))
+
+
+class WireExtents(Streamed[catalog_service_pb2.TimelineExtent]):
+    """A ``WirePartition``'s extents; iterating parses one window at a time."""
+
+    def __init__(self, partition: WirePartition, count: int) -> None:
+        super().__init__(count)
+        self._partition = partition
+
     def __iter__(self) -> Iterator[catalog_service_pb2.TimelineExtent]:
         for window in self._partition.windows():
             yield from window.extents
-
-    @overload
-    def __getitem__(self, index: int) -> catalog_service_pb2.TimelineExtent: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[catalog_service_pb2.TimelineExtent]: ...
-    def __getitem__(
-        self, index: int | slice
-    ) -> catalog_service_pb2.TimelineExtent | Sequence[catalog_service_pb2.TimelineExtent]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
-        if not -len(self) <= index < len(self):
-            raise IndexError("extent index out of range")
-        return next(islice(iter(self), index % len(self), None))
 
 
 class WireRepeated(Generic[M]):
@@ -450,16 +467,6 @@ def _scan(
     except IndexError:
         raise DecodeError("the message ends inside a field") from None
     return _Layout(bytes(header), windows, count)
-
-
-def _drain(steps: Generator[None, None, _Layout]) -> _Layout:
-    """What ``steps`` returns, run to its end at once."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            layout: _Layout = done.value
-            return layout
 
 
 def _group_end(raw: bytes, position: int, end: int, number: int) -> int:

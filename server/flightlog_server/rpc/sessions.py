@@ -8,9 +8,8 @@ building or parsing a message per session.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -34,7 +33,7 @@ from flightlog_server.domain.types import Caller, ContributionSpec, MetricEntry,
 from flightlog_server.pacing import run_sliced
 from flightlog_server.rpc import aggregation, convert, pagination, session_listing, watch
 from flightlog_server.rpc.calls import current_caller
-from flightlog_server.rpc.piecewise import WireRepeated
+from flightlog_server.rpc.piecewise import Streamed, WireRepeated
 from flightlog_server.rpc.preserialized import Serialized, length_delimited
 from flightlog_server.services.aggregation import Aggregations
 from flightlog_server.services.change_feed import Database as FeedDatabase
@@ -561,15 +560,13 @@ def _optional(message: Any, field: str) -> int | None:
     return int(getattr(message, field)) if message.HasField(field) else None
 
 
-class _ContributionSpecs(Sequence[ContributionSpec]):
+class _ContributionSpecs(Streamed[ContributionSpec]):
     """AddSessionFiles' files as specs, each made when it is read and not kept (10,000 of them
     kept took 2.2 MB, eight times the request's size)."""
 
     def __init__(self, files: WireRepeated[pb.AddSessionFilesRequest]) -> None:
+        super().__init__(len(files))
         self._files = files
-
-    def __len__(self) -> int:
-        return len(self._files)
 
     def __iter__(self) -> Iterator[ContributionSpec]:
         for f in self._files:
@@ -578,17 +575,6 @@ class _ContributionSpecs(Sequence[ContributionSpec]):
                 range_min_ns=_optional(f, "range_min_timestamp_ns"),
                 range_max_ns=_optional(f, "range_max_timestamp_ns"),
             )
-
-    @overload
-    def __getitem__(self, index: int) -> ContributionSpec: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[ContributionSpec]: ...
-    def __getitem__(self, index: int | slice) -> ContributionSpec | Sequence[ContributionSpec]:
-        if isinstance(index, slice):
-            return list(self)[index]
-        if not -len(self) <= index < len(self):
-            raise IndexError("file index out of range")
-        return next(itertools.islice(iter(self), index % len(self), None))
 
 
 # --- domain in, responses out -----------------------------------------------------------------
